@@ -1,0 +1,5 @@
+import sys
+
+from scattergate.cli import main
+
+sys.exit(main())

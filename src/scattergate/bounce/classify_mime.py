@@ -1,0 +1,276 @@
+"""Tolerant, bounded MIME reading for the bounce classifier.
+
+Everything here must survive hostile input: broken boundaries, CR-only line ends, 8-bit junk,
+huge bodies and absurd nesting. Work is bounded by byte, part and depth caps so that a single
+message can never cost more than a few milliseconds of parsing beyond the cap size.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+
+# Bounces put their verdict near the top and attach (usually truncated) originals; 1 MiB is
+# far more than any MTA report needs, and caps parse time on a 50 MB attachment.
+MAX_BYTES = 1 << 20
+MAX_PARTS = 64  # MIME parts examined, in document order
+MAX_DEPTH = 12  # nesting depth we descend into; real reports are 3-4 deep
+MAX_TEXT_PER_PART = 64 * 1024
+MAX_TEXT_TOTAL = 192 * 1024
+# The stdlib parser recurses once per multipart level; deeper input is parsed headers-only.
+_MAX_BOUNDARIES = 60
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What the classifier needs from one message, already decoded and bounded."""
+
+    top: Message
+    # Text of the report itself (text/* parts outside any attached message), in order.
+    texts: list[str] = field(default_factory=list)
+    # Header blocks of attached originals: message/rfc822, text/rfc822-headers, message/global.
+    originals: list[Message] = field(default_factory=list)
+    # Raw field blocks of message/delivery-status (or global-delivery-status) parts.
+    dsn_blocks: list[list[tuple[str, str]]] = field(default_factory=list)
+    feedback_blocks: list[list[tuple[str, str]]] = field(default_factory=list)
+    mdn_parts: int = 0
+    content_types: list[str] = field(default_factory=list)
+
+
+def normalise(raw: bytes | str) -> bytes:
+    """Bound the input and turn CRLF / CR-only line ends into LF."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    data = bytes(raw[:MAX_BYTES])
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data
+
+
+def parse(data: bytes) -> Message:
+    """Parse without ever raising; pathological nesting degrades to a headers-only parse."""
+    try:
+        if data.count(b"boundary") > _MAX_BOUNDARIES:
+            raise RecursionError("too many nested multiparts")
+        return email.message_from_bytes(data, policy=email.policy.compat32)
+    except Exception:
+        head, _, body = data.partition(b"\n\n")
+        try:
+            msg = email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32)
+        except Exception:
+            msg = Message()
+        # Keep the body as opaque text so phrase rules still see it; collect() reads a
+        # non-multipart top part as text whatever its declared type.
+        msg.set_payload(body.decode("latin-1"))
+        return msg
+
+
+def header(msg: Message, name: str) -> str:
+    """One header as clean text: RFC 2047 decoded, unfolded, junk bytes replaced."""
+    try:
+        value = msg.get(name)
+    except Exception:
+        return ""
+    return _clean_header(value)
+
+
+def headers(msg: Message, name: str) -> list[str]:
+    try:
+        values = msg.get_all(name) or []
+    except Exception:
+        return []
+    return [_clean_header(v) for v in values]
+
+
+def _clean_header(value: object) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except Exception:
+            pass
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(text.split())
+
+
+def content_type(msg: Message) -> str:
+    try:
+        return msg.get_content_type().lower()
+    except Exception:
+        return "text/plain"
+
+
+def param(msg: Message, name: str) -> str:
+    try:
+        value = msg.get_param(name)
+    except Exception:
+        return ""
+    if isinstance(value, tuple):  # RFC 2231 triple
+        value = value[2]
+    return str(value or "").strip().lower()
+
+
+def decode_text(part: Message, limit: int = MAX_TEXT_PER_PART) -> str:
+    """Decoded text of a non-multipart part, capped; never raises."""
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if payload is None:
+        try:
+            raw = part.get_payload()
+        except Exception:
+            return ""
+        if not isinstance(raw, str):
+            return ""
+        payload = raw.encode("utf-8", "surrogateescape")
+    payload = payload[: limit * 2]
+    charset = param(part, "charset") or "utf-8"
+    for cs in (charset, "utf-8"):
+        try:
+            text = payload.decode(cs)
+            break
+        except (LookupError, UnicodeDecodeError):
+            continue
+    else:
+        text = payload.decode("latin-1")
+    if b"\r" in payload:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text[:limit]
+
+
+_TAG = re.compile(r"<[^>]{0,2000}>")
+_BR = re.compile(r"<\s*(?:br|/p|/div|/tr|/li)\b[^>]{0,200}>", re.I)
+
+
+def html_to_text(html: str) -> str:
+    import html as html_mod  # local: only HTML-only bounces pay for it
+
+    html = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", html)
+    return html_mod.unescape(_TAG.sub(" ", _BR.sub("\n", html)))
+
+
+def header_block(text: str) -> Message:
+    """Parse a bare header block (text/rfc822-headers, inline copies) tolerantly."""
+    try:
+        return email.message_from_string(text.lstrip("\n") + "\n\n", policy=email.policy.compat32)
+    except Exception:
+        return Message()
+
+
+def field_blocks(text: str) -> list[list[tuple[str, str]]]:
+    """Split 'Name: value' field blocks (delivery-status / feedback-report) by blank lines."""
+    blocks: list[list[tuple[str, str]]] = []
+    cur: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        if not line.strip():
+            if cur:
+                blocks.append(cur)
+                cur = []
+            continue
+        if line[:1] in " \t" and cur:
+            name, value = cur[-1]
+            cur[-1] = (name, value + " " + line.strip())
+            continue
+        name, sep, value = line.partition(":")
+        if sep and name.strip() and " " not in name.strip():
+            cur.append((name.strip().lower(), value.strip()))
+    if cur:
+        blocks.append(cur)
+    return blocks
+
+
+def _msg_fields(msg: Message) -> list[tuple[str, str]]:
+    try:
+        return [(k.lower(), _clean_header(v)) for k, v in msg.items()]
+    except Exception:
+        return []
+
+
+def _report_blocks(part: Message) -> list[list[tuple[str, str]]]:
+    """Field blocks of a delivery-status / feedback-report part, whether the parser split it or not."""
+    try:
+        payload = part.get_payload()
+    except Exception:
+        return []
+    if isinstance(payload, list):
+        blocks = [_msg_fields(m) for m in payload if isinstance(m, Message)]
+        # compat32 leaves a block's own body text when a blank line is missing; read it too.
+        for m in payload:
+            if isinstance(m, Message) and isinstance(m.get_payload(), str) and m.get_payload().strip():
+                blocks.extend(field_blocks(m.get_payload()))
+        return [b for b in blocks if b]
+    return field_blocks(decode_text(part))
+
+
+def _attached(part: Message) -> Message | None:
+    """The message inside a message/rfc822 part, or a header-only message for rfc822-headers."""
+    try:
+        payload = part.get_payload()
+    except Exception:
+        return None
+    if isinstance(payload, list):
+        inner = payload[0] if payload else None
+        if isinstance(inner, Message):
+            # Some MTAs base64 the attached message; the parser then leaves it unparsed.
+            if not inner.keys() and isinstance(inner.get_payload(), str):
+                return header_block(decode_text(part))
+            return inner
+        return None
+    return header_block(decode_text(part))
+
+
+def collect(top: Message) -> Parsed:
+    """Walk the MIME tree breadth-limited and depth-limited; sort parts into report roles."""
+    out = Parsed(top=top)
+    total_text = 0
+    seen = 0
+    # (part, depth, inside_attached_original)
+    stack: list[tuple[Message, int, bool]] = [(top, 0, False)]
+    while stack and seen < MAX_PARTS:
+        part, depth, inside = stack.pop()
+        seen += 1
+        ctype = content_type(part)
+        if not inside:
+            out.content_types.append(ctype)
+        if part.is_multipart() and ctype.startswith("multipart/"):
+            if depth >= MAX_DEPTH:
+                continue
+            try:
+                children = part.get_payload()
+            except Exception:
+                children = []
+            if isinstance(children, list):
+                for child in reversed(children[:MAX_PARTS]):
+                    if isinstance(child, Message):
+                        stack.append((child, depth + 1, inside))
+            continue
+        if inside:
+            continue  # the original's own body is not evidence about the report
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+            out.dsn_blocks.extend(_report_blocks(part))
+        elif ctype == "message/feedback-report":
+            out.feedback_blocks.extend(_report_blocks(part))
+        elif ctype in ("message/disposition-notification", "message/global-disposition-notification"):
+            out.mdn_parts += 1
+        elif ctype in ("message/rfc822", "text/rfc822-headers", "message/global",
+                       "message/global-headers", "message/partial", "message/rfc822-headers"):
+            inner = _attached(part)
+            if inner is not None and len(out.originals) < 4:
+                out.originals.append(inner)
+                # An original can itself be a report (DSN of an auto-reply): never descend.
+        elif ctype.startswith(("text/", "multipart/")) or depth == 0:
+            if total_text >= MAX_TEXT_TOTAL:
+                continue
+            text = decode_text(part, min(MAX_TEXT_PER_PART, MAX_TEXT_TOTAL - total_text))
+            if ctype == "text/html":
+                text = html_to_text(text)
+            total_text += len(text)
+            out.texts.append(text)
+    return out

@@ -1,0 +1,80 @@
+"""Checks: one small module per check; each observes and returns Findings, never replies.
+
+Two kinds, so the hot path stays cheap:
+- a *local* check is a plain function of the context (recipient table, relay rules, limits);
+- a *remote* check awaits something outside the process (DNS, the downstream, a scanner) and
+  runs under its own time budget; running out of it is itself a finding ("timeout").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable, Sequence
+
+from scattergate.address import Address
+from scattergate.model import Envelope, Finding, Phase, Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CheckContext:
+    session: Session
+    envelope: Envelope | None = None
+    recipient: Address | None = None
+    content: bytes | None = None
+
+
+LocalCheck = Callable[[CheckContext], Iterable[Finding]]
+RemoteRun = Callable[[CheckContext], Awaitable[Sequence[Finding]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCheck:
+    name: str
+    run: RemoteRun
+    budget: float
+
+
+@dataclass(slots=True)
+class PhaseChecks:
+    """The checks of one SMTP phase: local ones first, then remote ones concurrently."""
+
+    local: list[LocalCheck]
+    remote: list[RemoteCheck]
+
+    def run_local(self, ctx: CheckContext) -> list[Finding]:
+        findings: list[Finding] = []
+        for check in self.local:
+            findings.extend(check(ctx))
+        return findings
+
+    async def run_remote(self, ctx: CheckContext, deadline: float) -> list[Finding]:
+        if not self.remote:
+            return []
+        if len(self.remote) == 1:
+            return await _run_with_budget(self.remote[0], ctx, deadline)
+        results = await asyncio.gather(*(_run_with_budget(c, ctx, deadline) for c in self.remote))
+        return [f for result in results for f in result]
+
+
+async def _run_with_budget(check: RemoteCheck, ctx: CheckContext, deadline: float) -> list[Finding]:
+    budget = min(check.budget, deadline)
+    try:
+        async with asyncio.timeout(budget):
+            return list(await check.run(ctx))
+    except TimeoutError:
+        return [Finding(check.name, "timeout", f"{check.name} gave no answer within {budget:g} s")]
+    except Exception as exc:  # a broken check must tempfail the client, never crash the session
+        log.exception("check %s failed", check.name)
+        return [Finding(check.name, "error", f"{check.name} failed: {type(exc).__name__}")]
+
+
+def empty() -> PhaseChecks:
+    return PhaseChecks([], [])
+
+
+def by_phase() -> dict[Phase, PhaseChecks]:
+    return {phase: empty() for phase in Phase}

@@ -1,0 +1,224 @@
+"""One typed configuration, loaded from TOML; unknown keys are errors; CLI flags override.
+
+Each TOML table maps to one dataclass below. The loader walks the dataclasses, so a key that
+no field names is reported with its dotted path (``server.listen_port``) instead of being
+silently ignored, and a value of the wrong type is reported with the type it should have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:2525"
+    # The name we give in the banner, EHLO reply and Received headers. Empty: the host name.
+    hostname: str = ""
+    workers: int = 1
+    max_connections: int = 1000
+    max_connections_per_client: int = 20
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    # RFC 5321 §4.5.3.2 lets a client wait 5 minutes per command; we wait as long for it.
+    command_timeout: float = 300.0
+    # The whole end-of-DATA budget (checks + before-queue relay); well below the client's
+    # 10-minute DATA timeout, so we always answer before the client gives up.
+    data_deadline: float = 60.0
+    # Budget for the checks of one RCPT (e.g. downstream recipient verification).
+    rcpt_deadline: float = 20.0
+    smtputf8: bool = True
+
+
+@dataclass(slots=True)
+class ReceiveConfig:
+    # Domains we receive mail for. Empty: the domains of the recipients file, else "localhost".
+    domains: list[str] = field(default_factory=list)
+    # Valid local addresses, one per line. Empty: postmaster@ and abuse@ each domain.
+    recipients_file: str = ""
+    # Clients allowed to relay to other domains (our outbound path). Empty by default,
+    # loopback included: an unconfigured gateway relays for nobody.
+    trusted_networks: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DeliveryConfig:
+    # Local Maildir root (the embedded default: <data_dir>/maildir when no relay is set).
+    maildir: str = ""
+    # Downstream MTA, HOST:PORT; when set, accepted mail is relayed before the 250.
+    relay: str = ""
+    relay_timeout: float = 30.0
+    relay_pool_size: int = 8
+    # Probe the downstream with RCPT for each new recipient (cached), like Postfix's
+    # reject_unverified_recipient. Only used when a relay is set.
+    verify_recipients: bool = True
+    verify_timeout: float = 10.0
+    verify_positive_ttl: float = 600.0
+    verify_negative_ttl: float = 120.0
+
+
+@dataclass(slots=True)
+class StateConfig:
+    data_dir: str = "scattergate-data"
+    # How often buffered counters and decisions are written to the state store.
+    flush_interval: float = 1.0
+    # Decisions kept for the dashboard.
+    keep_decisions: int = 100_000
+
+
+@dataclass(slots=True)
+class LoggingConfig:
+    level: str = "info"
+    # Log file inside data_dir; empty: stderr only.
+    file: str = "scattergate.log"
+
+
+@dataclass(slots=True)
+class PolicyConfig:
+    # Per finding key ("check.result") an action: reject | tempfail | accept | quarantine | observe.
+    # "observe" logs the finding but lets it decide nothing (like a dry run).
+    actions: dict[str, str] = field(default_factory=dict)
+    # Per finding key an SMTP reply replacing the default, e.g. "550 5.1.1 No such user".
+    replies: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    receive: ReceiveConfig = field(default_factory=ReceiveConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def validate(self) -> None:
+        """Check values whose type is right but whose content is not; raise ConfigError."""
+        parse_host_port(self.server.listen, "server.listen")
+        if self.delivery.relay:
+            parse_host_port(self.delivery.relay, "delivery.relay")
+        for net in self.receive.trusted_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"receive.trusted_networks: not a network: {net!r}") from None
+        positive = {
+            "server.workers": self.server.workers,
+            "server.max_connections": self.server.max_connections,
+            "server.max_connections_per_client": self.server.max_connections_per_client,
+            "server.max_recipients": self.server.max_recipients,
+            "server.max_message_size": self.server.max_message_size,
+            "server.data_deadline": self.server.data_deadline,
+            "server.rcpt_deadline": self.server.rcpt_deadline,
+            "server.command_timeout": self.server.command_timeout,
+            "delivery.relay_timeout": self.delivery.relay_timeout,
+            "delivery.relay_pool_size": self.delivery.relay_pool_size,
+            "delivery.verify_timeout": self.delivery.verify_timeout,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be positive, not {value}")
+        if self.server.data_deadline >= 600:
+            raise ConfigError("server.data_deadline must stay below the client's 600 s DATA timeout")
+        if self.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"logging.level: unknown level {self.logging.level!r}")
+        from scattergate.decision.policy import validate_policy  # cycle-free: lazy
+
+        validate_policy(self.policy)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.state.data_dir)
+
+    @property
+    def maildir(self) -> Path:
+        return Path(self.delivery.maildir) if self.delivery.maildir else self.data_dir / "maildir"
+
+
+def parse_host_port(text: str, key: str = "address") -> tuple[str, int]:
+    """'127.0.0.1:25', '[::1]:25', 'localhost:25' → (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def load(path: str | Path | None) -> Config:
+    """Load a TOML file into a Config (defaults when path is None)."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    return typing.cast(Config, _build(Config, raw, ""))
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown configuration key: {prefix}{unknown[0]}")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type, hint), value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
+        return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported type")  # no optional fields: defaults instead
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint!r}")

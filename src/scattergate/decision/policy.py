@@ -1,0 +1,123 @@
+"""The policy table: which finding leads to which verdict, with which reply.
+
+This is the only place where findings become verdicts. The table maps a finding key
+("check.result") — or a wildcard "*.result" — to an action and a default reply; the
+configuration may override the action (including "observe": log only) and the reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from scattergate.model import Accept, Finding, Quarantine, Reject, Reply, Tempfail, Verdict
+
+if TYPE_CHECKING:
+    from scattergate.config import PolicyConfig
+
+ACTIONS = ("reject", "tempfail", "quarantine", "accept", "observe")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    action: str
+    reply: Reply
+
+
+# Default table. Reply texts may use {detail}: the finding's detail (e.g. the downstream's text).
+DEFAULT_RULES: dict[str, Rule] = {
+    # Relay control (RCPT).
+    "relay.denied": Rule("reject", Reply(554, "5.7.1", "Relay access denied")),
+    "relay.routing": Rule("reject", Reply(554, "5.7.1", "Sender-specified routing refused: {detail}")),
+    "relay.ip_literal": Rule("reject", Reply(554, "5.7.1", "Relay access denied: address literal")),
+    "relay.no_route": Rule("reject", Reply(554, "5.7.1", "Relay access denied: no outbound route")),
+    # Recipients (RCPT).
+    "recipient.unknown": Rule("reject", Reply(550, "5.1.1", "Recipient address rejected: User unknown")),
+    "limits.too_many_recipients": Rule("tempfail", Reply(452, "4.5.3", "Too many recipients")),
+    "verify.rejected": Rule("reject", Reply(550, "5.1.1", "Recipient address rejected: {detail}")),
+    "verify.deferred": Rule(
+        "tempfail", Reply(450, "4.1.1", "Recipient address verification failed: {detail}")
+    ),
+    # Connection limits (CONNECT). 421: the front end closes the connection after it.
+    "connection.too_many": Rule("tempfail", Reply(421, "4.7.0", "Too many connections, try again later")),
+    # Content (DATA).
+    "smtp.bare_line_ending": Rule(
+        "reject", Reply(550, "5.5.2", "Message refused: bare CR or LF in message (RFC 5321 2.3.8)")
+    ),
+    # Any check that ran out of its time budget or broke: never accept-then-bounce.
+    "*.timeout": Rule("tempfail", Reply(451, "4.4.3", "Temporary failure ({detail}), try again later")),
+    "*.error": Rule("tempfail", Reply(451, "4.3.0", "Temporary failure ({detail}), try again later")),
+}
+
+# When several findings decide, the strongest wins: a definite refusal beats a temporary one.
+_STRENGTH = {"reject": 4, "tempfail": 3, "quarantine": 2, "accept": 1}
+
+
+class Decider:
+    """Applies the policy table to findings and yields one typed Verdict."""
+
+    def __init__(self, config: "PolicyConfig | None" = None) -> None:
+        self._rules = dict(DEFAULT_RULES)
+        if config is not None:
+            for key, action in config.actions.items():
+                base = self._rules.get(key, Rule(action, _generic_reply(action)))
+                self._rules[key] = Rule(action, base.reply)
+            for key, text in config.replies.items():
+                base = self._rules.get(key, Rule("reject", Reply(550, "5.7.1", "Refused")))
+                self._rules[key] = Rule(base.action, Reply.parse(text))
+
+    def rule_for(self, finding: Finding) -> Rule | None:
+        rule = self._rules.get(finding.key)
+        if rule is None:
+            rule = self._rules.get(f"*.{finding.result}")
+        return rule
+
+    def decide(self, findings: Iterable[Finding], accept: Reply = Reply(250, "2.0.0", "OK")) -> Verdict:
+        findings = tuple(findings)
+        chosen: tuple[Rule, Finding] | None = None
+        for finding in findings:
+            rule = self.rule_for(finding)
+            if rule is None or rule.action in ("observe", "accept"):
+                continue
+            if chosen is None or _STRENGTH[rule.action] > _STRENGTH[chosen[0].action]:
+                chosen = (rule, finding)
+        if chosen is None:
+            return Accept(accept, findings)
+        rule, finding = chosen
+        reply = Reply(rule.reply.code, rule.reply.status, _render(rule.reply.text, finding))
+        if rule.action == "reject":
+            return Reject(reply, findings)
+        if rule.action == "tempfail":
+            return Tempfail(reply, findings)
+        return Quarantine(accept, findings)
+
+
+def _render(template: str, finding: Finding) -> str:
+    detail = " ".join(finding.detail.split()) or finding.key  # one line, no CR/LF
+    return template.replace("{detail}", detail)
+
+
+def _generic_reply(action: str) -> Reply:
+    if action == "tempfail":
+        return Reply(451, "4.7.1", "Temporary failure, try again later")
+    if action == "reject":
+        return Reply(550, "5.7.1", "Message refused")
+    return Reply(250, "2.0.0", "OK")
+
+
+def validate_policy(config: "PolicyConfig") -> None:
+    from scattergate.config import ConfigError
+
+    for key, action in config.actions.items():
+        if action not in ACTIONS:
+            raise ConfigError(f"policy.actions.{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")
+    for key, text in config.replies.items():
+        try:
+            reply = Reply.parse(text)
+        except (ValueError, IndexError):
+            raise ConfigError(f"policy.replies.{key}: not an SMTP reply: {text!r}") from None
+        action = config.actions.get(key) or (DEFAULT_RULES[key].action if key in DEFAULT_RULES else "")
+        if action == "reject" and reply.code // 100 != 5:
+            raise ConfigError(f"policy.replies.{key}: a reject needs a 5xx reply, not {reply.code}")
+        if action == "tempfail" and reply.code // 100 != 4:
+            raise ConfigError(f"policy.replies.{key}: a tempfail needs a 4xx reply, not {reply.code}")

@@ -1,0 +1,94 @@
+"""One log line per decision, decision counters, and the decision history in the state store.
+
+Logging happens at once; counters and history are buffered and written in batches from a
+thread, so the event loop never waits on the disk for bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Sequence
+
+from scattergate.model import Phase, Session, Verdict
+from scattergate.state.store import DecisionRecord, StateStore
+
+log = logging.getLogger("scattergate.decision")
+
+
+def format_decision(record: DecisionRecord) -> str:
+    findings = ",".join(record.findings) or "-"
+    return (
+        f"decision session={record.session} client={record.client} helo={record.helo or '-'}"
+        f" from=<{record.sender}> to={','.join(f'<{r}>' for r in record.recipients) or '-'}"
+        f" phase={record.phase} verdict={record.verdict} reply=\"{record.reply}\" findings={findings}"
+    )
+
+
+class DecisionRecorder:
+    def __init__(self, store: StateStore, *, flush_interval: float = 1.0) -> None:
+        self._store = store
+        self._interval = flush_interval
+        self._counters: Counter[str] = Counter()
+        self._decisions: list[DecisionRecord] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def record(
+        self,
+        session: Session,
+        phase: Phase,
+        sender: str,
+        recipients: Sequence[str],
+        verdict: Verdict,
+    ) -> DecisionRecord:
+        record = DecisionRecord(
+            time=time.time(),
+            session=session.id,
+            client=session.client_ip,
+            helo=session.helo,
+            sender=sender,
+            recipients=tuple(recipients),
+            phase=phase.value,
+            verdict=verdict.name,
+            reply=str(verdict.reply),
+            findings=tuple(str(f) for f in verdict.findings),
+        )
+        log.info("%s", format_decision(record))
+        self.count(f"decisions.{phase.value}.{verdict.name}")
+        for finding in verdict.findings:
+            self.count(f"findings.{finding.key}")
+        self._decisions.append(record)
+        return record
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self._counters[name] += amount
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        counters, self._counters = dict(self._counters), Counter()
+        decisions, self._decisions = self._decisions, []
+        if not counters and not decisions:
+            return
+        try:
+            await asyncio.to_thread(self._store.add, counters, decisions)
+        except Exception:
+            # Bookkeeping must never take the gateway down; the counts are lost, mail is not.
+            logging.getLogger(__name__).exception("cannot write decisions to the state store")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.flush()

@@ -1,0 +1,247 @@
+"""Before-queue relay to the downstream MTA, over pooled connections (aiosmtplib).
+
+The client waits while we relay, and gets the downstream's own verdict: 2xx only once the
+downstream has taken the message, its 5xx passed through, and a downstream that is down or
+slow becomes our 451. We never hold a message the next hop has not taken, so we can never owe
+anyone a bounce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import aiosmtplib
+
+from scattergate.address import Address
+from scattergate.model import Reply
+
+log = logging.getLogger(__name__)
+
+_STATUS = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+
+
+def downstream_reply(code: int, message: str, *, prefix: str = "") -> Reply:
+    """Turn a downstream reply into ours: keep its code and enhanced status, one line of text."""
+    text = " ".join(message.split())
+    match = _STATUS.match(text)
+    if match:
+        status, text = match.group(1), text[match.end():]
+    else:
+        status = {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(code // 100, "")
+    if status and status[0] != str(code)[0]:
+        status = ""  # a downstream that mixes classes: keep its code, drop the odd status
+    return Reply(code, status, f"{prefix}{text}" if prefix else text or "(no text)")
+
+
+class DownstreamUnavailable(Exception):
+    """Could not connect to, or talk to, the downstream."""
+
+
+class DownstreamPool:
+    """A small pool of open SMTP connections to one downstream.
+
+    A pooled connection may have been closed by the downstream while idle; a command that
+    fails on a reused connection *before DATA* is retried once on a fresh one (nothing was
+    handed over yet, so the retry cannot duplicate mail).
+    """
+
+    def __init__(self, host: str, port: int, *, size: int, timeout: float, local_hostname: str) -> None:
+        self.host, self.port = host, port
+        self._timeout = timeout
+        self._local_hostname = local_hostname
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            timeout=self._timeout,
+            local_hostname=self._local_hostname,
+            start_tls=False,
+        )
+        try:
+            await client.connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise DownstreamUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        return client
+
+    async def acquire(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connection, and whether it was reused from the pool."""
+        await self._slots.acquire()
+        try:
+            while self._idle:
+                client = self._idle.pop()
+                if client.is_connected:
+                    return client, True
+            return await self._connect(), False
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, client: aiosmtplib.SMTP, *, reusable: bool) -> None:
+        if reusable and client.is_connected:
+            self._idle.append(client)
+        else:
+            client.close()
+        self._slots.release()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await asyncio.wait_for(client.quit(), 2)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    reply: Reply
+    # Per-recipient refusals from the downstream (RCPT stage), for the log.
+    refused: tuple[tuple[str, Reply], ...] = ()
+
+
+_DOWN = Reply(451, "4.4.1", "Downstream mail server unavailable, try again later")
+_SLOW = Reply(451, "4.4.2", "Downstream mail server did not answer in time, try again later")
+
+
+class Relay:
+    def __init__(self, pool: DownstreamPool) -> None:
+        self.pool = pool
+
+    async def send(
+        self,
+        sender: Address,
+        recipients: Sequence[Address],
+        content: bytes,
+        *,
+        mail_options: Sequence[str] = (),
+        smtputf8: bool = False,
+        deadline: float,
+    ) -> RelayResult:
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._send(sender, recipients, content, mail_options, smtputf8)
+        except TimeoutError:
+            log.warning("downstream %s:%s timed out after %.1f s", self.pool.host, self.pool.port, deadline)
+            return RelayResult(_SLOW)
+        except DownstreamUnavailable as exc:
+            log.warning("%s", exc)
+            return RelayResult(_DOWN)
+
+    async def _send(
+        self,
+        sender: Address,
+        recipients: Sequence[Address],
+        content: bytes,
+        mail_options: Sequence[str],
+        smtputf8: bool,
+    ) -> RelayResult:
+        for attempt in (1, 2):
+            client, reused = await self.pool.acquire()
+            reusable = False
+            try:
+                result = await self._transaction(client, sender, recipients, content, mail_options, smtputf8)
+                reusable = True  # release() still drops it if the downstream hung up
+                return result
+            except _RetryableFailure as exc:
+                if reused and attempt == 1:
+                    continue  # stale pooled connection: nothing was handed over, try a fresh one
+                raise DownstreamUnavailable(str(exc)) from exc
+            finally:
+                self.pool.release(client, reusable=reusable)
+        raise AssertionError("unreachable")
+
+    async def _transaction(
+        self,
+        client: aiosmtplib.SMTP,
+        sender: Address,
+        recipients: Sequence[Address],
+        content: bytes,
+        mail_options: Sequence[str],
+        smtputf8: bool,
+    ) -> RelayResult:
+        encoding = "utf-8" if smtputf8 else "ascii"
+        options = list(mail_options)
+        try:
+            await client.mail(str(sender), options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            await _reset(client)
+            return RelayResult(downstream_reply(exc.code, exc.message))
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _RetryableFailure(f"MAIL failed: {exc}") from exc
+        refused: list[tuple[str, Reply]] = []
+        for rcpt in recipients:
+            try:
+                await client.rcpt(str(rcpt), encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused.append((str(rcpt), downstream_reply(exc.code, exc.message)))
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                raise DownstreamUnavailable(f"RCPT failed: {exc}") from exc
+        if refused:
+            # One reply must answer for every recipient. Relaying to only some of them would
+            # leave us owing a bounce for the others, so nothing is relayed: if the downstream
+            # refused them all permanently, so do we; otherwise the client retries later.
+            await _reset(client)
+            replies = [reply for _, reply in refused]
+            if len(refused) == len(recipients) and all(r.code >= 500 for r in replies):
+                return RelayResult(replies[0], tuple(refused))
+            temp = next((r for r in replies if r.code < 500), None)
+            reply = temp or Reply(451, "4.5.3", "Some recipients refused downstream, try again later")
+            if reply.code >= 500 or reply.code < 400:
+                reply = Reply(451, "4.5.3", "Some recipients refused downstream, try again later")
+            return RelayResult(reply, tuple(refused))
+        try:
+            response = await client.data(content)
+        except aiosmtplib.SMTPDataError as exc:
+            return RelayResult(downstream_reply(exc.code, exc.message))
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # The connection broke after DATA was sent: the downstream may or may not have
+            # the message. 451 lets the client retry; at worst a duplicate, never a loss.
+            raise DownstreamUnavailable(f"DATA failed: {exc}") from exc
+        return RelayResult(downstream_reply(response.code, response.message, prefix="Ok: relayed: "))
+
+    async def probe(self, recipient: Address, *, smtputf8: bool = False) -> Reply:
+        """RCPT-probe one address with a null sender (Postfix-style address verification)."""
+        for attempt in (1, 2):
+            client, reused = await self.pool.acquire()
+            reusable = False
+            try:
+                encoding = "utf-8" if smtputf8 else "ascii"
+                try:
+                    await client.mail("", encoding=encoding)
+                except aiosmtplib.SMTPSenderRefused as exc:
+                    await _reset(client)
+                    reusable = True
+                    return downstream_reply(exc.code, exc.message)
+                try:
+                    response = await client.rcpt(str(recipient), encoding=encoding)
+                    reply = downstream_reply(response.code, response.message)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    reply = downstream_reply(exc.code, exc.message)
+                await _reset(client)
+                reusable = True
+                return reply
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                if reused and attempt == 1:
+                    continue
+                raise DownstreamUnavailable(f"probe failed: {exc}") from exc
+            finally:
+                self.pool.release(client, reusable=reusable)
+        raise AssertionError("unreachable")
+
+
+class _RetryableFailure(Exception):
+    pass
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.rset()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()

@@ -1,0 +1,262 @@
+"""The gateway pipeline: checks by SMTP phase → findings → decision → verdict → delivery.
+
+Front ends (SMTP now; milter and policy later) translate their wire format into calls on
+`Gateway` and its verdicts back into replies. They never deliver: only this module hands an
+accepted message to delivery, and only after the decision layer said so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import time
+from collections import Counter
+from email.utils import format_datetime, localtime
+from pathlib import Path
+from typing import Sequence
+
+from scattergate.address import Address
+from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck, by_phase
+from scattergate.checks.limits import RecipientLimit
+from scattergate.checks.recipients import RecipientCheck, RecipientTable
+from scattergate.checks.relay import RelayCheck
+from scattergate.checks.smuggling import check_bare_line_endings
+from scattergate.checks.verify import RecipientVerifier
+from scattergate.config import Config, parse_host_port
+from scattergate.decision.policy import Decider
+from scattergate.decision.record import DecisionRecorder
+from scattergate.delivery import maildir
+from scattergate.delivery.relay import DownstreamPool, Relay
+from scattergate.model import (
+    Accept,
+    Envelope,
+    Finding,
+    Phase,
+    Quarantine,
+    Reject,
+    Reply,
+    Session,
+    Tempfail,
+    Verdict,
+)
+from scattergate.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+RCPT_OK = Reply(250, "2.1.5", "OK")
+MAIL_OK = Reply(250, "2.1.0", "OK")
+
+
+class Gateway:
+    def __init__(self, config: Config, store: StateStore) -> None:
+        self.config = config
+        self.hostname = config.server.hostname or socket.getfqdn()
+        self.decider = Decider(config.policy)
+        self.recorder = DecisionRecorder(store, flush_interval=config.state.flush_interval)
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.receive.trusted_networks]
+        self._active: Counter[str] = Counter()
+        self._active_total = 0
+        self._idle = asyncio.Event()
+
+        delivery = config.delivery
+        self.relay: Relay | None = None
+        if delivery.relay:
+            host, port = parse_host_port(delivery.relay, "delivery.relay")
+            pool = DownstreamPool(
+                host, port, size=delivery.relay_pool_size, timeout=delivery.relay_timeout,
+                local_hostname=self.hostname,
+            )
+            self.relay = Relay(pool)
+
+        # Recipient table: the file if given; with no file and no downstream to ask, only the
+        # role addresses every domain must have. With a downstream, it is asked instead.
+        table: RecipientTable | None = None
+        if config.receive.recipients_file or self.relay is None:
+            table = RecipientTable(config.receive.recipients_file or None)
+        domains = list(config.receive.domains)
+        if not domains and table is not None:
+            domains = sorted(table.domains)
+        self.domains = [d.lower() for d in (domains or ["localhost"])]
+
+        self.relay_check = RelayCheck(self.domains, outbound_route=self.relay is not None)
+        self.checks: dict[Phase, PhaseChecks] = by_phase()
+        rcpt = self.checks[Phase.RCPT]
+        rcpt.local.append(RecipientLimit(config.server.max_recipients))
+        rcpt.local.append(self.relay_check)
+        if table is not None:
+            rcpt.local.append(RecipientCheck(table, self.relay_check.is_local))
+        if self.relay is not None and delivery.verify_recipients:
+            verifier = RecipientVerifier(
+                self.relay, self.relay_check.is_local,
+                positive_ttl=delivery.verify_positive_ttl, negative_ttl=delivery.verify_negative_ttl,
+            )
+            rcpt.remote.append(RemoteCheck("verify", verifier, delivery.verify_timeout))
+        self.checks[Phase.DATA].local.append(check_bare_line_endings)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.recorder.start()
+
+    async def stop(self) -> None:
+        await self.recorder.stop()
+        if self.relay is not None:
+            await self.relay.pool.close()
+
+    # -- phases ----------------------------------------------------------------------------
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self._trusted)
+
+    def connect(self, session: Session) -> Verdict:
+        """A new connection: per-client and global limits. Pair every call with disconnect()."""
+        session.trusted = self.is_trusted(session.client_ip)
+        self._active[session.client_ip] += 1
+        self._active_total += 1
+        self.recorder.count("sessions")
+        findings: list[Finding] = []
+        server = self.config.server
+        if self._active_total > server.max_connections:
+            findings.append(Finding("connection", "too_many", f"{self._active_total} connections in all"))
+        elif self._active[session.client_ip] > server.max_connections_per_client:
+            findings.append(Finding("connection", "too_many", f"{self._active[session.client_ip]} from this client"))
+        verdict = self.decider.decide(findings)
+        if not isinstance(verdict, Accept):
+            self.recorder.record(session, Phase.CONNECT, "", (), verdict)
+        return verdict
+
+    def disconnect(self, session: Session) -> None:
+        self._active[session.client_ip] -= 1
+        if self._active[session.client_ip] <= 0:
+            del self._active[session.client_ip]
+        self._active_total -= 1
+        if self._active_total == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no session is open (graceful shutdown); False if some outlived `timeout`."""
+        if self._active_total == 0:
+            return True
+        self._idle.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("%d sessions still open after %.0f s; closing", self._active_total, timeout)
+            return False
+        return True
+
+    def mail(self, session: Session, sender: Address, options: Sequence[str]) -> Envelope:
+        """MAIL FROM: start a transaction. Sender findings wait for RCPT (reject late, log fully)."""
+        session.transactions += 1
+        return Envelope(sender=sender, mail_options=tuple(options))
+
+    async def rcpt(self, session: Session, envelope: Envelope, recipient: Address) -> Verdict:
+        checks = self.checks[Phase.RCPT]
+        ctx = CheckContext(session, envelope, recipient)
+        findings = envelope.sender_findings + checks.run_local(ctx)
+        verdict = self.decider.decide(findings, RCPT_OK)
+        if isinstance(verdict, Accept) and checks.remote:
+            findings += await checks.run_remote(ctx, self.config.server.rcpt_deadline)
+            verdict = self.decider.decide(findings, RCPT_OK)
+        if isinstance(verdict, (Accept, Quarantine)):
+            envelope.recipients.append(recipient)
+            envelope.rcpt_findings.extend(f for f in findings if f not in envelope.rcpt_findings)
+        else:
+            self.recorder.record(session, Phase.RCPT, str(envelope.sender), (str(recipient),), verdict)
+        return verdict
+
+    async def data(self, session: Session, envelope: Envelope, content: bytes) -> Verdict:
+        """End of DATA: content checks, then delivery inside the same deadline."""
+        started = time.monotonic()
+        deadline = self.config.server.data_deadline
+        checks = self.checks[Phase.DATA]
+        ctx = CheckContext(session, envelope, content=content)
+        findings = envelope.rcpt_findings + checks.run_local(ctx)
+        verdict = self.decider.decide(findings)
+        if isinstance(verdict, (Accept, Quarantine)) and checks.remote:
+            findings += await checks.run_remote(ctx, deadline)
+            verdict = self.decider.decide(findings)
+        if isinstance(verdict, (Accept, Quarantine)):
+            remaining = deadline - (time.monotonic() - started)
+            verdict = await self._deliver(session, envelope, content, verdict, remaining)
+        self.recorder.record(
+            session, Phase.DATA, str(envelope.sender), [str(r) for r in envelope.recipients], verdict
+        )
+        return verdict
+
+    # -- delivery --------------------------------------------------------------------------
+
+    def received_header(self, session: Session, envelope: Envelope) -> bytes:
+        protocol = ("UTF8" if "SMTPUTF8" in envelope.mail_options else "") + (
+            "ESMTP" if session.esmtp else "SMTP"
+        ) + ("S" if session.tls else "")
+        helo = "".join(c for c in session.helo if c.isprintable() and c not in "()\\")[:100] or "unknown"
+        target = f"\r\n\tfor {envelope.recipients[0].bracketed()}" if len(envelope.recipients) == 1 else ""
+        header = (
+            f"Received: from {helo} ([{session.client_ip}])\r\n\tby {self.hostname} (scattergate)"
+            f" with {protocol} id {envelope.message_id}{target};\r\n\t{format_datetime(localtime())}\r\n"
+        )
+        return header.encode("utf-8", "surrogateescape")
+
+    async def _deliver(
+        self, session: Session, envelope: Envelope, content: bytes, verdict: Verdict, budget: float
+    ) -> Verdict:
+        message = self.received_header(session, envelope) + content
+        findings = verdict.findings
+        if budget <= 0:
+            return Tempfail(Reply(451, "4.4.3", "Out of time, try again later"), findings)
+        if isinstance(verdict, Quarantine):
+            root = self.config.data_dir / "quarantine"
+            return await self._write_maildir(root, envelope, message, verdict, budget)
+        if self.relay is not None:
+            result = await self.relay.send(
+                envelope.sender, envelope.recipients, message,
+                mail_options=_relay_options(envelope.mail_options),
+                smtputf8="SMTPUTF8" in envelope.mail_options,
+                deadline=min(budget, self.config.delivery.relay_timeout),
+            )
+            reply = result.reply
+            outcome = Finding("delivery", "relayed" if reply.code < 300 else "refused", str(reply))
+            return _verdict_for(reply, findings + (outcome,))
+        return await self._write_maildir(self.config.maildir, envelope, message, verdict, budget)
+
+    async def _write_maildir(
+        self, root: Path, envelope: Envelope, message: bytes, verdict: Verdict, budget: float
+    ) -> Verdict:
+        try:
+            async with asyncio.timeout(budget):
+                await asyncio.to_thread(maildir.deliver, root, envelope.recipients, message)
+        except TimeoutError:
+            # The write may still finish in its thread: at worst a duplicate after the retry.
+            return Tempfail(Reply(451, "4.3.0", "Local delivery too slow, try again later"), verdict.findings)
+        except OSError as exc:
+            log.error("local delivery failed: %s", exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return Tempfail(Reply(452, "4.3.1", "Insufficient system storage"), verdict.findings)
+            return Tempfail(Reply(451, "4.3.0", "Local delivery failed, try again later"), verdict.findings)
+        if isinstance(verdict, Quarantine):
+            return Quarantine(Reply(250, "2.0.0", f"Ok: held as {envelope.message_id}"), verdict.findings)
+        return Accept(Reply(250, "2.0.0", f"Ok: delivered as {envelope.message_id}"), verdict.findings)
+
+
+def _relay_options(options: Sequence[str]) -> list[str]:
+    # Pass on what describes the message; SIZE is recomputed by the client library if needed.
+    return [o for o in options if o.split("=", 1)[0] in ("BODY", "SMTPUTF8")]
+
+
+def _verdict_for(reply: Reply, findings: tuple[Finding, ...]) -> Verdict:
+    if reply.code < 300:
+        return Accept(reply, findings)
+    if reply.code < 500:
+        return Tempfail(reply, findings)
+    return Reject(reply, findings)

@@ -1,0 +1,128 @@
+"""`scattergate serve`: sockets, worker processes, signals, graceful shutdown.
+
+One asyncio process saturates one core, so `workers = N` starts N processes listening on the
+same port with SO_REUSEPORT and lets the kernel spread connections between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Callable
+
+from scattergate.config import Config, parse_host_port
+from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.pipeline import Gateway
+from scattergate.state.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 30.0
+
+
+def setup_logging(config: Config) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config.logging.file:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(config.data_dir / config.logging.file))
+    logging.basicConfig(
+        level=config.logging.level.upper(),
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    # aiosmtpd logs every command at INFO; our decision line says what matters.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def bind(listen: str, *, reuse_port: bool) -> socket.socket:
+    host, port = parse_host_port(listen, "server.listen")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: plain asyncio works, a bit slower
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve on `sock` until SIGTERM/SIGINT, then drain the sessions in flight."""
+    loop = asyncio.get_running_loop()
+    store = SqliteStore(config.data_dir / "state.sqlite3", keep_decisions=config.state.keep_decisions)
+    gateway = Gateway(config, store)
+    await gateway.start()
+    sock.listen(1024)
+    sock.setblocking(False)
+    server = await loop.create_server(lambda: GatewaySMTP(gateway), sock=sock)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    port = sock.getsockname()[1]
+    log.info("scattergate listening on %s port %d for %s", sock.getsockname()[0], port, ", ".join(gateway.domains))
+    if on_ready is not None:
+        on_ready(port)
+    try:
+        await stop.wait()
+        log.info("shutting down: no new connections, draining sessions in flight")
+        server.close()
+        await gateway.wait_idle(DRAIN_SECONDS)
+    finally:
+        await gateway.stop()
+        store.close()
+
+
+def serve(config: Config) -> int:
+    setup_logging(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    workers = config.server.workers
+    if workers == 1:
+        sock = bind(config.server.listen, reuse_port=False)
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(run_worker(config, sock))
+        return 0
+    # Reserve the port (resolving port 0) in the parent, then let each worker bind its own
+    # listening socket to it: the kernel balances connections across SO_REUSEPORT listeners.
+    reserved = bind(config.server.listen, reuse_port=True)
+    host = reserved.getsockname()[0]
+    config.server.listen = f"[{host}]:{reserved.getsockname()[1]}" if ":" in host else f"{host}:{reserved.getsockname()[1]}"
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sock = bind(config.server.listen, reuse_port=True)
+                with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                    runner.run(run_worker(config, sock))
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status

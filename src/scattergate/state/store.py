@@ -1,0 +1,33 @@
+"""The state store interface: what every backend (SQLite now, Redis later) provides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One decision, as kept for the dashboard and the CLI."""
+
+    time: float
+    session: str
+    client: str
+    helo: str
+    sender: str
+    recipients: tuple[str, ...]
+    phase: str
+    verdict: str
+    reply: str
+    findings: tuple[str, ...]
+
+
+class StateStore(Protocol):
+    def add(self, counters: dict[str, int], decisions: Sequence[DecisionRecord]) -> None:
+        """Add counter increments and decisions in one batch (one transaction)."""
+
+    def counters(self) -> dict[str, int]: ...
+
+    def recent_decisions(self, limit: int = 50) -> list[DecisionRecord]: ...
+
+    def close(self) -> None: ...
