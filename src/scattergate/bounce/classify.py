@@ -1,0 +1,459 @@
+"""Is this message a bounce, an auto-reply, a challenge or a feedback report — and about what?
+
+A pure function over bytes. Structure (RFC 3464 / RFC 5965 / RFC 8098 report parts) is
+trusted first because it is unambiguous; everything else is graded evidence — sender,
+subject, headers, body phrases, an attached original — summed into a score per kind.
+Only the report's own text counts as evidence: the returned original (which may itself be
+an auto-reply or a bounce) is read for extraction, never for classification.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.utils import getaddresses, parseaddr
+
+from . import classify_rules as R
+from .classify_mime import Parsed, collect, header, header_block, headers, normalise, param, parse
+
+__all__ = ["Classification", "Kind", "classify"]
+
+
+class Kind(enum.StrEnum):
+    DSN = "dsn"  # RFC 3464 delivery status notification
+    BOUNCE = "bounce"  # non-standard MTA bounce / delay warning
+    AUTO_REPLY = "auto_reply"  # RFC 3834 auto-reply, vacation notice, MDN
+    CHALLENGE = "challenge"  # challenge-response sender verification
+    FEEDBACK = "feedback"  # RFC 5965 ARF feedback report
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    kind: Kind
+    confidence: float
+    evidence: tuple[str, ...]
+    original_message_id: str | None = None
+    original_sender: str | None = None
+    original_from: str | None = None
+    # For ARF: the complaining recipient(s); empty for auto-replies (nothing failed).
+    failed_recipients: tuple[str, ...] = ()
+    status_codes: tuple[str, ...] = ()
+    received_chain: tuple[str, ...] = ()
+
+    @property
+    def is_bounce(self) -> bool:
+        return self.kind in (Kind.DSN, Kind.BOUNCE)
+
+    @property
+    def is_automated_response(self) -> bool:
+        """Anything another server sent *because of* a message: the backscatter family."""
+        return self.kind is not Kind.NONE
+
+
+# Score thresholds: below these the message is `none`. Chosen on the corpora (docs/classifier.md).
+_BOUNCE_MIN = 5
+_AUTO_MIN = 4
+_CHALLENGE_MIN = 5
+
+_HEADER_LINE = re.compile(r"^[ \t>]{0,4}([A-Za-z][A-Za-z0-9-]{0,60}):")
+_KEY_HEADERS = frozenset({"from", "to", "subject", "message-id", "date", "received", "return-path", "cc"})
+_NONE = Classification(Kind.NONE, 0.0, ())
+
+
+def classify(message: bytes | str, envelope_sender: str | None = None) -> Classification:
+    """Classify one message. `envelope_sender` is MAIL FROM if known ('' for the null sender)."""
+    try:
+        return _classify(message, envelope_sender)
+    except Exception:  # defence in depth: a classifier bug must never fail a delivery
+        return Classification(Kind.NONE, 0.0, ("error",))
+
+
+def _classify(message: bytes | str, envelope_sender: str | None) -> Classification:
+    data = normalise(message)
+    if not data.strip():
+        return _NONE
+    top = parse(data)
+    parts = collect(top)
+    body = "\n".join(parts.texts)
+    report_text, inline_original = _split_original(body)
+    if not parts.originals and inline_original is not None:
+        parts.originals.append(inline_original)
+
+    evidence: list[str] = []
+    kind, confidence = _structural(top, parts, evidence)
+    if kind is Kind.NONE:
+        kind, confidence = _graded(top, parts, report_text, envelope_sender, evidence)
+    if kind is Kind.NONE:
+        return Classification(Kind.NONE, confidence, tuple(evidence))
+    return _extract(kind, confidence, evidence, top, parts, report_text)
+
+
+# --- classification ------------------------------------------------------------------------
+
+def _structural(top: Message, parts: Parsed, evidence: list[str]) -> tuple[Kind, float]:
+    """Report MIME types: standardised and unambiguous."""
+    report_type = param(top, "report-type") if "multipart/report" in parts.content_types else ""
+    if parts.feedback_blocks or report_type == "feedback-report":
+        evidence.append("arf:" + ("message/feedback-report" if parts.feedback_blocks else "report-type"))
+        return Kind.FEEDBACK, 0.99
+    dsn_fields = {name for block in parts.dsn_blocks for name, _ in block}
+    if report_type in ("delivery-status", "global-delivery-status") or parts.dsn_blocks:
+        if report_type:
+            evidence.append("multipart/report;report-type=" + report_type)
+        if parts.dsn_blocks:
+            evidence.append("message/delivery-status")
+        if dsn_fields & {"final-recipient", "original-recipient", "action", "status"}:
+            evidence.append("dsn-fields")
+            return Kind.DSN, 0.99
+        return Kind.DSN, 0.9
+    if parts.mdn_parts or report_type in ("disposition-notification", "global-disposition-notification"):
+        evidence.append("mdn:disposition-notification")
+        return Kind.AUTO_REPLY, 0.95
+    return Kind.NONE, 0.0
+
+
+def _subject(top: Message) -> tuple[str, bool]:
+    """Subject with list tags removed, and whether a human reply/forward prefix precedes it."""
+    subject = header(top, "Subject")
+    replied = False
+    for _ in range(6):  # "[list] Re: [list] ..." chains
+        stripped = R.LIST_TAG.sub("", subject, count=1)
+        m = R.REPLY_PREFIX.match(stripped)
+        if m:
+            replied = True
+            stripped = stripped[m.end():]
+        if stripped == subject:
+            break
+        subject = stripped.strip()
+    return subject, replied
+
+
+def _unquoted(text: str) -> str:
+    return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+
+
+def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str | None,
+            evidence: list[str]) -> tuple[Kind, float]:
+    subject, replied = _subject(top)
+    from_ = header(top, "From")
+    return_path = header(top, "Return-Path")
+    auto_submitted = header(top, "Auto-Submitted").lower()
+    precedence = header(top, "Precedence").lower()
+    text = _unquoted(report_text)[:65536]
+    scores = {Kind.BOUNCE: 0, Kind.AUTO_REPLY: 0, Kind.CHALLENGE: 0}
+    ev: dict[Kind, list[str]] = {k: [] for k in scores}
+
+    def add(kind: Kind, points: int, name: str) -> None:
+        scores[kind] += points
+        ev[kind].append(name)
+
+    # Who sent it. A null reverse-path is the RFC 5321 mark of a notification.
+    null_sender = envelope_sender == "" or return_path.replace(" ", "") == "<>"
+    if null_sender:
+        add(Kind.BOUNCE, 2, "null-sender")
+        add(Kind.AUTO_REPLY, 1, "null-sender")
+    display, _addr = parseaddr(from_)
+    system_sender = bool(R.SYSTEM_SENDER.search(from_) or R.SYSTEM_DISPLAY.match(display or ""))
+    if system_sender:
+        add(Kind.BOUNCE, 2, "system-sender")
+    if auto_submitted.startswith("auto-replied"):
+        add(Kind.AUTO_REPLY, 4, "auto-submitted:auto-replied")
+        add(Kind.BOUNCE, 1, "auto-submitted:auto-replied")
+        add(Kind.CHALLENGE, 1, "auto-submitted:auto-replied")
+    elif auto_submitted.startswith("auto-generated"):
+        add(Kind.BOUNCE, 1, "auto-submitted:auto-generated")
+        add(Kind.CHALLENGE, 1, "auto-submitted:auto-generated")
+
+    if header(top, "X-Failed-Recipients"):
+        add(Kind.BOUNCE, 4, "x-failed-recipients")
+    if not replied and R.BOUNCE_SUBJECT.match(subject):
+        add(Kind.BOUNCE, 3, "subject:bounce")
+    strong = {m.group(0).lower() for m in R.BOUNCE_PHRASE_STRONG.finditer(text[:32768])}
+    if strong:
+        add(Kind.BOUNCE, 2 + min(len(strong), 3), "body:" + sorted(strong)[0][:40])
+    if R.BOUNCE_PHRASE_WEAK.search(text[:16384]):
+        add(Kind.BOUNCE, 1, "body:failure-reason")
+    if parts.originals:
+        add(Kind.BOUNCE, 1, "original-attached")
+    if R.ENHANCED.search(text[:16384]):
+        add(Kind.BOUNCE, 1, "enhanced-status-code")
+
+    # Auto-replies.
+    for name in R.AUTO_HEADERS:
+        value = header(top, name).lower()
+        if value and value not in ("no", "false", "0"):
+            add(Kind.AUTO_REPLY, 4, name)
+            break
+    if precedence.startswith("auto_reply") or precedence.startswith("auto-reply"):
+        add(Kind.AUTO_REPLY, 4, "precedence:auto_reply")
+    elif precedence in ("bulk", "junk", "list"):
+        add(Kind.AUTO_REPLY, 1, "precedence:" + precedence)
+    if header(top, "X-Auto-Response-Suppress"):
+        add(Kind.AUTO_REPLY, 1, "x-auto-response-suppress")
+    if not replied and R.AUTO_SUBJECT.match(subject):
+        add(Kind.AUTO_REPLY, 3, "subject:auto-reply")
+    if R.AUTO_BODY.search(text[:8192]):
+        add(Kind.AUTO_REPLY, 2, "body:away")
+
+    # Challenge-response.
+    for name in R.CHALLENGE_HEADERS:
+        if header(top, name):
+            add(Kind.CHALLENGE, 4, name)
+            break
+    if not replied and R.CHALLENGE_SUBJECT.search(subject):
+        add(Kind.CHALLENGE, 2, "subject:challenge")
+    if R.CHALLENGE_BODY.search(text[:16384]):
+        add(Kind.CHALLENGE, 3, "body:challenge")
+        if R.CONFIRM_URL.search(text[:16384]):
+            add(Kind.CHALLENGE, 1, "confirm-link")
+
+    # Mailing-list traffic is not a notification unless something strong says so: List-Id on
+    # an ordinary post, newsletter or digest must not tip it over the line.
+    if header(top, "List-Id") or header(top, "List-Unsubscribe"):
+        for kind in scores:
+            if scores[kind] < 7:
+                scores[kind] -= 1
+        if scores[Kind.BOUNCE] < 9 and not null_sender:
+            scores[Kind.BOUNCE] -= 2
+
+    minimum = {Kind.BOUNCE: _BOUNCE_MIN, Kind.AUTO_REPLY: _AUTO_MIN, Kind.CHALLENGE: _CHALLENGE_MIN}
+    # Order breaks ties: a bounce that also says "auto-replied" is still a bounce.
+    best = max(scores, key=lambda k: (scores[k] - minimum[k], -list(scores).index(k)))
+    if scores[best] < minimum[best]:
+        return Kind.NONE, round(max(0.0, 0.4 * scores[best] / minimum[best]), 2)
+    evidence.extend(ev[best])
+    confidence = min(0.98, 0.55 + 0.05 * (scores[best] - minimum[best]) + 0.05)
+    return best, round(confidence, 2)
+
+
+# --- the returned original ------------------------------------------------------------------
+
+def _split_original(body: str) -> tuple[str, Message | None]:
+    """Split report text from an inline copy of the original (marker line or header block)."""
+    lines = body.split("\n")
+    limit = min(len(lines), 4000)
+    start = None
+    for i in range(limit):
+        m = _HEADER_LINE.match(lines[i])
+        if not m or m.group(1).lower() not in _KEY_HEADERS:
+            continue
+        block = _header_run(lines, i)
+        names = {n for n in block if n in _KEY_HEADERS}
+        if len(names) >= 2 and len(block) >= 3:
+            start = i
+            break
+    if start is None:
+        return body, None
+    # The report text ends at the marker line just above the copy, if there is one.
+    cut = start
+    for j in range(start - 1, max(-1, start - 6), -1):
+        if R.ORIGINAL_MARKER.match(lines[j]):
+            cut = j
+            break
+    block_lines = lines[start:start + 400]
+    indent = len(block_lines[0]) - len(block_lines[0].lstrip(" \t>"))
+    text = "\n".join(line[indent:] if len(line) >= indent else line for line in block_lines)
+    return "\n".join(lines[:cut]), header_block(text)
+
+
+def _header_run(lines: list[str], i: int) -> list[str]:
+    """Names of the consecutive header lines starting at i (continuations allowed)."""
+    names: list[str] = []
+    for line in lines[i:i + 200]:
+        if not line.strip():
+            break
+        m = _HEADER_LINE.match(line)
+        if m and not line[:1].isspace():
+            names.append(m.group(1).lower())
+        elif line[:1] in " \t" and names:
+            continue
+        elif m:
+            names.append(m.group(1).lower())
+        else:
+            break
+    return names
+
+
+# --- extraction ------------------------------------------------------------------------------
+
+def _addr(value: str) -> str | None:
+    m = R.ADDRESS.search(value or "")
+    return m.group(1).strip().strip(".") if m else None
+
+
+def _norm_id(value: str) -> str | None:
+    value = (value or "").strip()
+    m = R.MESSAGE_ID.search(value)
+    if m:
+        return m.group(1)
+    value = value.strip("<> \t")
+    return value if value and " " not in value else None
+
+
+def _extract(kind: Kind, confidence: float, evidence: list[str], top: Message, parts: Parsed,
+             report_text: str) -> Classification:
+    original = parts.originals[0] if parts.originals else None
+    # Some reports attach only headers to a rfc822 part whose first block is empty: use the
+    # first original that has any header at all.
+    for candidate in parts.originals:
+        if candidate.keys():
+            original = candidate
+            break
+
+    dsn_field = _dsn_values(parts.dsn_blocks + parts.feedback_blocks)
+    message_id = None
+    if original is not None:
+        message_id = _norm_id(header(original, "Message-ID"))
+    if message_id is None:
+        message_id = _norm_id(dsn_field("x-original-message-id") or dsn_field("original-message-id"))
+    if message_id is None and kind in (Kind.AUTO_REPLY, Kind.CHALLENGE):
+        message_id = _norm_id(header(top, "In-Reply-To"))
+    if message_id is None:
+        message_id = _text_message_id(report_text, top)
+
+    original_from = _addr(header(original, "From")) if original is not None else None
+    original_sender = None
+    if original is not None:
+        original_sender = _addr(header(original, "Return-Path")) or None
+    if original_sender is None and kind is Kind.FEEDBACK:
+        original_sender = _addr(dsn_field("original-mail-from"))
+    if original_sender is None and kind is not Kind.FEEDBACK:
+        # A bounce or auto-reply is addressed to the envelope sender of what it answers.
+        rcpts = [a for _, a in getaddresses(headers(top, "To")) if a]
+        original_sender = _addr(rcpts[0]) if len(rcpts) == 1 else None
+    if original_sender is None:
+        original_sender = original_from
+
+    if kind in (Kind.DSN, Kind.BOUNCE, Kind.FEEDBACK):
+        recipients = _recipients(kind, top, parts, report_text, original, original_sender, original_from)
+    else:
+        recipients = ()
+    codes = _status_codes(parts, report_text) if kind in (Kind.DSN, Kind.BOUNCE) else ()
+    chain: tuple[str, ...] = ()
+    if original is not None:
+        chain = tuple(headers(original, "Received")[:50])
+    return Classification(kind, confidence, tuple(evidence), message_id, original_sender,
+                          original_from, recipients, codes, chain)
+
+
+def _dsn_values(blocks: list[list[tuple[str, str]]]):
+    def get(name: str) -> str:
+        for block in blocks:
+            for key, value in block:
+                if key == name and value:
+                    return value
+        return ""
+    return get
+
+
+def _text_message_id(text: str, top: Message) -> str | None:
+    own = _norm_id(header(top, "Message-ID"))
+    m = re.search(r"message-?id\s*(?:[:=]|is|was)?\s*(<[^<>\s]+>|[^\s<>]+@[^\s<>]+)", text, re.I)
+    if m:
+        value = _norm_id(m.group(1))
+        if value and value != own:
+            return value
+    return None
+
+
+_SKIP_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|abuse|noreply|no-reply)$", re.I)
+
+
+def _recipients(kind: Kind, top: Message, parts: Parsed, report_text: str, original: Message | None,
+                original_sender: str | None, original_from: str | None) -> tuple[str, ...]:
+    found: list[str] = []
+
+    def take(value: str) -> None:
+        a = _addr(value.split(";", 1)[1] if ";" in value else value)
+        if a and a.lower() not in (x.lower() for x in found):
+            found.append(a)
+
+    # 1. Machine-readable fields: DSN per-recipient blocks, ARF, Exim's header.
+    for block in parts.dsn_blocks:
+        fields = dict(block)
+        if "final-recipient" in fields:
+            take(fields["final-recipient"])
+        elif "original-recipient" in fields:
+            take(fields["original-recipient"])
+    for block in parts.feedback_blocks:
+        for key, value in block:
+            if key in ("original-rcpt-to", "removal-recipient"):
+                take(value)
+    if found:
+        return tuple(found)
+    for value in headers(top, "X-Failed-Recipients"):
+        for piece in value.split(","):
+            take(piece)
+    if found:
+        return tuple(found)
+    # 2. DSN-like fields written into the text (many MTAs do this without the MIME part).
+    for m in re.finditer(r"^\s*(?:final|original)-recipient:\s*(?:rfc822;)?\s*(\S+)", report_text, re.I | re.M):
+        take(m.group(1))
+    if found:
+        return tuple(found)
+    if kind is Kind.FEEDBACK:
+        if original is not None:
+            take(header(original, "To"))
+        return tuple(found)
+    # 3. Addresses named in the report text, minus the parties to the report itself.
+    exclude = {a.lower() for a in (original_sender, original_from) if a}
+    for name in ("From", "To", "Reply-To", "Return-Path", "Sender", "Cc"):
+        for _, a in getaddresses(headers(top, name)):
+            if a:
+                exclude.add(a.lower())
+    if original is not None:
+        for name in ("From", "Return-Path", "Sender", "Reply-To"):
+            a = _addr(header(original, name))
+            if a:
+                exclude.add(a.lower())
+    ids = {m.group(1).lower() for m in R.MESSAGE_ID.finditer(report_text)}
+    for m in R.ADDRESS.finditer(report_text[:32768]):
+        a = m.group(1).strip(".")
+        low = a.lower()
+        if low in exclude or low in ids or _SKIP_LOCAL.match(a.split("@", 1)[0]):
+            continue
+        line_start = report_text.rfind("\n", 0, m.start()) + 1
+        prefix = report_text[line_start:m.start()].lower()
+        if "message-id" in prefix or "http" in prefix[-40:] or "envelope-from" in prefix:
+            continue
+        take(a)
+        if len(found) >= 20:
+            break
+    if found:
+        return tuple(found)
+    # 4. Last resort: whom the original was addressed to.
+    if original is not None:
+        for name in ("To", "Cc"):
+            for _, a in getaddresses(headers(original, name)):
+                if a and a.lower() not in exclude:
+                    take(a)
+    return tuple(found)
+
+
+def _status_codes(parts: Parsed, report_text: str) -> tuple[str, ...]:
+    codes: list[str] = []
+
+    def add(code: str) -> None:
+        if code not in codes:
+            codes.append(code)
+
+    for block in parts.dsn_blocks:
+        for key, value in block:
+            if key == "status":
+                m = R.ENHANCED.search(value)
+                if m:
+                    add(m.group(1))
+            elif key == "diagnostic-code":
+                for m in R.SMTP_CODE.finditer(value):
+                    add(m.group(1))
+                for m in R.ENHANCED.finditer(value):
+                    add(m.group(1))
+    text = report_text[:32768]
+    for m in R.ENHANCED.finditer(text):
+        add(m.group(1))
+    for m in R.SMTP_CODE.finditer(text):
+        add(m.group(1))
+    return tuple(codes[:20])

@@ -1,0 +1,330 @@
+"""An async DNS resolver with a TTL-respecting cache and a typed, plain-Python API.
+
+Built on `dns.asyncresolver` so a slow answer never blocks the event loop. The nameservers and
+their port are configurable (tests point them at a loopback server). Answers are cached by TTL
+(capped), negative answers (NXDOMAIN / NODATA) by the SOA minimum (RFC 2308, capped); temporary
+failures are cached only briefly, if at all, so one SERVFAIL doesn't stick.
+
+Errors are a small hierarchy: `DnsTempError` (timeout, SERVFAIL, REFUSED, network) means "ask
+again later"; `DnsNotFound` (NXDOMAIN, or a name that cannot exist) means "no such name"; a name
+that exists without records of the asked type (NODATA) is an empty list, not an error.
+
+Libraries with blocking DNS hooks (pyspf, dkimpy) run in worker threads through
+`Resolver.run_blocking`; their lookups come back to this resolver on the event loop, so they
+share its cache and its timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class DnsError(Exception):
+    """Base of the resolver's errors."""
+
+
+class DnsTempError(DnsError):
+    """A temporary failure: timeout, SERVFAIL, REFUSED, unreachable server. Retry later."""
+
+
+class DnsNotFound(DnsError):
+    """NXDOMAIN: the name does not exist (or is not a valid DNS name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """Resolver settings. Empty `nameservers` means the system's /etc/resolv.conf."""
+
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    timeout: float = 2.0  # one attempt at one server
+    lifetime: float = 5.0  # the whole query, retries and TCP fallback included
+    cache_size: int = 10_000  # entries; 0 disables the cache
+    max_ttl: float = 3600.0  # cap for positive answers
+    min_ttl: float = 0.0  # floor for positive answers (0 = trust the zone)
+    negative_max_ttl: float = 900.0  # cap for NXDOMAIN/NODATA (RFC 2308 suggests ≤ 3 h)
+    negative_default_ttl: float = 60.0  # when the answer carries no SOA
+    tempfail_ttl: float = 0.0  # seconds to remember a SERVFAIL/timeout; 0 = never
+    blocking_workers: int = 8  # threads for blocking libraries (pyspf, dkimpy)
+
+
+# What the cache holds for one (name, type): records, or the error to raise again.
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    expires: float
+    records: tuple[dns.rdata.Rdata, ...] = ()
+    error: DnsError | None = None
+
+
+class Resolver:
+    """Async, cached resolver. One per process is enough; it is safe to share between tasks."""
+
+    def __init__(self, config: DnsConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or DnsConfig()
+        self._clock = clock
+        self._cache: dict[tuple[str, int], _Entry] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Future[_Entry]] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._resolver = self._make_resolver()
+
+    def _make_resolver(self) -> dns.asyncresolver.Resolver:
+        cfg = self.config
+        if cfg.nameservers:
+            res = dns.asyncresolver.Resolver(configure=False)
+            res.nameservers = list(cfg.nameservers)
+        else:
+            res = dns.asyncresolver.Resolver()
+        res.port = cfg.port
+        res.timeout = cfg.timeout
+        res.lifetime = cfg.lifetime
+        res.cache = None  # ours caches negative answers and errors too
+        res.use_edns(0, 0, 1232)  # DNS flag day 2020 size: big TXT arrives over UDP or via TC→TCP
+        return res
+
+    # --- typed lookups ------------------------------------------------------------------------
+
+    async def txt(self, name: str) -> list[str]:
+        """TXT records, each one's strings joined (RFC 7208 §3.3), decoded as UTF-8 (lossy)."""
+        return [b.decode("utf-8", "replace") for b in await self.txt_bytes(name)]
+
+    async def txt_bytes(self, name: str) -> list[bytes]:
+        """TXT records as raw bytes, each one's strings joined with no separator."""
+        return [b"".join(r.strings) for r in await self.query(name, "TXT")]  # type: ignore[attr-defined]
+
+    async def txt_strings(self, name: str) -> list[tuple[bytes, ...]]:
+        """TXT records as their separate character-strings (some parsers need the pieces)."""
+        return [tuple(r.strings) for r in await self.query(name, "TXT")]  # type: ignore[attr-defined]
+
+    async def a(self, name: str) -> list[str]:
+        return [r.address for r in await self.query(name, "A")]  # type: ignore[attr-defined]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return [r.address for r in await self.query(name, "AAAA")]  # type: ignore[attr-defined]
+
+    async def mx(self, name: str) -> list[tuple[int, str]]:
+        """(preference, exchange) pairs, exchange without the final dot, sorted by preference."""
+        records = await self.query(name, "MX")
+        return sorted((r.preference, r.exchange.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
+                      for r in records)
+
+    async def ptr(self, ip: str) -> list[str]:
+        """Names for an IP address (the reverse lookup), without the final dot."""
+        try:
+            rev = dns.reversename.from_address(ip).to_text()
+        except (ValueError, dns.exception.SyntaxError) as exc:
+            raise DnsNotFound(f"not an IP address: {ip!r}") from exc
+        return await self.ptr_name(rev)
+
+    async def ptr_name(self, name: str) -> list[str]:
+        """PTR records of an in-addr.arpa / ip6.arpa name, without the final dot."""
+        return [r.target.to_text(omit_final_dot=True)  # type: ignore[attr-defined]
+                for r in await self.query(name, "PTR")]
+
+    # --- the cached core ----------------------------------------------------------------------
+
+    async def query(self, name: str, rdtype: str | int) -> tuple[dns.rdata.Rdata, ...]:
+        """Records of `rdtype` at `name` (CNAMEs followed); () for NODATA.
+
+        Raises DnsNotFound or DnsTempError. Concurrent identical queries share one lookup.
+        """
+        qname = _to_name(name)
+        qtype = dns.rdatatype.RdataType.make(rdtype)
+        key = (qname.to_text().lower(), int(qtype))
+        entry = self._cache.get(key)
+        if entry is not None:
+            if entry.expires > self._clock():
+                return _unwrap(entry)
+            del self._cache[key]
+        fut = self._inflight.get(key)
+        if fut is None:
+            # A task of its own, so one caller being cancelled doesn't cancel the others.
+            fut = asyncio.ensure_future(self._lookup(qname, qtype))
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+        entry = await asyncio.shield(fut)
+        return _unwrap(entry)
+
+    async def _lookup(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> _Entry:
+        key = (qname.to_text().lower(), int(qtype))
+        entry = await self._fetch(qname, qtype)
+        if self.config.cache_size > 0 and entry.expires > self._clock():
+            if len(self._cache) >= self.config.cache_size:
+                self._evict()
+            self._cache[key] = entry
+        return entry
+
+    async def _fetch(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> _Entry:
+        cfg = self.config
+        now = self._clock()
+        try:
+            answer = await self._resolver.resolve(qname, qtype, raise_on_no_answer=False,
+                                                  search=False)
+        except dns.resolver.NXDOMAIN as exc:
+            ttl = _negative_ttl(_first_response(exc), cfg)
+            return _Entry(now + ttl, error=DnsNotFound(f"{qname}: NXDOMAIN"))
+        except dns.resolver.YXDOMAIN as exc:
+            return _Entry(now, error=DnsNotFound(f"{qname}: {exc}"))
+        except dns.exception.Timeout:
+            return _Entry(now + cfg.tempfail_ttl,
+                          error=DnsTempError(f"{qname}/{qtype.name}: timeout"))
+        except dns.resolver.NoNameservers as exc:
+            # SERVFAIL, REFUSED, FORMERR, malformed answers, CNAME chains too long.
+            return _Entry(now + cfg.tempfail_ttl,
+                          error=DnsTempError(f"{qname}/{qtype.name}: {_short(exc)}"))
+        except (dns.exception.DNSException, OSError, ValueError) as exc:
+            return _Entry(now + cfg.tempfail_ttl,
+                          error=DnsTempError(f"{qname}/{qtype.name}: {type(exc).__name__}"))
+        if answer.rrset is None:  # NODATA
+            return _Entry(now + _negative_ttl(answer.response, cfg))
+        ttl = min(max(float(answer.chaining_result.minimum_ttl), cfg.min_ttl), cfg.max_ttl)
+        return _Entry(now + ttl, records=tuple(answer.rrset))
+
+    def _evict(self) -> None:
+        now = self._clock()
+        for k in [k for k, e in self._cache.items() if e.expires <= now]:
+            del self._cache[k]
+        # Still full: drop the oldest quarter (dicts keep insertion order).
+        if len(self._cache) >= self.config.cache_size:
+            for k in list(self._cache)[: max(1, len(self._cache) // 4)]:
+                del self._cache[k]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # --- blocking libraries -------------------------------------------------------------------
+
+    async def run_blocking(self, fn: Callable[["BlockingResolver"], T]) -> T:
+        """Run `fn(blocking_resolver)` in a worker thread, off the event loop.
+
+        The blocking resolver's lookups are sent back to this resolver on this loop, so a
+        blocking library (pyspf, dkimpy) shares our cache and nameservers. A dedicated pool keeps
+        slow DNS inside such libraries from starving the loop's default executor.
+        """
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.config.blocking_workers,
+                                                thread_name_prefix="dns-blocking")
+        return await loop.run_in_executor(self._executor, fn, BlockingResolver(self, loop))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+class BlockingResolver:
+    """The same typed API, callable from a worker thread (never from the event loop itself)."""
+
+    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop) -> None:
+        self._resolver = resolver
+        self._loop = loop
+
+    def _call(self, coro: Awaitable[T]) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            # The resolver's own lifetime bounds the lookup; the margin only guards a dead loop.
+            return fut.result(timeout=self._resolver.config.lifetime + 2.0)
+        except TimeoutError as exc:
+            fut.cancel()
+            raise DnsTempError("resolver did not answer") from exc
+
+    def query(self, name: str, rdtype: str | int) -> tuple[dns.rdata.Rdata, ...]:
+        return self._call(self._resolver.query(name, rdtype))
+
+    def txt(self, name: str) -> list[str]:
+        return self._call(self._resolver.txt(name))
+
+    def txt_bytes(self, name: str) -> list[bytes]:
+        return self._call(self._resolver.txt_bytes(name))
+
+    def txt_strings(self, name: str) -> list[tuple[bytes, ...]]:
+        return self._call(self._resolver.txt_strings(name))
+
+    def a(self, name: str) -> list[str]:
+        return self._call(self._resolver.a(name))
+
+    def aaaa(self, name: str) -> list[str]:
+        return self._call(self._resolver.aaaa(name))
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        return self._call(self._resolver.mx(name))
+
+    def ptr(self, ip: str) -> list[str]:
+        return self._call(self._resolver.ptr(ip))
+
+    def ptr_name(self, name: str) -> list[str]:
+        return self._call(self._resolver.ptr_name(name))
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def _to_name(name: str) -> dns.name.Name:
+    """An absolute DNS name, or DnsNotFound for text that can't be one (empty or long labels)."""
+    if not name or name.strip() != name or _is_ip_literal(name):
+        raise DnsNotFound(f"not a DNS name: {name!r}")
+    try:
+        return dns.name.from_text(name.rstrip(".") + ".") if name != "." else dns.name.root
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise DnsNotFound(f"not a DNS name: {name!r} ({type(exc).__name__})") from exc
+
+
+def _is_ip_literal(name: str) -> bool:
+    text = name[1:-1] if name.startswith("[") and name.endswith("]") else None
+    if text is None:
+        return False
+    try:
+        ipaddress.ip_address(text.removeprefix("IPv6:"))
+        return True
+    except ValueError:
+        return True  # any bracketed text is a literal, never a domain
+
+
+def _unwrap(entry: _Entry) -> tuple[dns.rdata.Rdata, ...]:
+    if entry.error is not None:
+        raise type(entry.error)(*entry.error.args)  # a fresh exception: no shared tracebacks
+    return entry.records
+
+
+def _first_response(exc: dns.resolver.NXDOMAIN) -> dns.message.Message | None:
+    try:
+        responses = exc.responses()
+        return next(iter(responses.values()), None)
+    except Exception:  # older/odd NXDOMAIN objects carry no responses
+        return None
+
+
+def _negative_ttl(response: dns.message.Message | None, cfg: DnsConfig) -> float:
+    """RFC 2308 §5: min(SOA TTL, SOA MINIMUM) from the authority section, capped."""
+    if response is not None:
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                soa = rrset[0]
+                return float(min(rrset.ttl, soa.minimum, cfg.negative_max_ttl))  # type: ignore[attr-defined]
+    return min(cfg.negative_default_ttl, cfg.negative_max_ttl)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."

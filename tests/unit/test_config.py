@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from scattergate.cli import build_parser, load_config
+from scattergate.config import Config, ConfigError, from_dict, load, parse_host_port
+
+
+def test_defaults_are_a_safe_local_gateway() -> None:
+    config = Config()
+    config.validate()
+    assert config.server.listen == "127.0.0.1:2525"
+    assert config.receive.trusted_networks == []  # relays for nobody, loopback included
+    assert config.maildir == Path("scattergate-data/maildir")
+
+
+def test_unknown_key_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"server\.listen_port"):
+        from_dict({"server": {"listen_port": 25}})
+    with pytest.raises(ConfigError, match=r"unknown configuration key: bogus"):
+        from_dict({"bogus": {}})
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"server": {"workers": "2"}}, "server.workers"),
+        ({"server": {"data_deadline": True}}, "server.data_deadline"),
+        ({"receive": {"domains": "example.org"}}, "receive.domains"),
+        ({"delivery": {"verify_recipients": 1}}, "delivery.verify_recipients"),
+    ],
+)
+def test_wrong_types_are_errors_naming_the_key(raw: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: setattr(c.server, "listen", "nonsense"), "server.listen"),
+        (lambda c: setattr(c.delivery, "relay", "host"), "delivery.relay"),
+        (lambda c: setattr(c.receive, "trusted_networks", ["10.0.0.0/33"]), "trusted_networks"),
+        (lambda c: setattr(c.server, "data_deadline", 900.0), "data_deadline"),
+        (lambda c: setattr(c.server, "max_recipients", 0), "max_recipients"),
+    ],
+)
+def test_invalid_values_are_errors(mutate, key: str) -> None:  # type: ignore[no-untyped-def]
+    config = Config()
+    mutate(config)
+    with pytest.raises(ConfigError, match=key):
+        config.validate()
+
+
+def test_toml_file_and_cli_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[server]\nlisten = "127.0.0.1:2526"\nmax_recipients = 10\n'
+        '[receive]\ndomains = ["example.org"]\n'
+    )
+    args = build_parser().parse_args(["serve", "--config", str(path), "--listen", "127.0.0.1:2999"])
+    config = load_config(args)
+    assert config.server.listen == "127.0.0.1:2999"  # the flag wins
+    assert config.server.max_recipients == 10  # the file stays where no flag was given
+    assert config.receive.domains == ["example.org"]
+
+
+def test_unreadable_or_broken_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    with pytest.raises(ConfigError, match="broken.toml"):
+        load(broken)
+
+
+def test_host_port_parsing() -> None:
+    assert parse_host_port("[::1]:25") == ("::1", 25)
+    assert parse_host_port("mx.example:2525") == ("mx.example", 2525)
+    for bad in ("", ":25", "host:", "host:99999", "host:port"):
+        with pytest.raises(ConfigError):
+            parse_host_port(bad)
