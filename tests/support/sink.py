@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -29,8 +30,10 @@ class SmtpSink:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o777)  # smtp-sink drops to 'nobody' before writing
-        command = [self.binary, "-u", "nobody", "-d", f"{self.directory}/%M%S.", *self.args,
+        # smtp-sink must drop privileges; as root it keeps root's so it can write into the
+        # test's private temp dir (as 'nobody' it cannot, and drops every connection).
+        user = "root" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        command = [self.binary, "-u", user, "-d", f"{self.directory}/%M%S.", *self.args,
                    f"127.0.0.1:{self.port}", "100"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # Wait until it accepts connections (a readiness poll, not a timing assumption).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
@@ -84,11 +84,38 @@ def _classify(message: bytes | str, envelope_sender: str | None) -> Classificati
 
     evidence: list[str] = []
     kind, confidence = _structural(top, parts, evidence)
+    ses = R.SES_JSON.search(body[:65536]) if kind is Kind.NONE else None
+    if ses:
+        kind = Kind.FEEDBACK if ses.group(1) == "Complaint" else Kind.BOUNCE
+        confidence = 0.95
+        evidence.append("ses-json:" + ses.group(1).lower())
     if kind is Kind.NONE:
         kind, confidence = _graded(top, parts, report_text, envelope_sender, evidence)
     if kind is Kind.NONE:
         return Classification(Kind.NONE, confidence, tuple(evidence))
-    return _extract(kind, confidence, evidence, top, parts, report_text)
+    result = _extract(kind, confidence, evidence, top, parts, report_text)
+    if ses:
+        result = _ses_fields(result, body[:65536])
+    return result
+
+
+def _ses_fields(result: Classification, body: str) -> Classification:
+    """Amazon SES notifications are JSON (often truncated): read the fields by pattern."""
+    recipients: list[str] = []
+    for m in R.SES_RECIPIENT.finditer(body):
+        for a in R.ADDRESS.findall(m.group(1) or m.group(2) or ""):
+            if a.lower() not in (x.lower() for x in recipients):
+                recipients.append(a)
+        if recipients:
+            break
+    mid = R.SES_MESSAGE_ID.search(body)
+    source = R.SES_SOURCE.search(body)
+    return replace(
+        result,
+        failed_recipients=tuple(recipients) or result.failed_recipients,
+        original_message_id=mid.group(1) if mid else result.original_message_id,
+        original_sender=_addr(source.group(1)) if source else result.original_sender,
+    )
 
 
 # --- classification ------------------------------------------------------------------------
@@ -99,6 +126,12 @@ def _structural(top: Message, parts: Parsed, evidence: list[str]) -> tuple[Kind,
     if parts.feedback_blocks or report_type == "feedback-report":
         evidence.append("arf:" + ("message/feedback-report" if parts.feedback_blocks else "report-type"))
         return Kind.FEEDBACK, 0.99
+    if any(o.get(R.JMRP_HEADER) for o in parts.originals):
+        evidence.append("jmrp:" + R.JMRP_HEADER)
+        return Kind.FEEDBACK, 0.95
+    if header(top, "X-Apple-Unsubscribe").lower() == "true":
+        evidence.append("x-apple-unsubscribe")
+        return Kind.FEEDBACK, 0.9
     dsn_fields = {name for block in parts.dsn_blocks for name, _ in block}
     if report_type in ("delivery-status", "global-delivery-status") or parts.dsn_blocks:
         if report_type:
@@ -177,7 +210,8 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
     if R.BOUNCE_PHRASE_WEAK.search(text[:16384]):
         add(Kind.BOUNCE, 1, "body:failure-reason")
     if parts.originals:
-        add(Kind.BOUNCE, 1, "original-attached")
+        # A null-sender message carrying another message is what a bounce is, whatever its words.
+        add(Kind.BOUNCE, 3 if null_sender and parts.attached else 1, "original-attached")
     if R.ENHANCED.search(text[:16384]):
         add(Kind.BOUNCE, 1, "enhanced-status-code")
 
@@ -193,8 +227,10 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 1, "precedence:" + precedence)
     if header(top, "X-Auto-Response-Suppress"):
         add(Kind.AUTO_REPLY, 1, "x-auto-response-suppress")
-    if not replied and R.AUTO_SUBJECT.match(subject):
-        add(Kind.AUTO_REPLY, 3, "subject:auto-reply")
+    if not replied and R.AUTO_SUBJECT_STRONG.match(subject):
+        add(Kind.AUTO_REPLY, 4, "subject:auto-reply")
+    elif not replied and R.AUTO_SUBJECT.match(subject):
+        add(Kind.AUTO_REPLY, 3, "subject:away")
     if R.AUTO_BODY.search(text[:8192]):
         add(Kind.AUTO_REPLY, 2, "body:away")
 
@@ -360,6 +396,15 @@ def _text_message_id(text: str, top: Message) -> str | None:
 
 
 _SKIP_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|abuse|noreply|no-reply)$", re.I)
+# Text before an address on its line that says it is *not* a failed recipient: an id header,
+# a URL, the original's summary (Exchange's "To:/From:"), or a helpdesk contact.
+_SKIP_PREFIX = re.compile(
+    r"message-?id|https?://\S*$|envelope-from|^\s*(?:to|from|cc|sender|reply-to|sent by|date)\s*:"
+    r"|^\s*x-[\w-]+:|contact|assistance|support|help|write to|mailto:\S*$|\bfrom\s*<?$|sent (?:by|from)",
+    re.I,
+)
+_LONE_PREFIX = re.compile(r"^\s*<?$")
+_LONE_SUFFIX = re.compile(r"^>?\s*:?\s*$")
 
 
 def _recipients(kind: Kind, top: Message, parts: Parsed, report_text: str, original: Message | None,
@@ -409,19 +454,25 @@ def _recipients(kind: Kind, top: Message, parts: Parsed, report_text: str, origi
             a = _addr(header(original, name))
             if a:
                 exclude.add(a.lower())
-    ids = {m.group(1).lower() for m in R.MESSAGE_ID.finditer(report_text)}
+    alone: list[str] = []  # addresses that are the whole line: MTAs list failures that way
     for m in R.ADDRESS.finditer(report_text[:32768]):
         a = m.group(1).strip(".")
-        low = a.lower()
-        if low in exclude or low in ids or _SKIP_LOCAL.match(a.split("@", 1)[0]):
-            continue
         line_start = report_text.rfind("\n", 0, m.start()) + 1
+        line_end = report_text.find("\n", m.end())
         prefix = report_text[line_start:m.start()].lower()
-        if "message-id" in prefix or "http" in prefix[-40:] or "envelope-from" in prefix:
+        suffix = report_text[m.end():line_end if line_end >= 0 else None]
+        if _LONE_PREFIX.match(prefix) and _LONE_SUFFIX.match(suffix):
+            alone.append(a)
+        if a.lower() in exclude or _SKIP_LOCAL.match(a.split("@", 1)[0]) or _SKIP_PREFIX.search(prefix):
             continue
         take(a)
         if len(found) >= 20:
             break
+    if found:
+        return tuple(found)
+    # The anonymised or odd cases where the failed address equals a header party.
+    for a in alone:
+        take(a)
     if found:
         return tuple(found)
     # 4. Last resort: whom the original was addressed to.

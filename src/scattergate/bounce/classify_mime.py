@@ -38,6 +38,7 @@ class Parsed:
     dsn_blocks: list[list[tuple[str, str]]] = field(default_factory=list)
     feedback_blocks: list[list[tuple[str, str]]] = field(default_factory=list)
     mdn_parts: int = 0
+    attached: bool = False  # an original came as a MIME part (not merely copied inline)
     content_types: list[str] = field(default_factory=list)
 
 
@@ -264,6 +265,7 @@ def collect(top: Message) -> Parsed:
             inner = _attached(part)
             if inner is not None and len(out.originals) < 4:
                 out.originals.append(inner)
+                out.attached = True
                 # An original can itself be a report (DSN of an auto-reply): never descend.
         elif ctype.startswith(("text/", "multipart/")) or depth == 0:
             if total_text >= MAX_TEXT_TOTAL:

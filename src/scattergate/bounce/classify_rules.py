@@ -13,7 +13,7 @@ _I = re.I | re.M
 
 # Local parts and display names used by MTAs for their own reports.
 SYSTEM_SENDER = re.compile(
-    r"(?:^|[<\s\"'])(?:mailer[-_.]?daemon|postmaster|mail[-_.]?delivery[-_.]?(?:system|subsystem)?"
+    r"(?:^|[<\s\"'])(?:mailer[-_.]?daemon|post[-_.]?master|mail[-_.]?delivery[-_.]?(?:system|subsystem)?"
     r"|mdaemon|bounces?[-+_.]?(?:handler|processor)?|mailadmin|mail[-_.]?admin|mailer|maildelivery"
     r"|Delivery[-_ ]?Status[-_ ]?Notification|mail[-_ ]?system|notifications?[-_.]?mailer)@",
     re.I,
@@ -80,6 +80,7 @@ BOUNCE_PHRASE_STRONG = re.compile(
     r"|retry timeout exceeded|mail (?:was|is) undeliverable|message you sent (?:was|has been) blocked"
     r"|returned mail|mail delivery (?:failed|failure)|delivery status notification"
     r"|your message was rejected|reporting-mta:|final-recipient:|diagnostic-code:"
+    r"|transcript of (?:the )?session follows|requested action not taken|invalid user address"
     r"|this report relates to (?:a )?message you sent|failed to deliver|impossible to deliver"
     r"|not able to deliver|delivery failed|non-delivery|could not be reached|not (?:a )?valid (?:e-?mail )?recipient"
     r"|ist fehlgeschlagen|konnte nicht (?:zugestellt|ausgeliefert)|n'a pas pu être (?:remis|distribu)"
@@ -107,13 +108,19 @@ ORIGINAL_MARKER = re.compile(
 # RFC 3834 and the de-facto auto-responder headers.
 AUTO_HEADERS = ("x-autoreply", "x-autorespond", "x-autoresponder", "x-auto-reply", "x-autorespond-from",
                 "x-vacation", "x-mailautoreply")
-AUTO_SUBJECT = re.compile(
+# Explicit auto-reply subjects (worth as much as an Auto-Submitted header) ...
+AUTO_SUBJECT_STRONG = re.compile(
     r"^(?:auto(?:matic|matische?)?[ -]?(?:reply|response|respons|antwort|answer|réponse|respuesta|risposta|svar)"
-    r"|auto:|autoreply|autoresponse|out of (?:the )?office|ooo\b|away from (?:the )?office|vacation|on vacation"
-    r"|abwesenheit|abwesend|réponse automatique|respuesta automática|fuera de la oficina|risposta automatica"
-    r"|absence|absent|afwezig|automatisch antwoord|poza biurem|automaattinen vastaus|frånvaro"
-    r"|autosvar|odpowiedź automatyczna|автоответ|自動応答|不在|away until|i am away|i'm away"
-    r"|.{0,80}\bis out of the office|.{0,60}\bon leave|.{0,60}\bout of office\b|thank you for your (?:e-?mail|message)"
+    r"|auto:|autoreply|autoresponse|out of (?:the )?office|ooo\b|abwesenheitsnotiz|réponse automatique"
+    r"|respuesta automática|risposta automatica|automatisch antwoord|automaattinen vastaus|autosvar"
+    r"|odpowiedź automatyczna|автоответ|自動応答|.{0,80}\bis out of the office)",
+    re.I,
+)
+# ... and the vaguer ones that need a second signal.
+AUTO_SUBJECT = re.compile(
+    r"^(?:away from (?:the )?office|vacation|on vacation|abwesenheit|abwesend|fuera de la oficina"
+    r"|absence|absent|afwezig|poza biurem|frånvaro|不在|away until|i am away|i'm away"
+    r"|.{0,60}\bon leave|.{0,60}\bout of office\b|thank you for your (?:e-?mail|message)"
     r"|we have received your|your (?:e-?mail|message) has been received)",
     re.I,
 )
@@ -168,3 +175,12 @@ ADDRESS = re.compile(
     r"(?![\w-]|\.[A-Za-z0-9])"
 )
 MESSAGE_ID = re.compile(r"<([^<>\s@]{1,250}@[^<>\s]{1,250})>")
+
+# Provider-specific feedback formats: Microsoft JMRP marks the attached original; Apple Mail
+# sends one-click unsubscribe requests; Amazon SES/SNS posts JSON notifications.
+JMRP_HEADER = "x-hmxmroriginalrecipient"
+SES_JSON = re.compile(r'"notificationType"\s*:\s*"(Bounce|Complaint|Delivery)"')
+SES_RECIPIENT = re.compile(
+    r'"(?:bouncedRecipients|complainedRecipients)"\s*:\s*\[(.{0,4000}?)\]|"recipients"\s*:\s*\[(.{0,4000}?)\]', re.S)
+SES_MESSAGE_ID = re.compile(r'"mail"\s*:\s*\{.{0,2000}?"messageId"\s*:\s*"([^"]{1,250})"', re.S)
+SES_SOURCE = re.compile(r'"source"\s*:\s*"([^"]{1,250})"')

@@ -32,6 +32,9 @@ from scattergate.rewrite.keys import Secret, SrsSecrets, as_secret
 HASH_LENGTH = 4
 MAX_AGE_DAYS = 21
 MAX_INPUT = 512  # postsrsd refuses longer queries ("Too big.")
+# Our forward output can exceed MAX_INPUT by the SRS overhead and alias domain; reverse must
+# still take it back (postsrsd's socketmap would not: see socketmap_reply).
+MAX_REVERSE_INPUT = 1024
 _SLOTS = 1024  # two base32 characters
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _SEPARATORS = "=-+"  # allowed right after the SRS0/SRS1 tag
@@ -43,6 +46,7 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 class SrsReason(StrEnum):
     LOCAL_DOMAIN = "local-domain"
     NO_DOMAIN = "no-domain"
+    NO_LOCAL_PART = "no-local-part"
     TOO_BIG = "too-big"
     NOT_SRS = "not-srs"
     NO_SRS0_HASH = "no-srs0-hash"
@@ -65,6 +69,7 @@ class SrsReason(StrEnum):
 _MESSAGES: dict[SrsReason, tuple[str, bool]] = {
     SrsReason.LOCAL_DOMAIN: ("Need not rewrite local domain.", False),
     SrsReason.NO_DOMAIN: ("No domain.", False),
+    SrsReason.NO_LOCAL_PART: ("No local part.", False),
     SrsReason.TOO_BIG: ("Too big.", True),
     SrsReason.NOT_SRS: ("Not an SRS address.", False),
     SrsReason.NO_SRS0_HASH: ("No hash in SRS0 address.", False),
@@ -222,6 +227,8 @@ def forward(
         return _fail(SrsReason.NO_DOMAIN)
     if _is_local(domain, (alias_domain, *local_domains)):
         return _fail(SrsReason.LOCAL_DOMAIN)
+    if not local:
+        return _fail(SrsReason.NO_LOCAL_PART)
     keys = _secrets(secrets)
     signing = keys[0]
 
@@ -270,7 +277,7 @@ def reverse(
 
     The domain of `address` is ignored (as in libsrs2): the hash proves we made it.
     """
-    if len(address) > MAX_INPUT:
+    if len(address) > MAX_REVERSE_INPUT:
         return _fail(SrsReason.TOO_BIG)
     tag = _srs_tag(address)
     if tag is None:
@@ -330,6 +337,8 @@ def socketmap_reply(
     """Answer one postsrsd socketmap query ("forward ADDR" / "reverse ADDR") the way postsrsd
     does: "OK <address>", "NOTFOUND <why>" or "PERM <why>". Pure: framing is the caller's job."""
     name, _, key = request.partition(" ")
+    if name in ("forward", "reverse") and len(key) > MAX_INPUT:
+        return "PERM Too big."
     if name == "forward":
         res = forward(key, alias_domain, secrets, today, local_domains=local_domains, store=store)
     elif name == "reverse":
