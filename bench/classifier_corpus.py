@@ -21,6 +21,7 @@ from pathlib import Path
 from scattergate.bounce.classify import Classification, Kind, classify
 
 BOUNCE_PREFIXES = ("lhost-", "rhost-", "rfc3464-")
+PLACEHOLDER = "undisclosed-recipient-in-headers@libsisimai.org.invalid"
 
 
 def norm_addr(value: str) -> str:
@@ -47,7 +48,8 @@ def got_kind(c: Classification) -> str:
 
 
 class Tally:
-    def __init__(self) -> None:
+    def __init__(self, list_hits: bool = False) -> None:
+        self.list_hits = list_hits  # for false-positive rows the interesting ones are the hits
         self.ok = 0
         self.n = 0
         self.misses: list[str] = []
@@ -55,7 +57,7 @@ class Tally:
     def add(self, ok: bool, label: str) -> None:
         self.n += 1
         self.ok += ok
-        if not ok:
+        if ok == self.list_hits:
             self.misses.append(label)
 
     def pct(self) -> str:
@@ -63,7 +65,7 @@ class Tally:
 
 
 def run(root: Path) -> tuple[dict[str, Tally], dict[str, float]]:
-    t: dict[str, Tally] = {k: Tally() for k in (
+    t: dict[str, Tally] = {k: Tally(k in ("ham_fp", "spam_flagged")) for k in (
         "bsd_bounce", "dos_mac_bounce", "bsd_auto", "bsd_arf", "not", "autoreply_index", "human_index",
         "rcpt_exact", "rcpt_cover", "msgid", "sender", "ham_fp", "spam_flagged", "ham_auto_rows")}
     count = 0
@@ -78,19 +80,24 @@ def run(root: Path) -> tuple[dict[str, Tally], dict[str, float]]:
             count += 1
             want = expected_kind(path.name)
             key = "bsd_bounce" if sub == "bsd" else "dos_mac_bounce"
+            rel = f"maildir/bsd/{path.name}"
+            facts = (ref.get(rel) or {}).get("facts") or []
             if want == "bounce":
-                t[key].add(got_kind(c) == "bounce", f"{sub}/{path.name} -> {c.kind} {c.evidence}")
+                # sisimai files a few provider complaint notifications (SES JSON) under lhost-;
+                # where its own reason is "feedback", a feedback verdict is the right answer.
+                ok = got_kind(c) == "bounce" or (
+                    got_kind(c) == "feedback" and any(f.get("reason") == "feedback" for f in facts))
+                t[key].add(ok, f"{sub}/{path.name} -> {c.kind} {c.evidence}")
             elif sub == "bsd" and want == "auto":
                 t["bsd_auto"].add(got_kind(c) == "auto", f"{path.name} -> {c.kind}")
             elif sub == "bsd" and want == "feedback":
                 t["bsd_arf"].add(got_kind(c) == "feedback", f"{path.name} -> {c.kind}")
             if sub != "bsd" or want not in ("bounce", "feedback"):
                 continue
-            rel = f"maildir/bsd/{path.name}"
-            facts = (ref.get(rel) or {}).get("facts") or []
             refs = {norm_addr(f["recipient"]) for f in facts if f.get("recipient")}
             label = labels.get(rel, {})
             refs |= {norm_addr(a) for a in label.get("sisimai_go_recipients") or []}
+            refs.discard(PLACEHOLDER)  # sisimai's "no recipient found" marker, not an address
             got = {norm_addr(a) for a in c.failed_recipients}
             if refs:
                 t["rcpt_exact"].add(got == refs, f"{path.name}: got {sorted(got)} want {sorted(refs)}")

@@ -22,6 +22,7 @@ from scattergate.state.sqlite import SqliteStore
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 30.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def setup_logging(config: Config) -> None:
@@ -70,6 +71,8 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Forked workers start with these blocked (see serve()); now a signal has a handler.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     port = sock.getsockname()[1]
     log.info("scattergate listening on %s port %d for %s", sock.getsockname()[0], port, ", ".join(gateway.domains))
     if on_ready is not None:
@@ -98,6 +101,11 @@ def serve(config: Config) -> int:
     reserved = bind(config.server.listen, reuse_port=True)
     host = reserved.getsockname()[0]
     config.server.listen = f"[{host}]:{reserved.getsockname()[1]}" if ":" in host else f"{host}:{reserved.getsockname()[1]}"
+    # Create the schema once, so the workers don't race to create it.
+    SqliteStore(config.data_dir / "state.sqlite3").close()
+    # A SIGTERM arriving before a worker has installed its handler would kill it mid-start:
+    # keep the stop signals blocked across fork until each process has its handler.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     children = []
     for _ in range(workers):
         pid = os.fork()
@@ -108,6 +116,8 @@ def serve(config: Config) -> int:
                 with asyncio.Runner(loop_factory=new_event_loop) as runner:
                     runner.run(run_worker(config, sock))
                 code = 0
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
             finally:
                 os._exit(code)
         children.append(pid)
@@ -121,6 +131,7 @@ def serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)

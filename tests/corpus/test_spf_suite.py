@@ -92,7 +92,7 @@ async def run_case(server: DnsTestServer, index: int, name: str) -> tuple[bool, 
     test = doc["tests"][name]
     # A fresh resolver per test: no cache carried between tests; short timeouts for TIMEOUT.
     resolver = Resolver(DnsConfig(nameservers=("127.0.0.1",), port=server.port,
-                                  timeout=0.25, lifetime=0.25))
+                                  timeout=0.5, lifetime=0.5))
     try:
         res = await check_spf(resolver, str(test["host"]), str(test.get("mailfrom") or ""),
                               str(test.get("helo") or ""), default_explanation="DEFAULT")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import threading
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, Union
 
 import dns.exception
 import dns.flags
@@ -31,6 +31,9 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+if TYPE_CHECKING:
+    from scattergate.net.dns import DnsConfig
 
 RdataValue = Union[str, bytes, Sequence[Union[str, bytes]], Sequence[object]]
 Zone = Mapping[str, Iterable[tuple[str, RdataValue]]]
@@ -316,3 +319,13 @@ def _txt(rdtype: int, value: RdataValue) -> dns.rdata.Rdata:
     # file): serve it as one empty string, the nearest legal record.
     cls = dns.rdata.get_rdata_class(dns.rdataclass.IN, rdtype)
     return cls(dns.rdataclass.IN, rdtype, strings or [b""])
+
+
+def resolver_config(server: DnsTestServer, **overrides: object) -> "DnsConfig":
+    """A `scattergate.net.dns.DnsConfig` pointing at `server`, with short test timeouts."""
+    from scattergate.net.dns import DnsConfig  # imported late: the server itself needs no app
+
+    settings: dict[str, object] = {"nameservers": (server.host,), "port": server.port,
+                                   "timeout": 0.5, "lifetime": 0.5}
+    settings.update(overrides)
+    return DnsConfig(**settings)  # type: ignore[arg-type]

@@ -10,13 +10,13 @@ an auto-reply or a bounce) is read for extraction, never for classification.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, replace
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
 from . import classify_rules as R
-from .classify_mime import Parsed, collect, header, header_block, headers, normalise, param, parse
+from . import classify_extract as X
+from .classify_mime import Parsed, collect, header, headers, normalise, param, parse, split_original
 
 __all__ = ["Classification", "Kind", "classify"]
 
@@ -58,8 +58,6 @@ _BOUNCE_MIN = 5
 _AUTO_MIN = 4
 _CHALLENGE_MIN = 5
 
-_HEADER_LINE = re.compile(r"^[ \t>]{0,4}([A-Za-z][A-Za-z0-9-]{0,60}):")
-_KEY_HEADERS = frozenset({"from", "to", "subject", "message-id", "date", "received", "return-path", "cc"})
 _NONE = Classification(Kind.NONE, 0.0, ())
 
 
@@ -78,7 +76,7 @@ def _classify(message: bytes | str, envelope_sender: str | None) -> Classificati
     top = parse(data)
     parts = collect(top)
     body = "\n".join(parts.texts)
-    report_text, inline_original = _split_original(body)
+    report_text, inline_original = split_original(body)
     if not parts.originals and inline_original is not None:
         parts.originals.append(inline_original)
 
@@ -103,7 +101,7 @@ def _ses_fields(result: Classification, body: str) -> Classification:
     """Amazon SES notifications are JSON (often truncated): read the fields by pattern."""
     recipients: list[str] = []
     for m in R.SES_RECIPIENT.finditer(body):
-        for a in R.ADDRESS.findall(m.group(1) or m.group(2) or ""):
+        for a in R.ADDRESS.findall(m.group(1)):
             if a.lower() not in (x.lower() for x in recipients):
                 recipients.append(a)
         if recipients:
@@ -114,7 +112,7 @@ def _ses_fields(result: Classification, body: str) -> Classification:
         result,
         failed_recipients=tuple(recipients) or result.failed_recipients,
         original_message_id=mid.group(1) if mid else result.original_message_id,
-        original_sender=_addr(source.group(1)) if source else result.original_sender,
+        original_sender=X.first_address(source.group(1)) if source else result.original_sender,
     )
 
 
@@ -241,7 +239,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
             break
     if not replied and R.CHALLENGE_SUBJECT.search(subject):
         add(Kind.CHALLENGE, 2, "subject:challenge")
-    if R.CHALLENGE_BODY.search(text[:16384]):
+    if not replied and R.CHALLENGE_BODY.search(text[:16384]):
         add(Kind.CHALLENGE, 3, "body:challenge")
         if R.CONFIRM_URL.search(text[:16384]):
             add(Kind.CHALLENGE, 1, "confirm-link")
@@ -252,8 +250,9 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         for kind in scores:
             if scores[kind] < 7:
                 scores[kind] -= 1
-        if scores[Kind.BOUNCE] < 9 and not null_sender:
-            scores[Kind.BOUNCE] -= 2
+        # A list post *about* bounces has the words but not the sender of one.
+        if not (null_sender or system_sender or header(top, "X-Failed-Recipients")):
+            scores[Kind.BOUNCE] -= 3
 
     minimum = {Kind.BOUNCE: _BOUNCE_MIN, Kind.AUTO_REPLY: _AUTO_MIN, Kind.CHALLENGE: _CHALLENGE_MIN}
     # Order breaks ties: a bounce that also says "auto-replied" is still a bounce.
@@ -267,67 +266,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
 
 # --- the returned original ------------------------------------------------------------------
 
-def _split_original(body: str) -> tuple[str, Message | None]:
-    """Split report text from an inline copy of the original (marker line or header block)."""
-    lines = body.split("\n")
-    limit = min(len(lines), 4000)
-    start = None
-    for i in range(limit):
-        m = _HEADER_LINE.match(lines[i])
-        if not m or m.group(1).lower() not in _KEY_HEADERS:
-            continue
-        block = _header_run(lines, i)
-        names = {n for n in block if n in _KEY_HEADERS}
-        if len(names) >= 2 and len(block) >= 3:
-            start = i
-            break
-    if start is None:
-        return body, None
-    # The report text ends at the marker line just above the copy, if there is one.
-    cut = start
-    for j in range(start - 1, max(-1, start - 6), -1):
-        if R.ORIGINAL_MARKER.match(lines[j]):
-            cut = j
-            break
-    block_lines = lines[start:start + 400]
-    indent = len(block_lines[0]) - len(block_lines[0].lstrip(" \t>"))
-    text = "\n".join(line[indent:] if len(line) >= indent else line for line in block_lines)
-    return "\n".join(lines[:cut]), header_block(text)
-
-
-def _header_run(lines: list[str], i: int) -> list[str]:
-    """Names of the consecutive header lines starting at i (continuations allowed)."""
-    names: list[str] = []
-    for line in lines[i:i + 200]:
-        if not line.strip():
-            break
-        m = _HEADER_LINE.match(line)
-        if m and not line[:1].isspace():
-            names.append(m.group(1).lower())
-        elif line[:1] in " \t" and names:
-            continue
-        elif m:
-            names.append(m.group(1).lower())
-        else:
-            break
-    return names
-
-
 # --- extraction ------------------------------------------------------------------------------
-
-def _addr(value: str) -> str | None:
-    m = R.ADDRESS.search(value or "")
-    return m.group(1).strip().strip(".") if m else None
-
-
-def _norm_id(value: str) -> str | None:
-    value = (value or "").strip()
-    m = R.MESSAGE_ID.search(value)
-    if m:
-        return m.group(1)
-    value = value.strip("<> \t")
-    return value if value and " " not in value else None
-
 
 def _extract(kind: Kind, confidence: float, evidence: list[str], top: Message, parts: Parsed,
              report_text: str) -> Classification:
@@ -339,172 +278,38 @@ def _extract(kind: Kind, confidence: float, evidence: list[str], top: Message, p
             original = candidate
             break
 
-    dsn_field = _dsn_values(parts.dsn_blocks + parts.feedback_blocks)
+    dsn_field = X.dsn_values(parts.dsn_blocks + parts.feedback_blocks)
     message_id = None
     if original is not None:
-        message_id = _norm_id(header(original, "Message-ID"))
+        message_id = X.norm_id(header(original, "Message-ID"))
     if message_id is None:
-        message_id = _norm_id(dsn_field("x-original-message-id") or dsn_field("original-message-id"))
+        message_id = X.norm_id(dsn_field("x-original-message-id") or dsn_field("original-message-id"))
     if message_id is None and kind in (Kind.AUTO_REPLY, Kind.CHALLENGE):
-        message_id = _norm_id(header(top, "In-Reply-To"))
+        message_id = X.norm_id(header(top, "In-Reply-To"))
     if message_id is None:
-        message_id = _text_message_id(report_text, top)
+        message_id = X.text_message_id(report_text, top)
 
-    original_from = _addr(header(original, "From")) if original is not None else None
+    original_from = X.first_address(header(original, "From")) if original is not None else None
     original_sender = None
     if original is not None:
-        original_sender = _addr(header(original, "Return-Path")) or None
+        original_sender = X.first_address(header(original, "Return-Path")) or None
     if original_sender is None and kind is Kind.FEEDBACK:
-        original_sender = _addr(dsn_field("original-mail-from"))
+        original_sender = X.first_address(dsn_field("original-mail-from"))
     if original_sender is None and kind is not Kind.FEEDBACK:
         # A bounce or auto-reply is addressed to the envelope sender of what it answers.
         rcpts = [a for _, a in getaddresses(headers(top, "To")) if a]
-        original_sender = _addr(rcpts[0]) if len(rcpts) == 1 else None
+        original_sender = X.first_address(rcpts[0]) if len(rcpts) == 1 else None
     if original_sender is None:
         original_sender = original_from
 
     if kind in (Kind.DSN, Kind.BOUNCE, Kind.FEEDBACK):
-        recipients = _recipients(kind, top, parts, report_text, original, original_sender, original_from)
+        recipients = X.recipients(kind is Kind.FEEDBACK, top, parts, report_text, original,
+                                  original_sender, original_from)
     else:
         recipients = ()
-    codes = _status_codes(parts, report_text) if kind in (Kind.DSN, Kind.BOUNCE) else ()
+    codes = X.status_codes(parts, report_text) if kind in (Kind.DSN, Kind.BOUNCE) else ()
     chain: tuple[str, ...] = ()
     if original is not None:
         chain = tuple(headers(original, "Received")[:50])
     return Classification(kind, confidence, tuple(evidence), message_id, original_sender,
                           original_from, recipients, codes, chain)
-
-
-def _dsn_values(blocks: list[list[tuple[str, str]]]):
-    def get(name: str) -> str:
-        for block in blocks:
-            for key, value in block:
-                if key == name and value:
-                    return value
-        return ""
-    return get
-
-
-def _text_message_id(text: str, top: Message) -> str | None:
-    own = _norm_id(header(top, "Message-ID"))
-    m = re.search(r"message-?id\s*(?:[:=]|is|was)?\s*(<[^<>\s]+>|[^\s<>]+@[^\s<>]+)", text, re.I)
-    if m:
-        value = _norm_id(m.group(1))
-        if value and value != own:
-            return value
-    return None
-
-
-_SKIP_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|abuse|noreply|no-reply)$", re.I)
-# Text before an address on its line that says it is *not* a failed recipient: an id header,
-# a URL, the original's summary (Exchange's "To:/From:"), or a helpdesk contact.
-_SKIP_PREFIX = re.compile(
-    r"message-?id|https?://\S*$|envelope-from|^\s*(?:to|from|cc|sender|reply-to|sent by|date)\s*:"
-    r"|^\s*x-[\w-]+:|contact|assistance|support|help|write to|mailto:\S*$|\bfrom\s*<?$|sent (?:by|from)",
-    re.I,
-)
-_LONE_PREFIX = re.compile(r"^\s*<?$")
-_LONE_SUFFIX = re.compile(r"^>?\s*:?\s*$")
-
-
-def _recipients(kind: Kind, top: Message, parts: Parsed, report_text: str, original: Message | None,
-                original_sender: str | None, original_from: str | None) -> tuple[str, ...]:
-    found: list[str] = []
-
-    def take(value: str) -> None:
-        a = _addr(value.split(";", 1)[1] if ";" in value else value)
-        if a and a.lower() not in (x.lower() for x in found):
-            found.append(a)
-
-    # 1. Machine-readable fields: DSN per-recipient blocks, ARF, Exim's header.
-    for block in parts.dsn_blocks:
-        fields = dict(block)
-        if "final-recipient" in fields:
-            take(fields["final-recipient"])
-        elif "original-recipient" in fields:
-            take(fields["original-recipient"])
-    for block in parts.feedback_blocks:
-        for key, value in block:
-            if key in ("original-rcpt-to", "removal-recipient"):
-                take(value)
-    if found:
-        return tuple(found)
-    for value in headers(top, "X-Failed-Recipients"):
-        for piece in value.split(","):
-            take(piece)
-    if found:
-        return tuple(found)
-    # 2. DSN-like fields written into the text (many MTAs do this without the MIME part).
-    for m in re.finditer(r"^\s*(?:final|original)-recipient:\s*(?:rfc822;)?\s*(\S+)", report_text, re.I | re.M):
-        take(m.group(1))
-    if found:
-        return tuple(found)
-    if kind is Kind.FEEDBACK:
-        if original is not None:
-            take(header(original, "To"))
-        return tuple(found)
-    # 3. Addresses named in the report text, minus the parties to the report itself.
-    exclude = {a.lower() for a in (original_sender, original_from) if a}
-    for name in ("From", "To", "Reply-To", "Return-Path", "Sender", "Cc"):
-        for _, a in getaddresses(headers(top, name)):
-            if a:
-                exclude.add(a.lower())
-    if original is not None:
-        for name in ("From", "Return-Path", "Sender", "Reply-To"):
-            a = _addr(header(original, name))
-            if a:
-                exclude.add(a.lower())
-    alone: list[str] = []  # addresses that are the whole line: MTAs list failures that way
-    for m in R.ADDRESS.finditer(report_text[:32768]):
-        a = m.group(1).strip(".")
-        line_start = report_text.rfind("\n", 0, m.start()) + 1
-        line_end = report_text.find("\n", m.end())
-        prefix = report_text[line_start:m.start()].lower()
-        suffix = report_text[m.end():line_end if line_end >= 0 else None]
-        if _LONE_PREFIX.match(prefix) and _LONE_SUFFIX.match(suffix):
-            alone.append(a)
-        if a.lower() in exclude or _SKIP_LOCAL.match(a.split("@", 1)[0]) or _SKIP_PREFIX.search(prefix):
-            continue
-        take(a)
-        if len(found) >= 20:
-            break
-    if found:
-        return tuple(found)
-    # The anonymised or odd cases where the failed address equals a header party.
-    for a in alone:
-        take(a)
-    if found:
-        return tuple(found)
-    # 4. Last resort: whom the original was addressed to.
-    if original is not None:
-        for name in ("To", "Cc"):
-            for _, a in getaddresses(headers(original, name)):
-                if a and a.lower() not in exclude:
-                    take(a)
-    return tuple(found)
-
-
-def _status_codes(parts: Parsed, report_text: str) -> tuple[str, ...]:
-    codes: list[str] = []
-
-    def add(code: str) -> None:
-        if code not in codes:
-            codes.append(code)
-
-    for block in parts.dsn_blocks:
-        for key, value in block:
-            if key == "status":
-                m = R.ENHANCED.search(value)
-                if m:
-                    add(m.group(1))
-            elif key == "diagnostic-code":
-                for m in R.SMTP_CODE.finditer(value):
-                    add(m.group(1))
-                for m in R.ENHANCED.finditer(value):
-                    add(m.group(1))
-    text = report_text[:32768]
-    for m in R.ENHANCED.finditer(text):
-        add(m.group(1))
-    for m in R.SMTP_CODE.finditer(text):
-        add(m.group(1))
-    return tuple(codes[:20])

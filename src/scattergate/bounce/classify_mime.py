@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from email.message import Message
 
+from .classify_rules import ORIGINAL_MARKER
+
 # Bounces put their verdict near the top and attach (usually truncated) originals; 1 MiB is
 # far more than any MTA report needs, and caps parse time on a 50 MB attachment.
 MAX_BYTES = 1 << 20
@@ -90,6 +92,13 @@ def headers(msg: Message, name: str) -> list[str]:
 def _clean_header(value: object) -> str:
     if value is None:
         return ""
+    if isinstance(value, email.header.Header):
+        # compat32 wraps raw 8-bit headers; str() would turn them into U+FFFD.
+        try:
+            text = "".join(_chunk(b, cs) for b, cs in email.header.decode_header(value))
+        except Exception:
+            text = str(value)
+        return " ".join(text.split())
     text = str(value)
     if "=?" in text:
         try:
@@ -98,6 +107,17 @@ def _clean_header(value: object) -> str:
             pass
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return " ".join(text.split())
+
+
+def _chunk(data: bytes | str, charset: str | None) -> str:
+    if isinstance(data, str):
+        return data
+    for cs in (charset if charset and charset != "unknown-8bit" else "utf-8", "utf-8"):
+        try:
+            return data.decode(cs)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
 
 
 def content_type(msg: Message) -> str:
@@ -144,6 +164,57 @@ def decode_text(part: Message, limit: int = MAX_TEXT_PER_PART) -> str:
     if b"\r" in payload:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text[:limit]
+
+
+_HEADER_LINE = re.compile(r"^[ \t>]{0,4}([A-Za-z][A-Za-z0-9-]{0,60}):")
+_KEY_HEADERS = frozenset({"from", "to", "subject", "message-id", "date", "received", "return-path", "cc"})
+
+
+def split_original(body: str) -> tuple[str, Message | None]:
+    """Split report text from an inline copy of the original (marker line or header block)."""
+    lines = body.split("\n")
+    limit = min(len(lines), 4000)
+    start = None
+    for i in range(limit):
+        m = _HEADER_LINE.match(lines[i])
+        if not m or m.group(1).lower() not in _KEY_HEADERS:
+            continue
+        block = _header_run(lines, i)
+        names = {n for n in block if n in _KEY_HEADERS}
+        if len(names) >= 2 and len(block) >= 3:
+            start = i
+            break
+    if start is None:
+        return body, None
+    # The report text ends at the marker line just above the copy, if there is one.
+    cut = start
+    for j in range(start - 1, max(-1, start - 6), -1):
+        if ORIGINAL_MARKER.match(lines[j]):
+            cut = j
+            break
+    block_lines = lines[start:start + 400]
+    indent = len(block_lines[0]) - len(block_lines[0].lstrip(" \t>"))
+    text = "\n".join(line[indent:] if len(line) >= indent else line for line in block_lines)
+    return "\n".join(lines[:cut]), header_block(text)
+
+
+def _header_run(lines: list[str], i: int) -> list[str]:
+    """Names of the consecutive header lines starting at i (continuations allowed)."""
+    names: list[str] = []
+    for line in lines[i:i + 200]:
+        if not line.strip():
+            break
+        m = _HEADER_LINE.match(line)
+        if m and not line[:1].isspace():
+            names.append(m.group(1).lower())
+        elif line[:1] in " \t" and names:
+            continue
+        elif m:
+            names.append(m.group(1).lower())
+        else:
+            break
+    return names
+
 
 
 _TAG = re.compile(r"<[^>]{0,2000}>")
@@ -220,11 +291,22 @@ def _attached(part: Message) -> Message | None:
         inner = payload[0] if payload else None
         if isinstance(inner, Message):
             # Some MTAs base64 the attached message; the parser then leaves it unparsed.
-            if not inner.keys() and isinstance(inner.get_payload(), str):
-                return header_block(decode_text(part))
+            if not _looks_like_original(inner) and isinstance(inner.get_payload(), str):
+                # Junk before the headers (blank line, broken folding): find the real block.
+                _, found = split_original(inner.get_payload()[:MAX_TEXT_PER_PART])
+                return found or inner
             return inner
         return None
-    return header_block(decode_text(part))
+    _, found = split_original(decode_text(part))
+    return found or header_block(decode_text(part))
+
+
+def _looks_like_original(part: Message) -> bool:
+    try:
+        names = {k.lower() for k in part.keys()}
+    except Exception:
+        return False
+    return len(names & {"from", "to", "subject", "message-id", "date", "received", "return-path"}) >= 2
 
 
 def collect(top: Message) -> Parsed:
@@ -267,6 +349,11 @@ def collect(top: Message) -> Parsed:
                 out.originals.append(inner)
                 out.attached = True
                 # An original can itself be a report (DSN of an auto-reply): never descend.
+        elif depth > 0 and _looks_like_original(part):
+            # A part whose "MIME headers" are really the returned message's headers (the MTA
+            # pasted the original right after the boundary); MIME part headers never carry these.
+            if len(out.originals) < 4:
+                out.originals.append(part)
         elif ctype.startswith(("text/", "multipart/")) or depth == 0:
             if total_text >= MAX_TEXT_TOTAL:
                 continue

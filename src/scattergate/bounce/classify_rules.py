@@ -90,7 +90,7 @@ BOUNCE_PHRASE_STRONG = re.compile(
 )
 # Failure reasons: frequent in bounces but also in human discussion, so only supporting.
 BOUNCE_PHRASE_WEAK = re.compile(
-    r"(?:user unknown|unknown user|no such (?:user|mailbox|recipient|address)|mailbox (?:is )?(?:full|unavailable)"
+    r"(?:user unknown|unknown user|unable to find user|no such (?:user|mailbox|recipient|address)|mailbox (?:is )?(?:full|unavailable)"
     r"|over quota|quota exceeded|relay(?:ing)? denied|host unknown|recipient (?:address )?rejected"
     r"|does not exist|address rejected|mailbox not found|account (?:is )?(?:disabled|inactive)"
     r"|connection timed out|message size exceeds|spam|blocked|deferred|expired)",
@@ -138,7 +138,8 @@ AUTO_BODY = re.compile(
 )
 
 # Challenge-response systems (TMDA, ChoiceMail, SpamArrest, Boxbe, Bluebottle, Mailblocks...).
-CHALLENGE_HEADERS = ("x-tmda-confirm", "x-tmda-fingerprint", "x-choicemail", "x-spamarrest",
+# Not X-TMDA-Fingerprint: TMDA stamps it on its users' ordinary outgoing mail too.
+CHALLENGE_HEADERS = ("x-tmda-confirm", "x-choicemail", "x-spamarrest",
                      "x-boxbe-challenge", "x-challenge", "x-challenge-response", "x-mailblocks",
                      "x-bluebottle-request", "x-cr-challenge")
 CHALLENGE_SUBJECT = re.compile(
@@ -150,7 +151,7 @@ CHALLENGE_SUBJECT = re.compile(
 )
 CHALLENGE_BODY = re.compile(
     r"(?:(?:verify|confirm|prove) (?:that )?you are (?:a )?(?:human|real person|person|not a (?:spam ?)?(?:bot|robot|machine|spammer))"
-    r"|(?:i|we) use (?:a )?(?:spam[- ]?filter(?:ing)? .{0,30})?(?:challenge[- /]response|sender verification|tmda|choicemail|spam ?arrest|boxbe|mailblocks)"
+    r"|(?:i|we) use (?:a )?(?:spam[- ]?filter(?:ing)? .{0,30})?(?:challenge[- /]response|sender verification)"
     r"|protected by (?:spam ?arrest|choicemail|boxbe|tmda|mailblocks|bluebottle|a challenge)"
     r"|(?:before|in order for|so that) (?:your|this) (?:e-?mail|message) (?:can|will|to) (?:be )?(?:delivered|reach)"
     r"|(?:to have|for) your (?:e-?mail|message) (?:be )?delivered,? (?:please )?(?:click|reply|visit|confirm|go to)"
@@ -179,8 +180,8 @@ MESSAGE_ID = re.compile(r"<([^<>\s@]{1,250}@[^<>\s]{1,250})>")
 # Provider-specific feedback formats: Microsoft JMRP marks the attached original; Apple Mail
 # sends one-click unsubscribe requests; Amazon SES/SNS posts JSON notifications.
 JMRP_HEADER = "x-hmxmroriginalrecipient"
-SES_JSON = re.compile(r'"notificationType"\s*:\s*"(Bounce|Complaint|Delivery)"')
+SES_JSON = re.compile(r'\\?"notificationType\\?"\s*:\s*\\?"(Bounce|Complaint|Delivery)')
 SES_RECIPIENT = re.compile(
-    r'"(?:bouncedRecipients|complainedRecipients)"\s*:\s*\[(.{0,4000}?)\]|"recipients"\s*:\s*\[(.{0,4000}?)\]', re.S)
-SES_MESSAGE_ID = re.compile(r'"mail"\s*:\s*\{.{0,2000}?"messageId"\s*:\s*"([^"]{1,250})"', re.S)
-SES_SOURCE = re.compile(r'"source"\s*:\s*"([^"]{1,250})"')
+    r'\\?"(?:bouncedRecipients|complainedRecipients|recipients)\\?"\s*:\s*\[(.{0,4000}?)\]', re.S)
+SES_MESSAGE_ID = re.compile(r'\\?"mail\\?"\s*:\s*\{.{0,2000}?\\?"messageId\\?"\s*:\s*\\?"([^"\\]{1,250})', re.S)
+SES_SOURCE = re.compile(r'\\?"source\\?"\s*:\s*\\?"([^"\\]{1,250})')

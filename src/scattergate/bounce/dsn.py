@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from email import message_from_bytes
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message, MIMEPart
@@ -111,7 +112,8 @@ def _human_text(failed: FailedMessage, sender: str, note: str | None) -> str:
         lines += ["Your message could not be delivered to one or more recipients.", ""]
     if delayed:
         lines += ["Delivery of your message is delayed; the mail system will keep trying.", ""]
-    lines.append(f"The message was sent by <{sender}> and received {format_datetime(failed.arrival)}.")
+    lines.append(f"Sender: <{sender}>")
+    lines.append(f"Received: {format_datetime(failed.arrival)}")
     lines.append("")
     for r in failed.recipients:
         lines.append(f"<{_field(r.address)}>: {r.action} ({r.status})")
@@ -165,12 +167,9 @@ def _status_blocks(failed: FailedMessage) -> list[Message]:
 def _original_part(failed: FailedMessage, max_return: int) -> tuple[Message, str | None]:
     """The returned content: full message for RET=FULL when it fits, else the headers."""
     if failed.ret == "FULL" and len(failed.original) <= max_return:
-        from email import message_from_bytes
-        from email.policy import compat32
-
         part = MIMEPart(policy=email_policy.SMTP)
         # compat32 keeps the original's headers as they were instead of re-rendering them.
-        part.set_payload([message_from_bytes(failed.original, policy=compat32)])
+        part.set_payload([message_from_bytes(failed.original, policy=email_policy.compat32)])
         part["Content-Type"] = "message/rfc822"
         return part, None
     note = None

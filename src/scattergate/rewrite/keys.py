@@ -122,8 +122,8 @@ def read_secret_file(path: str | os.PathLike[str]) -> list[str]:
         fd = os.open(name, os.O_RDONLY)
     except OSError as exc:
         raise SecretFileError(f"cannot open secrets file {name}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise SecretFileError(f"secrets file {name} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
@@ -132,7 +132,10 @@ def read_secret_file(path: str | os.PathLike[str]) -> list[str]:
                 f"secrets file {name} has mode {mode:04o}; it must not be accessible to "
                 f"group or other (chmod 600 {name})"
             )
-        data = fh.read()
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read()
+    finally:
+        os.close(fd)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -1,0 +1,166 @@
+"""Extraction helpers for the bounce classifier: what a report says about the original.
+
+Pure functions over the parsed report; each tolerates missing or malformed fields by
+returning nothing rather than guessing from unrelated text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from email.message import Message
+from email.utils import getaddresses
+
+from . import classify_rules as R
+from .classify_mime import Parsed, header, headers
+
+
+def first_address(value: str) -> str | None:
+    m = R.ADDRESS.search(value or "")
+    return m.group(1).strip().strip(".") if m else None
+
+
+def norm_id(value: str) -> str | None:
+    value = (value or "").strip()
+    m = R.MESSAGE_ID.search(value)
+    if m:
+        return m.group(1)
+    value = value.strip("<> \t")
+    return value if value and " " not in value else None
+
+
+def dsn_values(blocks: list[list[tuple[str, str]]]) -> Callable[[str], str]:
+    def get(name: str) -> str:
+        for block in blocks:
+            for key, value in block:
+                if key == name and value:
+                    return value
+        return ""
+    return get
+
+
+def text_message_id(text: str, top: Message) -> str | None:
+    own = norm_id(header(top, "Message-ID"))
+    m = re.search(r"message-?id\s*(?:[:=]|is|was)?\s*(<[^<>\s]+>|[^\s<>]+@[^\s<>]+)", text, re.I)
+    if m:
+        value = norm_id(m.group(1))
+        if value and value != own:
+            return value
+    return None
+
+
+_SKIP_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|abuse|noreply|no-reply)$", re.I)
+# Text before an address on its line that says it is *not* a failed recipient: an id header,
+# a URL, the original's summary (Exchange's "To:/From:"), or a helpdesk contact.
+_SKIP_PREFIX = re.compile(
+    r"message-?id|https?://\S*$|envelope-from|^\s*(?:to|from|cc|sender|reply-to|sent by|date)\s*:"
+    r"|^\s*x-[\w-]+:|contact|assistance|support|help|write to|mailto:\S*$|\bfrom\s*<?$|sent (?:by|from)",
+    re.I,
+)
+_LONE_PREFIX = re.compile(r"^\s*<?$")
+_LONE_SUFFIX = re.compile(r"^>?\s*:?\s*$")
+
+
+def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str, original: Message | None,
+                original_sender: str | None, original_from: str | None) -> tuple[str, ...]:
+    found: list[str] = []
+
+    def take(value: str) -> None:
+        a = first_address(value.split(";", 1)[1] if ";" in value else value)
+        if a and a.lower() not in (x.lower() for x in found):
+            found.append(a)
+
+    # 1. Machine-readable fields: DSN per-recipient blocks, ARF, Exim's header.
+    for block in parts.dsn_blocks:
+        fields = dict(block)
+        if "final-recipient" in fields:
+            take(fields["final-recipient"])
+        elif "original-recipient" in fields:
+            take(fields["original-recipient"])
+    for block in parts.feedback_blocks:
+        for key, value in block:
+            if key in ("original-rcpt-to", "removal-recipient"):
+                take(value)
+    if found:
+        return tuple(found)
+    for value in headers(top, "X-Failed-Recipients"):
+        for piece in value.split(","):
+            take(piece)
+    if found:
+        return tuple(found)
+    # 2. DSN-like fields written into the text (many MTAs do this without the MIME part).
+    for m in re.finditer(r"^\s*(?:final|original)-recipient:\s*(?:rfc822;)?\s*(\S+)", report_text, re.I | re.M):
+        take(m.group(1))
+    if found:
+        return tuple(found)
+    if is_feedback:
+        if original is not None:
+            take(header(original, "To"))
+        elif header(top, "X-Apple-Unsubscribe"):
+            take(header(top, "From"))  # the unsubscribing recipient sends it themselves
+        return tuple(found)
+    # 3. Addresses named in the report text, minus the parties to the report itself.
+    exclude = {a.lower() for a in (original_sender, original_from) if a}
+    for name in ("From", "To", "Reply-To", "Return-Path", "Sender", "Cc"):
+        for _, a in getaddresses(headers(top, name)):
+            if a:
+                exclude.add(a.lower())
+    if original is not None:
+        for name in ("From", "Return-Path", "Sender", "Reply-To"):
+            a = first_address(header(original, name))
+            if a:
+                exclude.add(a.lower())
+    alone: list[str] = []  # addresses that are the whole line: MTAs list failures that way
+    for m in R.ADDRESS.finditer(report_text[:32768]):
+        a = m.group(1).strip(".")
+        line_start = report_text.rfind("\n", 0, m.start()) + 1
+        line_end = report_text.find("\n", m.end())
+        prefix = report_text[line_start:m.start()].lower()
+        suffix = report_text[m.end():line_end if line_end >= 0 else None]
+        if _LONE_PREFIX.match(prefix) and _LONE_SUFFIX.match(suffix):
+            alone.append(a)
+        if a.lower() in exclude or _SKIP_LOCAL.match(a.split("@", 1)[0]) or _SKIP_PREFIX.search(prefix):
+            continue
+        take(a)
+        if len(found) >= 20:
+            break
+    if found:
+        return tuple(found)
+    # The anonymised or odd cases where the failed address equals a header party.
+    for a in alone:
+        take(a)
+    if found:
+        return tuple(found)
+    # 4. Last resort: whom the original was addressed to.
+    if original is not None:
+        for name in ("To", "Cc"):
+            for _, a in getaddresses(headers(original, name)):
+                if a and a.lower() not in exclude:
+                    take(a)
+    return tuple(found)
+
+
+def status_codes(parts: Parsed, report_text: str) -> tuple[str, ...]:
+    codes: list[str] = []
+
+    def add(code: str) -> None:
+        if code not in codes:
+            codes.append(code)
+
+    for block in parts.dsn_blocks:
+        for key, value in block:
+            if key == "status":
+                m = R.ENHANCED.search(value)
+                if m:
+                    add(m.group(1))
+            elif key == "diagnostic-code":
+                for m in R.SMTP_CODE.finditer(value):
+                    add(m.group(1))
+                for m in R.ENHANCED.finditer(value):
+                    add(m.group(1))
+    text = report_text[:32768]
+    for m in R.ENHANCED.finditer(text):
+        add(m.group(1))
+    for m in R.SMTP_CODE.finditer(text):
+        add(m.group(1))
+    return tuple(codes[:20])
