@@ -51,6 +51,10 @@ class PrivatePostfix:
 
     def write_config(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
+        # Postfix's daemons run as 'postfix': every directory above the queue must let it pass.
+        for parent in [self.directory, *self.directory.parents]:
+            if not parent.stat().st_mode & 0o001:
+                raise RuntimeError(f"{parent} is not searchable by the postfix user (chmod o+x)")
         base = {
             "compatibility_level": "3.6",
             "queue_directory": str(self.directory / "queue"),
@@ -95,7 +99,7 @@ class PrivatePostfix:
             # Before postlogd runs, the postfix command reports errors only to a terminal:
             # ask again under script(1) to have the reason in the exception.
             again = subprocess.run(
-                ["script", "-qc", f"postfix -c {self.config_dir} check", "/dev/null"],
+                ["script", "-qc", f"postfix -c {self.config_dir} start", "/dev/null"],
                 capture_output=True, text=True, timeout=60,
             )
             raise RuntimeError(f"postfix start failed: {again.stdout.strip()}")
