@@ -26,6 +26,7 @@ from scattergate.checks.relay import RelayCheck
 from scattergate.checks.smuggling import check_bare_line_endings
 from scattergate.checks.verify import RecipientVerifier
 from scattergate.config import Config, parse_host_port
+from scattergate.decision.headers import render_headers
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
 from scattergate.delivery import maildir
@@ -175,24 +176,41 @@ class Gateway:
             self.recorder.record(session, Phase.RCPT, str(envelope.sender), (str(recipient),), verdict)
         return verdict
 
-    async def data(self, session: Session, envelope: Envelope, content: bytes) -> Verdict:
-        """End of DATA: content checks, then delivery inside the same deadline."""
-        started = time.monotonic()
-        deadline = self.config.server.data_deadline
+    async def decide_data(self, session: Session, envelope: Envelope, content: bytes) -> Verdict:
+        """End of DATA, decision only: content checks within the deadline, no delivery.
+
+        Front ends whose MTA delivers (the milter) use this; `data()` adds our own delivery.
+        """
         checks = self.checks[Phase.DATA]
         ctx = CheckContext(session, envelope, content=content)
         findings = envelope.rcpt_findings + checks.run_local(ctx)
         verdict = self.decider.decide(findings)
         if isinstance(verdict, (Accept, Quarantine)) and checks.remote:
-            findings += await checks.run_remote(ctx, deadline)
+            findings += await checks.run_remote(ctx, self.config.server.data_deadline)
             verdict = self.decider.decide(findings)
+        return verdict
+
+    def added_headers(self, session: Session, envelope: Envelope, verdict: Verdict) -> bytes:
+        """The trace and result headers we prepend to a message we accept."""
+        lines = [self.received_header(session, envelope)]
+        for name, value in render_headers(self.hostname, verdict.findings):
+            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        return b"".join(lines)
+
+    async def data(self, session: Session, envelope: Envelope, content: bytes) -> Verdict:
+        """End of DATA: content checks, then delivery inside the same deadline."""
+        started = time.monotonic()
+        verdict = await self.decide_data(session, envelope, content)
         if isinstance(verdict, (Accept, Quarantine)):
-            remaining = deadline - (time.monotonic() - started)
+            remaining = self.config.server.data_deadline - (time.monotonic() - started)
             verdict = await self._deliver(session, envelope, content, verdict, remaining)
+        self.record_data(session, envelope, verdict)
+        return verdict
+
+    def record_data(self, session: Session, envelope: Envelope, verdict: Verdict) -> None:
         self.recorder.record(
             session, Phase.DATA, str(envelope.sender), [str(r) for r in envelope.recipients], verdict
         )
-        return verdict
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -211,7 +229,7 @@ class Gateway:
     async def _deliver(
         self, session: Session, envelope: Envelope, content: bytes, verdict: Verdict, budget: float
     ) -> Verdict:
-        message = self.received_header(session, envelope) + content
+        message = self.added_headers(session, envelope, verdict) + content
         findings = verdict.findings
         if budget <= 0:
             return Tempfail(Reply(451, "4.4.3", "Out of time, try again later"), findings)
