@@ -38,6 +38,8 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
         config.state.data_dir = str(tmp_path / "data")
         config.state.flush_interval = 0.05
         config.logging.file = ""
+        # No sender authentication unless a test asks for it (with its loopback DNS server).
+        config.auth.spf = config.auth.dkim = config.auth.dmarc = False
         for section, values in sections.items():
             for key, value in values.items():
                 setattr(getattr(config, section), key, value)

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from scattergate import __version__
-from scattergate.config import Config, ConfigError, load
+from scattergate.config import Config, ConfigError, load, parse_host_port
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,6 +23,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                    help="clients allowed to relay to other domains (repeatable; default: none)")
     p.add_argument("--maildir", metavar="DIR", help="deliver locally into Maildirs under DIR")
     p.add_argument("--relay", metavar="HOST:PORT", help="relay accepted mail to this downstream MTA")
+    p.add_argument("--spool", action="store_true", default=None,
+                   help="store-and-forward: spool accepted mail (fsync) and deliver it to --relay with retries")
+    p.add_argument("--dns", metavar="HOST:PORT", help="the DNS resolver to ask (default: /etc/resolv.conf)")
     p.add_argument("--no-verify-recipients", dest="verify_recipients", action="store_false", default=None,
                    help="do not probe the downstream for unknown recipients")
     p.add_argument("--data-dir", metavar="DIR", help="state (SQLite) and logs (default ./scattergate-data)")
@@ -48,6 +51,12 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         ("state", "data_dir"): args.data_dir,
         ("logging", "level"): args.log_level,
     }
+    if getattr(args, "spool", None):
+        overrides[("spool", "enabled")] = True
+    if getattr(args, "dns", None):
+        host, port = parse_host_port(args.dns, "--dns")
+        overrides[("dns", "nameservers")] = [host]
+        overrides[("dns", "port")] = port
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(config, section), key, value)

@@ -69,6 +69,46 @@ class DeliveryConfig:
 
 
 @dataclass(slots=True)
+class DnsSettings:
+    # Resolvers to ask; empty: those of /etc/resolv.conf. Tests point this at loopback.
+    nameservers: list[str] = field(default_factory=list)
+    port: int = 53
+    timeout: float = 2.0
+    lifetime: float = 5.0
+
+
+@dataclass(slots=True)
+class AuthConfig:
+    """Sender authentication: findings for the policy table and for the safe-bounce rule."""
+
+    spf: bool = True
+    dkim: bool = True
+    dmarc: bool = True
+    # Budget for SPF at the first RCPT, and for DKIM+DMARC at end of DATA.
+    spf_budget: float = 10.0
+    dkim_budget: float = 15.0
+
+
+@dataclass(slots=True)
+class SpoolConfig:
+    """Store-and-forward: accept into a durable spool, deliver later with retries."""
+
+    enabled: bool = False
+    # RFC 5321 §4.5.4.1: retry intervals grow from `retry_initial` to `retry_max` (seconds);
+    # the message fails permanently after `give_up` seconds (default 5 days).
+    retry_initial: float = 300.0
+    retry_max: float = 3600.0
+    give_up: float = 5 * 24 * 3600.0
+    # A "delayed" DSN (NOTIFY=DELAY) after this long in the queue, once.
+    delay_warning: float = 4 * 3600.0
+    # DSNs per recipient address and per recipient domain, per hour.
+    dsn_per_address_hour: float = 10.0
+    dsn_per_domain_hour: float = 100.0
+    # The original content returned in a DSN with RET=FULL, at most (bytes).
+    dsn_max_return: int = 256 * 1024
+
+
+@dataclass(slots=True)
 class StateConfig:
     data_dir: str = "scattergate-data"
     # How often buffered counters and decisions are written to the state store.
@@ -101,6 +141,9 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
 
     def validate(self) -> None:
         """Check values whose type is right but whose content is not; raise ConfigError."""
@@ -124,12 +167,28 @@ class Config:
             "delivery.relay_timeout": self.delivery.relay_timeout,
             "delivery.relay_pool_size": self.delivery.relay_pool_size,
             "delivery.verify_timeout": self.delivery.verify_timeout,
+            "dns.timeout": self.dns.timeout,
+            "dns.lifetime": self.dns.lifetime,
+            "auth.spf_budget": self.auth.spf_budget,
+            "auth.dkim_budget": self.auth.dkim_budget,
+            "spool.retry_initial": self.spool.retry_initial,
+            "spool.retry_max": self.spool.retry_max,
+            "spool.give_up": self.spool.give_up,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, not {value}")
         if self.server.data_deadline >= 600:
             raise ConfigError("server.data_deadline must stay below the client's 600 s DATA timeout")
+        if self.spool.enabled and not self.delivery.relay:
+            raise ConfigError("spool.enabled needs delivery.relay: the spool delivers to a downstream")
+        for server in self.dns.nameservers:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise ConfigError(f"dns.nameservers: not an IP address: {server!r}") from None
+        if not 0 < self.dns.port < 65536:
+            raise ConfigError(f"dns.port out of range: {self.dns.port}")
         if self.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"logging.level: unknown level {self.logging.level!r}")
         from scattergate.decision.policy import validate_policy  # cycle-free: lazy

@@ -11,7 +11,7 @@ import enum
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from scattergate.address import Address
 
@@ -165,6 +165,22 @@ class Envelope:
     rcpt_findings: list[Finding] = field(default_factory=list)
     content: bytes = b""
     message_id: str = field(default_factory=new_id)
+    # Sender authentication results (checks/senderauth.py), kept for DMARC and the
+    # safe-bounce rule: an SpfResult for MAIL FROM, and the DkimResults of the message.
+    spf: Any = None
+    dkim: tuple[Any, ...] = ()
+    # RFC 3461 DSN parameters: RET and ENVID from MAIL, NOTIFY and ORCPT per RCPT.
+    ret: str = ""
+    envid: str = ""
+    rcpt_dsn: list["RcptDsn"] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RcptDsn:
+    """The DSN parameters of one accepted recipient."""
+
+    notify: frozenset[str] | None = None  # None: not given (the default is FAILURE,DELAY)
+    orcpt: str = ""
 
 
 @dataclass(slots=True)

@@ -26,17 +26,25 @@ from scattergate.checks.relay import RelayCheck
 from scattergate.checks.smuggling import check_bare_line_endings
 from scattergate.checks.verify import RecipientVerifier
 from scattergate.config import Config, parse_host_port
-from scattergate.decision.headers import render_headers
+from scattergate.bounce.notifier import BounceNotifier
+from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
+from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck, sender_verification
+from scattergate.decision.headers import render_headers, strip_forged_results
+from scattergate.delivery.quarantine import Quarantine as QuarantineStore
+from scattergate.delivery.scheduler import Scheduler
+from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
+from scattergate.net.dns import DnsConfig, Resolver
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
 from scattergate.delivery import maildir
-from scattergate.delivery.relay import DownstreamPool, Relay
+from scattergate.delivery.relay import DownstreamPool, DsnParams, Relay
 from scattergate.model import (
     Accept,
     Envelope,
     Finding,
     Phase,
     Quarantine,
+    RcptDsn,
     Reject,
     Reply,
     Session,
@@ -97,15 +105,59 @@ class Gateway:
             rcpt.remote.append(RemoteCheck("verify", verifier, delivery.verify_timeout))
         self.checks[Phase.DATA].local.append(check_bare_line_endings)
 
+        # Sender authentication: findings for the policy, and proof for the safe-bounce rule.
+        auth = config.auth
+        self.resolver: Resolver | None = None
+        if auth.spf or auth.dkim:
+            dns = config.dns
+            self.resolver = Resolver(DnsConfig(
+                nameservers=tuple(dns.nameservers), port=dns.port, timeout=dns.timeout, lifetime=dns.lifetime,
+            ))
+            if auth.spf:
+                spf = SpfCheck(self.resolver, receiver=self.hostname, budget=auth.spf_budget)
+                rcpt.remote.append(RemoteCheck("spf", spf, auth.spf_budget))
+            if auth.dkim:
+                dkim = DkimDmarcCheck(self.resolver, dmarc=auth.dmarc)
+                self.checks[Phase.DATA].remote.append(RemoteCheck("dkim", dkim, auth.dkim_budget))
+
+        self.quarantine = QuarantineStore(config.data_dir / "quarantine", store)
+        self.spool: Spool | None = None
+        self.scheduler: Scheduler | None = None
+        if config.spool.enabled and self.relay is not None:
+            self.spool = Spool(config.data_dir / "spool")
+            spool_config = config.spool
+            notifier = BounceNotifier(
+                self.spool, self.quarantine,
+                DsnRateLimiter(
+                    per_address=Rate.per_hour(spool_config.dsn_per_address_hour),
+                    per_domain=Rate.per_hour(spool_config.dsn_per_domain_hour),
+                    clock=time.monotonic,
+                ),
+                reporting_mta=self.hostname,
+                max_return=spool_config.dsn_max_return,
+                count=self.recorder.count,
+            )
+            self.scheduler = Scheduler(
+                self.spool, self.relay.pool, notifier, spool_config,
+                attempt_timeout=config.delivery.relay_timeout, count=self.recorder.count,
+            )
+            notifier._on_dsn = self.scheduler.wake
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.recorder.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.recorder.stop()
         if self.relay is not None:
             await self.relay.pool.close()
+        if self.resolver is not None:
+            self.resolver.close()
 
     # -- phases ----------------------------------------------------------------------------
 
@@ -156,12 +208,16 @@ class Gateway:
             return False
         return True
 
-    def mail(self, session: Session, sender: Address, options: Sequence[str]) -> Envelope:
+    def mail(
+        self, session: Session, sender: Address, options: Sequence[str], *, ret: str = "", envid: str = ""
+    ) -> Envelope:
         """MAIL FROM: start a transaction. Sender findings wait for RCPT (reject late, log fully)."""
         session.transactions += 1
-        return Envelope(sender=sender, mail_options=tuple(options))
+        return Envelope(sender=sender, mail_options=tuple(options), ret=ret, envid=envid)
 
-    async def rcpt(self, session: Session, envelope: Envelope, recipient: Address) -> Verdict:
+    async def rcpt(
+        self, session: Session, envelope: Envelope, recipient: Address, dsn: RcptDsn = RcptDsn()
+    ) -> Verdict:
         checks = self.checks[Phase.RCPT]
         ctx = CheckContext(session, envelope, recipient)
         findings = envelope.sender_findings + checks.run_local(ctx)
@@ -171,6 +227,7 @@ class Gateway:
             verdict = self.decider.decide(findings, RCPT_OK)
         if isinstance(verdict, (Accept, Quarantine)):
             envelope.recipients.append(recipient)
+            envelope.rcpt_dsn.append(dsn)
             envelope.rcpt_findings.extend(f for f in findings if f not in envelope.rcpt_findings)
         else:
             self.recorder.record(session, Phase.RCPT, str(envelope.sender), (str(recipient),), verdict)
@@ -229,24 +286,80 @@ class Gateway:
     async def _deliver(
         self, session: Session, envelope: Envelope, content: bytes, verdict: Verdict, budget: float
     ) -> Verdict:
+        if self.resolver is not None:
+            content = strip_forged_results(content, self.hostname)
         message = self.added_headers(session, envelope, verdict) + content
         findings = verdict.findings
         if budget <= 0:
             return Tempfail(Reply(451, "4.4.3", "Out of time, try again later"), findings)
         if isinstance(verdict, Quarantine):
-            root = self.config.data_dir / "quarantine"
-            return await self._write_maildir(root, envelope, message, verdict, budget)
+            return await self._hold(envelope, message, verdict, budget)
+        if self.spool is not None:
+            return await self._spool(session, envelope, message, verdict, budget)
         if self.relay is not None:
             result = await self.relay.send(
                 envelope.sender, envelope.recipients, message,
                 mail_options=_relay_options(envelope.mail_options),
                 smtputf8="SMTPUTF8" in envelope.mail_options,
                 deadline=min(budget, self.config.delivery.relay_timeout),
+                dsn=DsnParams(
+                    envelope.ret, envelope.envid,
+                    tuple((tuple(sorted(d.notify)) if d.notify else None, d.orcpt) for d in envelope.rcpt_dsn),
+                ),
             )
             reply = result.reply
             outcome = Finding("delivery", "relayed" if reply.code < 300 else "refused", str(reply))
             return _verdict_for(reply, findings + (outcome,))
         return await self._write_maildir(self.config.maildir, envelope, message, verdict, budget)
+
+    async def _spool(
+        self, session: Session, envelope: Envelope, message: bytes, verdict: Verdict, budget: float
+    ) -> Verdict:
+        """Store-and-forward: durable (fsynced) before the 250; the scheduler delivers it."""
+        assert self.spool is not None and self.scheduler is not None
+        spf_result, dkim_aligned = sender_verification(envelope)
+        entry = SpoolEntry(
+            id=envelope.message_id,
+            sender=str(envelope.sender),
+            recipients=[
+                SpooledRecipient(str(r), sorted(d.notify) if d.notify is not None else None, d.orcpt)
+                for r, d in zip(envelope.recipients, envelope.rcpt_dsn)
+            ],
+            arrival=time.time(),
+            client_ip=session.client_ip,
+            helo=session.helo,
+            ret=envelope.ret,
+            envid=envelope.envid,
+            mail_options=[o for o in envelope.mail_options if o.split("=", 1)[0] in ("BODY", "SMTPUTF8")],
+            spf_result=spf_result,
+            dkim_aligned=dkim_aligned,
+            content_verdict=content_verdict(verdict.findings),
+        )
+        try:
+            async with asyncio.timeout(budget):
+                await asyncio.to_thread(self.spool.put, entry, message)
+        except TimeoutError:
+            return Tempfail(Reply(451, "4.3.0", "Spool write too slow, try again later"), verdict.findings)
+        except OSError as exc:
+            log.error("spool write failed: %s", exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return Tempfail(Reply(452, "4.3.1", "Insufficient system storage"), verdict.findings)
+            return Tempfail(Reply(451, "4.3.0", "Spool write failed, try again later"), verdict.findings)
+        self.scheduler.wake()
+        self.recorder.count("spool.queued")
+        return Accept(Reply(250, "2.0.0", f"Ok: queued as {entry.id}"), verdict.findings)
+
+    async def _hold(self, envelope: Envelope, message: bytes, verdict: Verdict, budget: float) -> Verdict:
+        reason = "; ".join(str(f) for f in verdict.findings) or "policy"
+        try:
+            async with asyncio.timeout(budget):
+                item = await asyncio.to_thread(
+                    self.quarantine.hold, message, str(envelope.sender), [str(r) for r in envelope.recipients], reason
+                )
+        except (TimeoutError, OSError) as exc:
+            log.error("quarantine write failed: %s", exc)
+            return Tempfail(Reply(451, "4.3.0", "Cannot store the message now, try again later"), verdict.findings)
+        return Quarantine(Reply(250, "2.0.0", f"Ok: held as {item.id}"), verdict.findings)
 
     async def _write_maildir(
         self, root: Path, envelope: Envelope, message: bytes, verdict: Verdict, budget: float
@@ -262,9 +375,17 @@ class Gateway:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return Tempfail(Reply(452, "4.3.1", "Insufficient system storage"), verdict.findings)
             return Tempfail(Reply(451, "4.3.0", "Local delivery failed, try again later"), verdict.findings)
-        if isinstance(verdict, Quarantine):
-            return Quarantine(Reply(250, "2.0.0", f"Ok: held as {envelope.message_id}"), verdict.findings)
         return Accept(Reply(250, "2.0.0", f"Ok: delivered as {envelope.message_id}"), verdict.findings)
+
+
+def content_verdict(findings: Sequence[Finding]) -> str:
+    """What the content checks judged, for the safe-bounce rule: virus, spam or clean."""
+    results = {f.result for f in findings}
+    if "virus" in results:
+        return "virus"
+    if results & {"spam", "reject", "tag"}:
+        return "spam"
+    return "clean"
 
 
 def _relay_options(options: Sequence[str]) -> list[str]:

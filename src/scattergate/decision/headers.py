@@ -24,3 +24,39 @@ def render_headers(hostname: str, findings: Sequence[Finding]) -> list[tuple[str
             # A header value with a line break could inject fields: fold it to one line.
             headers.append((name, " ".join(value.split())))
     return headers
+
+
+def authentication_results(hostname: str, findings: Sequence[Finding]) -> list[tuple[str, str]]:
+    """RFC 8601 Authentication-Results from the spf/dkim/dmarc findings, when there are any."""
+    from scattergate.checks.authresults import build
+
+    if not any(f.check in ("spf", "spf_helo", "dkim", "dmarc") for f in findings):
+        return []
+    return [("Authentication-Results", build(hostname, findings, linesep=None))]
+
+
+RENDERERS.append(authentication_results)
+
+
+def strip_forged_results(content: bytes, authserv_id: str) -> bytes:
+    """Remove incoming Authentication-Results fields that claim our authserv-id (RFC 8601 §5):
+    from outside they can only be forgeries meant to look like our verdict."""
+    from scattergate.checks.authresults import is_ours
+
+    head, sep, body = content.partition(b"\r\n\r\n")
+    if b"authentication-results" not in head.lower():
+        return content
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        name, colon, value = line.partition(b":")
+        dropping = bool(colon) and name.strip().lower() == b"authentication-results" and is_ours(
+            value.decode("utf-8", "replace"), authserv_id
+        )
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + body

@@ -40,6 +40,14 @@ DEFAULT_RULES: dict[str, Rule] = {
     ),
     # Connection limits (CONNECT). 421: the front end closes the connection after it.
     "connection.too_many": Rule("tempfail", Reply(421, "4.7.0", "Too many connections, try again later")),
+    # Sender authentication. SPF "fail" is the domain owner saying this client may not send
+    # for it (RFC 7208 §8.4: 550 5.7.23). DNS trouble decides nothing unless configured to.
+    "spf.fail": Rule("reject", Reply(550, "5.7.23", "SPF check failed: {detail}")),
+    "spf.temperror": Rule("observe", Reply(451, "4.7.24", "SPF temporary error: {detail}")),
+    "spf.permerror": Rule("observe", Reply(550, "5.7.24", "SPF record error: {detail}")),
+    "dkim.temperror": Rule("observe", Reply(451, "4.7.5", "DKIM temporary error: {detail}")),
+    "dmarc.fail": Rule("observe", Reply(550, "5.7.1", "DMARC policy of the From domain refuses this message")),
+    "dmarc.temperror": Rule("observe", Reply(451, "4.7.1", "DMARC temporary error: {detail}")),
     # Content (DATA).
     "smtp.bare_line_ending": Rule(
         "reject", Reply(550, "5.5.2", "Message refused: bare CR or LF in message (RFC 5321 2.3.8)")
@@ -60,8 +68,10 @@ class Decider:
         self._rules = dict(DEFAULT_RULES)
         if config is not None:
             for key, action in config.actions.items():
-                base = self._rules.get(key, Rule(action, _generic_reply(action)))
-                self._rules[key] = Rule(action, base.reply)
+                reply = self._rules[key].reply if key in self._rules else _generic_reply(action)
+                if not _fits(action, reply):  # e.g. a tempfail rule turned into a reject
+                    reply = _generic_reply(action)
+                self._rules[key] = Rule(action, reply)
             for key, text in config.replies.items():
                 base = self._rules.get(key, Rule("reject", Reply(550, "5.7.1", "Refused")))
                 self._rules[key] = Rule(base.action, Reply.parse(text))
@@ -95,6 +105,11 @@ class Decider:
 def _render(template: str, finding: Finding) -> str:
     detail = " ".join(finding.detail.split()) or finding.key  # one line, no CR/LF
     return template.replace("{detail}", detail)
+
+
+def _fits(action: str, reply: Reply) -> bool:
+    wanted = {"reject": 5, "tempfail": 4}.get(action)
+    return wanted is None or reply.code // 100 == wanted
 
 
 def _generic_reply(action: str) -> Reply:

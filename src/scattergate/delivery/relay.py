@@ -123,10 +123,11 @@ class Relay:
         mail_options: Sequence[str] = (),
         smtputf8: bool = False,
         deadline: float,
+        dsn: "DsnParams | None" = None,
     ) -> RelayResult:
         try:
             async with asyncio.timeout(deadline):
-                return await self._send(sender, recipients, content, mail_options, smtputf8)
+                return await self._send(sender, recipients, content, mail_options, smtputf8, dsn)
         except TimeoutError:
             log.warning("downstream %s:%s timed out after %.1f s", self.pool.host, self.pool.port, deadline)
             return RelayResult(_SLOW)
@@ -141,12 +142,13 @@ class Relay:
         content: bytes,
         mail_options: Sequence[str],
         smtputf8: bool,
+        dsn: "DsnParams | None",
     ) -> RelayResult:
         for attempt in (1, 2):
             client, reused = await self.pool.acquire()
             reusable = False
             try:
-                result = await self._transaction(client, sender, recipients, content, mail_options, smtputf8)
+                result = await self._transaction(client, sender, recipients, content, mail_options, smtputf8, dsn)
                 reusable = True  # release() still drops it if the downstream hung up
                 return result
             except _RetryableFailure as exc:
@@ -165,10 +167,15 @@ class Relay:
         content: bytes,
         mail_options: Sequence[str],
         smtputf8: bool,
+        dsn: "DsnParams | None",
     ) -> RelayResult:
         encoding = "utf-8" if smtputf8 else "ascii"
         options = list(mail_options)
         try:
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+            if dsn is not None:
+                options += dsn_mail_options(client, dsn.ret, dsn.envid)
             await client.mail(str(sender), options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
             await _reset(client)
@@ -176,9 +183,12 @@ class Relay:
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _RetryableFailure(f"MAIL failed: {exc}") from exc
         refused: list[tuple[str, Reply]] = []
-        for rcpt in recipients:
+        for index, rcpt in enumerate(recipients):
+            rcpt_options: list[str] = []
+            if dsn is not None and index < len(dsn.recipients):
+                rcpt_options = dsn_rcpt_options(client, *dsn.recipients[index])
             try:
-                await client.rcpt(str(rcpt), encoding=encoding)
+                await client.rcpt(str(rcpt), options=rcpt_options, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 refused.append((str(rcpt), downstream_reply(exc.code, exc.message)))
             except (aiosmtplib.SMTPException, OSError) as exc:
@@ -234,6 +244,101 @@ class Relay:
             finally:
                 self.pool.release(client, reusable=reusable)
         raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class DsnParams:
+    """RFC 3461 parameters to pass on: RET/ENVID, and (NOTIFY, ORCPT) per recipient."""
+
+    ret: str = ""
+    envid: str = ""
+    recipients: tuple[tuple[tuple[str, ...] | None, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One recipient of a spooled delivery, with its RFC 3461 parameters."""
+
+    address: str
+    notify: tuple[str, ...] | None = None
+    orcpt: str = ""
+
+
+def dsn_mail_options(client: aiosmtplib.SMTP, ret: str, envid: str) -> list[str]:
+    """RET/ENVID for the downstream, only if it speaks DSN (else it would refuse MAIL)."""
+    if not client.supports_extension("dsn"):
+        return []
+    return ([f"RET={ret}"] if ret else []) + ([f"ENVID={envid}"] if envid else [])
+
+
+def dsn_rcpt_options(client: aiosmtplib.SMTP, notify: tuple[str, ...] | None, orcpt: str) -> list[str]:
+    if not client.supports_extension("dsn"):
+        return []
+    return ([f"NOTIFY={','.join(notify)}"] if notify else []) + ([f"ORCPT={orcpt}"] if orcpt else [])
+
+
+async def deliver_each(
+    pool: DownstreamPool,
+    sender: str,
+    recipients: Sequence[Outbound],
+    content: bytes,
+    *,
+    ret: str = "",
+    envid: str = "",
+    smtputf8: bool = False,
+    deadline: float,
+) -> dict[str, Reply]:
+    """Store-and-forward delivery: a reply per recipient (RCPT refusals stay per recipient).
+
+    Unlike the before-queue relay, the message is already ours, so the recipients the
+    downstream accepts get it even if others are refused; the refused ones are reported.
+    A connection failure or timeout gives every recipient a 4xx: delivered later.
+    """
+    replies: dict[str, Reply] = {}
+    try:
+        async with asyncio.timeout(deadline):
+            client, _ = await pool.acquire()
+            reusable = False
+            try:
+                if client.is_ehlo_or_helo_needed:
+                    await client.ehlo()
+                encoding = "utf-8" if smtputf8 else "ascii"
+                try:
+                    await client.mail(sender, options=dsn_mail_options(client, ret, envid), encoding=encoding)
+                except aiosmtplib.SMTPSenderRefused as exc:
+                    await _reset(client)
+                    reusable = True
+                    reply = downstream_reply(exc.code, exc.message)
+                    return {r.address: reply for r in recipients}
+                accepted = []
+                for rcpt in recipients:
+                    try:
+                        await client.rcpt(
+                            rcpt.address, options=dsn_rcpt_options(client, rcpt.notify, rcpt.orcpt), encoding=encoding
+                        )
+                        accepted.append(rcpt.address)
+                    except aiosmtplib.SMTPRecipientRefused as exc:
+                        replies[rcpt.address] = downstream_reply(exc.code, exc.message)
+                if not accepted:
+                    await _reset(client)
+                    reusable = True
+                    return replies
+                try:
+                    response = await client.data(content)
+                    reply = downstream_reply(response.code, response.message)
+                except aiosmtplib.SMTPDataError as exc:
+                    reply = downstream_reply(exc.code, exc.message)
+                for address in accepted:
+                    replies[address] = reply
+                reusable = True
+                return replies
+            finally:
+                pool.release(client, reusable=reusable)
+    except (TimeoutError, DownstreamUnavailable, aiosmtplib.SMTPException, OSError) as exc:
+        log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, exc)
+        failure = _SLOW if isinstance(exc, TimeoutError) else _DOWN
+        # Recipients refused at RCPT keep their reply: only the unanswered ones are retried.
+        return {r.address: replies.get(r.address, failure) for r in recipients}
 
 
 class _RetryableFailure(Exception):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope as AioEnvelope, Session as AioSession
 
 from scattergate.address import Address, AddressError, parse_path
-from scattergate.model import Accept, Quarantine, Session
+from scattergate.model import Accept, Quarantine, RcptDsn, Session
 from scattergate.pipeline import MAIL_OK, Gateway
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class GatewaySMTP(SMTP):
         self._smtp_methods[_BARE_LINE_COMMAND] = self._refuse_bare_line
         self.sg_session: Session | None = None
         self.sg_address: Address | None = None  # the path parsed by _getaddr, for the hook
+        self.sg_dsn: dict[str, str] = {}  # RFC 3461 parameters of the current MAIL/RCPT
+        self._sg_command = ""
         self._counted = False
 
     # -- transport -------------------------------------------------------------------------
@@ -106,8 +109,55 @@ class GatewaySMTP(SMTP):
             log.debug("malformed path %r: %s", path, exc)
             return None, None
         self.sg_address = address
+        rest = self._take_dsn_params(rest)
         # aiosmtpd treats an empty string as "no address"; the null path is spelled "<>".
         return (str(address) or "<>"), rest.strip()
+
+    def _take_dsn_params(self, rest: str) -> str:
+        """Take the RFC 3461 parameters out of the command (case preserved: ENVID and ORCPT are
+        xtext); leave everything else, including a malformed DSN parameter, to aiosmtpd, which
+        answers 555 for parameters it does not know."""
+        self.sg_dsn = {}
+        if not (self.session and self.session.extended_smtp):
+            return rest
+        allowed = {"MAIL": ("RET", "ENVID"), "RCPT": ("NOTIFY", "ORCPT")}.get(self._sg_command, ())
+        kept = []
+        for token in rest.split():
+            key, _, value = token.partition("=")
+            key = key.upper()
+            if key in allowed and key not in self.sg_dsn and dsn_param_valid(key, value):
+                self.sg_dsn[key] = value.upper() if key in ("RET", "NOTIFY") else value
+            else:
+                kept.append(token)
+        return " ".join(kept)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._sg_command = "MAIL"
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._sg_command = "RCPT"
+        await super().smtp_RCPT(arg)
+
+
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+
+
+def dsn_param_valid(key: str, value: str) -> bool:
+    """RFC 3461 §4: syntax of RET, ENVID, NOTIFY and ORCPT values."""
+    if key == "RET":
+        return value.upper() in ("FULL", "HDRS")
+    if key == "ENVID":
+        return 0 < len(value) <= 100 and bool(_XTEXT.fullmatch(value))
+    if key == "NOTIFY":
+        words = value.upper().split(",")
+        if words == ["NEVER"]:
+            return True
+        return len(set(words)) == len(words) and all(w in ("SUCCESS", "FAILURE", "DELAY") for w in words)
+    if key == "ORCPT":
+        addr_type, semicolon, text = value.partition(";")
+        return bool(semicolon and addr_type and text) and len(value) <= 500 and bool(_XTEXT.fullmatch(text))
+    return False
 
 
 def _closing_bracket(text: str) -> int:
@@ -147,14 +197,16 @@ class _Handler:
         server.sg_session.esmtp = True
         server.sg_session.envelope = None
         session.host_name = hostname
-        return responses
+        # RFC 3461: we take NOTIFY/ORCPT/RET/ENVID and honour them (never a DSN for NOTIFY=NEVER).
+        return [*responses[:-1], "250-DSN", responses[-1]]
 
     async def handle_MAIL(
         self, server: GatewaySMTP, session: AioSession, envelope: AioEnvelope, address: str, options: list[str]
     ) -> str:
         sg = server.sg_session
         assert sg is not None and server.sg_address is not None
-        sg.envelope = self.gateway.mail(sg, server.sg_address, options)
+        dsn = server.sg_dsn
+        sg.envelope = self.gateway.mail(sg, server.sg_address, options, ret=dsn.get("RET", ""), envid=dsn.get("ENVID", ""))
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return str(MAIL_OK)
@@ -169,7 +221,9 @@ class _Handler:
         recipient = server.sg_address
         if recipient.is_null:
             return "553 5.1.3 Error: the null address is not a valid recipient"
-        verdict = await self.gateway.rcpt(sg, sg.envelope, recipient)
+        dsn = server.sg_dsn
+        notify = frozenset(dsn["NOTIFY"].split(",")) if "NOTIFY" in dsn else None
+        verdict = await self.gateway.rcpt(sg, sg.envelope, recipient, RcptDsn(notify, dsn.get("ORCPT", "")))
         if isinstance(verdict, (Accept, Quarantine)):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)

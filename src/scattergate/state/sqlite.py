@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from scattergate.state.store import DecisionRecord
+from scattergate.state.store import DecisionRecord, QuarantineItem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -23,6 +23,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     verdict TEXT NOT NULL, reply TEXT NOT NULL, findings TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT PRIMARY KEY, time REAL NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL,
+    reason TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (time);
 """
 
 
@@ -84,6 +89,33 @@ class SqliteStore:
                            tuple(json.loads(r[9])))
             for r in rows
         ]
+
+    def quarantine_add(self, item: QuarantineItem) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO quarantine (id, time, sender, recipients, reason, size, path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (item.id, item.time, item.sender, json.dumps(item.recipients), item.reason, item.size, item.path),
+            )
+
+    def quarantine_list(self, limit: int = 100, search: str = "") -> list[QuarantineItem]:
+        pattern = f"%{search}%"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, time, sender, recipients, reason, size, path FROM quarantine"
+                " WHERE sender LIKE ? OR recipients LIKE ? OR reason LIKE ? OR id LIKE ?"
+                " ORDER BY time DESC LIMIT ?",
+                (pattern, pattern, pattern, pattern, limit),
+            ).fetchall()
+        return [QuarantineItem(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6]) for r in rows]
+
+    def quarantine_get(self, item_id: str) -> QuarantineItem | None:
+        found = [i for i in self.quarantine_list(1, item_id) if i.id == item_id]
+        return found[0] if found else None
+
+    def quarantine_remove(self, item_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM quarantine WHERE id = ?", (item_id,))
 
     def close(self) -> None:
         with self._lock:

@@ -22,6 +22,19 @@ class DecisionRecord:
     findings: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class QuarantineItem:
+    """A message held instead of delivered (or instead of bounced): kept on disk, indexed."""
+
+    id: str
+    time: float
+    sender: str
+    recipients: tuple[str, ...]
+    reason: str
+    size: int
+    path: str
+
+
 class StateStore(Protocol):
     def add(self, counters: dict[str, int], decisions: Sequence[DecisionRecord]) -> None:
         """Add counter increments and decisions in one batch (one transaction)."""
@@ -29,5 +42,13 @@ class StateStore(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     def recent_decisions(self, limit: int = 50) -> list[DecisionRecord]: ...
+
+    def quarantine_add(self, item: QuarantineItem) -> None: ...
+
+    def quarantine_list(self, limit: int = 100, search: str = "") -> list[QuarantineItem]: ...
+
+    def quarantine_get(self, item_id: str) -> QuarantineItem | None: ...
+
+    def quarantine_remove(self, item_id: str) -> None: ...
 
     def close(self) -> None: ...

@@ -67,3 +67,18 @@ def test_config_can_change_action_and_reply() -> None:
 def test_invalid_policy_is_a_config_error(policy: PolicyConfig) -> None:
     with pytest.raises(ConfigError):
         validate_policy(policy)
+
+
+def test_changing_an_action_keeps_replies_in_their_class() -> None:
+    # spf.temperror defaults to observe with a 4xx reply; as a reject it must answer 5xx.
+    verdict = Decider(PolicyConfig(actions={"spf.temperror": "reject"})).decide([Finding("spf", "temperror")])
+    assert isinstance(verdict, Reject) and verdict.reply.code == 550
+    verdict = Decider(PolicyConfig(actions={"spf.temperror": "tempfail"})).decide([Finding("spf", "temperror")])
+    assert isinstance(verdict, Tempfail) and verdict.reply.code == 451
+
+
+def test_spf_fail_is_refused_and_dns_trouble_only_observed_by_default() -> None:
+    verdict = Decider().decide([Finding("spf", "fail", "smtp.mailfrom=a@forged.example")])
+    assert isinstance(verdict, Reject) and (verdict.reply.code, verdict.reply.status) == (550, "5.7.23")
+    for result in ("temperror", "permerror", "softfail", "none"):
+        assert isinstance(Decider().decide([Finding("spf", result)]), Accept)

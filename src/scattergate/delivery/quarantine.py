@@ -1,0 +1,46 @@
+"""The quarantine: messages held instead of delivered, or instead of bounced.
+
+The content is written and fsynced under <data_dir>/quarantine/<id>.eml before the index
+row is added, so an indexed message always has its file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from scattergate.model import new_id
+from scattergate.state.store import QuarantineItem, StateStore
+
+
+class Quarantine:
+    def __init__(self, root: Path, store: StateStore) -> None:
+        self.root = root
+        self.store = store
+        root.mkdir(parents=True, exist_ok=True)
+
+    def hold(self, content: bytes, sender: str, recipients: Sequence[str], reason: str) -> QuarantineItem:
+        """Keep a message; blocking (run it in a thread from the event loop)."""
+        item_id = new_id()
+        path = self.root / f"{item_id}.eml"
+        with open(path, "xb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        item = QuarantineItem(item_id, time.time(), sender, tuple(recipients), reason, len(content), str(path))
+        self.store.quarantine_add(item)
+        return item
+
+    def content(self, item: QuarantineItem) -> bytes:
+        return Path(item.path).read_bytes()
+
+    def delete(self, item: QuarantineItem) -> None:
+        self.store.quarantine_remove(item.id)
+        Path(item.path).unlink(missing_ok=True)

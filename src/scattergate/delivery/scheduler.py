@@ -1,0 +1,166 @@
+"""Delivers the spool with retries and back-off (RFC 5321 §4.5.4.1).
+
+Each due message is claimed (so parallel workers never deliver it twice), offered to the
+downstream, and each recipient ends delivered (2xx), failed (5xx, or still 4xx at give-up
+time) or pending (4xx: retried after a growing interval). Failures go to the bounce notifier
+(DSN to a proven sender, else quarantine); the message leaves the spool when no recipient is
+pending. A restart simply finds the spool as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from scattergate.bounce.notifier import BounceNotifier
+from scattergate.config import SpoolConfig
+from scattergate.delivery.relay import DownstreamPool, Outbound, deliver_each
+from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Spool
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL = 5.0  # seconds between scans when nothing is due (another worker may add mail)
+
+
+def retry_delay(attempts: int, config: SpoolConfig) -> float:
+    """Interval before the next attempt after `attempts` failed ones: doubling, capped."""
+    return float(min(config.retry_max, config.retry_initial * 2 ** max(0, attempts - 1)))
+
+
+class Scheduler:
+    def __init__(
+        self,
+        spool: Spool,
+        pool: DownstreamPool,
+        notifier: BounceNotifier,
+        config: SpoolConfig,
+        *,
+        attempt_timeout: float,
+        clock: Callable[[], float] = time.time,
+        count: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        self.spool = spool
+        self.pool = pool
+        self.notifier = notifier
+        self.config = config
+        self.attempt_timeout = attempt_timeout
+        self.clock = clock
+        self._count = count
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """New mail was spooled: look at the queue now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        removed = self.spool.recover()
+        if removed:
+            log.info("spool: removed %d incomplete writes (never acknowledged)", removed)
+        log.info("spool: %d messages queued", len(self.spool))
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                next_due = await self.run_once()
+            except Exception:  # the queue must keep running: log, wait, try again
+                log.exception("spool run failed")
+                next_due = self.clock() + _IDLE_POLL
+            delay = min(_IDLE_POLL, max(0.0, next_due - self.clock()))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> float:
+        """Attempt every due message; return when the next one falls due."""
+        now = self.clock()
+        next_due = now + _IDLE_POLL
+        entries = await asyncio.to_thread(lambda: list(self.spool.entries()))
+        due = []
+        for entry in entries:
+            if entry.next_attempt <= now:
+                due.append(entry.id)
+            else:
+                next_due = min(next_due, entry.next_attempt)
+        # A few deliveries in parallel, as many as the downstream pool allows.
+        results = await asyncio.gather(*(self._attempt(message_id) for message_id in due))
+        for result in results:
+            if result is not None:
+                next_due = min(next_due, result)
+        return next_due
+
+    async def _attempt(self, message_id: str) -> float | None:
+        claim = await asyncio.to_thread(self.spool.claim, message_id)
+        if claim is None:
+            return None
+        try:
+            return await self._deliver(claim)
+        finally:
+            claim.release()
+
+    async def _deliver(self, claim: Claim) -> float | None:
+        entry = claim.entry
+        content = await asyncio.to_thread(claim.content)
+        pending = entry.pending()
+        replies = await deliver_each(
+            self.pool,
+            entry.sender,
+            [Outbound(r.address, tuple(r.notify) if r.notify else None, r.orcpt) for r in pending],
+            content,
+            ret=entry.ret,
+            envid=entry.envid,
+            smtputf8="SMTPUTF8" in entry.mail_options,
+            deadline=self.attempt_timeout,
+        )
+        now = self.clock()
+        entry.attempts += 1
+        failed = []
+        for rcpt in pending:
+            reply = replies[rcpt.address]
+            rcpt.reply = str(reply)
+            if reply.code < 300:
+                rcpt.state = DELIVERED
+                self._count("spool.delivered")
+            elif reply.code >= 500:
+                rcpt.state = FAILED
+                failed.append(rcpt)
+        remote = f"{self.pool.host}"
+        still = entry.pending()
+        if still and now - entry.arrival >= self.config.give_up:
+            for rcpt in still:
+                rcpt.state = FAILED
+                rcpt.reply = (f"550 5.4.7 Delivery time expired after {entry.attempts} attempts;"
+                              f" last reply: {rcpt.reply or 'none'}")
+            failed.extend(still)
+            still = []
+        if failed:
+            self._count("spool.failed")
+            outcome = await asyncio.to_thread(self.notifier.failed, entry, content, failed, remote)
+            log.info("message %s: %d recipient(s) failed permanently: %s", entry.id, len(failed), outcome)
+        if not still:
+            await asyncio.to_thread(claim.finish)
+            return None
+        if not entry.delay_notified and now - entry.arrival >= self.config.delay_warning:
+            entry.delay_notified = True
+            wanting = [r for r in still if r.notify and "DELAY" in r.notify]
+            if wanting:
+                await asyncio.to_thread(self.notifier.delayed, entry, content, wanting, remote)
+        entry.next_attempt = now + retry_delay(entry.attempts, self.config)
+        await asyncio.to_thread(claim.save)
+        log.info("message %s: %d recipient(s) deferred, next attempt in %.0f s",
+                 entry.id, len(still), entry.next_attempt - now)
+        return entry.next_attempt

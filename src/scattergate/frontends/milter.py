@@ -1,0 +1,311 @@
+"""The milter front end: Postfix (or Sendmail) asks, the Gateway decides, the MTA delivers.
+
+`MilterConnection` is the per-connection state machine: typed commands in (milter_codec),
+typed responses out, the Gateway in between. It never delivers: Postfix does. The socket loop
+around it is small (`serve_connection`).
+
+The never-bounce trick: mail that Postfix must accept but whose sender we could not verify is
+re-addressed with NOTIFY=NEVER on every recipient (SMFIR_DELRCPT + SMFIR_ADDRCPT_PAR, Postfix
+≥ 3.0), so if delivery fails later Postfix drops the DSN instead of sending it to a sender who
+is probably forged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Awaitable, Callable, Iterable, Sequence
+
+from scattergate.address import Address, AddressError, parse_path
+from scattergate.checks.dmarc import aligned
+from scattergate.decision.headers import render_headers
+from scattergate.frontends import milter_codec as mc
+from scattergate.model import Accept, Envelope, Finding, Quarantine, Reply, Session, Verdict
+from scattergate.pipeline import Gateway
+
+log = logging.getLogger(__name__)
+
+# What we may do to a message: headers, recipients (never-bounce), hold, change sender (BATV).
+WANTED_ACTIONS = (mc.ACT_ADDHDRS | mc.ACT_ADDRCPT | mc.ACT_ADDRCPT_PAR | mc.ACT_DELRCPT
+                  | mc.ACT_QUARANTINE | mc.ACT_CHGFROM)
+# Steps we don't need. Every step we do take gets a reply: an unanswered small packet over TCP
+# waits for a delayed ACK (Nagle), ~40 ms per message (ENVIRONMENT.md).
+WANTED_PROTOCOL = mc.P_NOUNKNOWN | mc.P_HDR_LEADSPC
+
+INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
+BAD_ADDRESS = Reply(553, "5.1.7", "Malformed address")
+
+# Hook for outbound BATV signing (not wired yet): given the session and envelope of a trusted
+# client's message, return the new MAIL FROM (e.g. prvs=...) or None to leave it.
+SenderRewriter = Callable[[Session, Envelope], str | None]
+
+
+# -- the never-bounce predicate (pure) ---------------------------------------------------------
+
+def sender_verified(sender: Address, findings: Iterable[Finding]) -> bool:
+    """True when the findings prove the MAIL FROM domain genuine: an SPF pass for it, or a
+    DKIM pass whose d= aligns (relaxed) with it. Only then may a DSN go back to the sender."""
+    if sender.is_null:
+        return False
+    domain = sender.domain.lower()
+    for finding in findings:
+        if finding.result != "pass":
+            continue
+        if finding.check == "spf":
+            checked = _detail_value(finding.detail, "smtp.mailfrom")
+            if checked.rpartition("@")[2].lower() == domain:
+                return True
+        elif finding.check == "dkim":
+            signer = _detail_value(finding.detail, "d")
+            if signer and aligned(signer, domain, strict=False):
+                return True
+    return False
+
+
+def needs_never_bounce(session: Session, sender: Address, findings: Iterable[Finding]) -> bool:
+    """Should Postfix be told never to send a DSN for this message?
+
+    Not for the null sender (Postfix never bounces a bounce anyway), not for our own trusted
+    clients (they are not forged, and must learn of failures), not for a verified sender."""
+    if sender.is_null or session.trusted:
+        return False
+    return not sender_verified(sender, findings)
+
+
+def _detail_value(detail: str, name: str) -> str:
+    for token in detail.replace(";", " ").split():
+        key, eq, value = token.partition("=")
+        if eq and key == name:
+            return value
+    return ""
+
+
+def never_bounce_edits(recipients: Sequence[tuple[str, tuple[str, ...]]]) -> list[mc.Response]:
+    """Delete each recipient, then add it back with NOTIFY=NEVER (other parameters kept).
+    Delete first: Postfix deletes every recipient matching the address."""
+    edits: list[mc.Response] = []
+    for path, options in recipients:
+        kept = tuple(o for o in options if o.split("=", 1)[0].upper() != "NOTIFY")
+        if any(o.upper() == "NOTIFY=NEVER" for o in options):
+            continue
+        edits.append(mc.DeleteRecipient(path))
+        edits.append(mc.AddRecipient(path, kept + ("NOTIFY=NEVER",)))
+    return edits
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+class MilterConnection:
+    """One milter connection (one SMTP session at a time; 'K' starts the next)."""
+
+    def __init__(self, gateway: Gateway, *, never_bounce: bool = True,
+                 rewrite_sender: SenderRewriter | None = None) -> None:
+        self.gateway = gateway
+        self.never_bounce = never_bounce
+        self.rewrite_sender = rewrite_sender
+        self.actions = 0
+        self.macros: dict[str, str] = {}
+        self.session: Session | None = None
+        self._counted = False
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self.recipients: list[tuple[str, tuple[str, ...]]] = []  # as Postfix gave them
+        self.headers: list[bytes] = []
+        self.body: list[bytes] = []
+        self.leading_space = False
+
+    def close(self) -> None:
+        """The SMTP session is over: release the gateway's connection count."""
+        if self._counted and self.session is not None:
+            self.gateway.disconnect(self.session)
+        self._counted = False
+        self.session = None
+        self._reset_message()
+
+    async def handle(self, command: mc.Command) -> list[mc.Response] | None:
+        """Responses to one command ([] when the protocol wants none); None: close."""
+        try:
+            return await self._dispatch(command)
+        except Exception:
+            # Never a crash and never a silent accept: the client is told to try again.
+            log.exception("milter: error handling %s", type(command).__name__)
+            if isinstance(command, (mc.Macros, mc.Abort, mc.OptNeg, mc.Quit)):
+                return None
+            return [mc.TempfailReply(INTERNAL_ERROR)]
+
+    async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
+        match command:
+            case mc.Macros(_, values):
+                self.macros.update(values)
+                return []
+            case mc.OptNeg(version, actions, protocol):
+                return [self._negotiate(version, actions, protocol)]
+            case mc.Connect(_, family, port, address):
+                return self._connect(address if family in "46" else "unknown", port)
+            case mc.Helo(name):
+                if self.session is not None:
+                    self.session.helo = name
+                return [mc.Continue()]
+            case mc.Mail(path, options):
+                return self._mail(path, options)
+            case mc.Rcpt(path, options):
+                return await self._rcpt(path, options)
+            case mc.Header(name, value):
+                sep = ":" if self.leading_space else ": "
+                raw = f"{name}{sep}{value}".encode("utf-8", "surrogateescape")
+                # Folded headers arrive with bare LF between lines: restore the wire form.
+                self.headers.append(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
+                return [mc.Continue()]
+            case mc.Body(chunk):
+                self.body.append(chunk)
+                return [mc.Continue()]
+            case mc.EndOfMessage(chunk):
+                if chunk:
+                    self.body.append(chunk)
+                return await self._end_of_message()
+            case mc.Abort():
+                self._end_transaction()
+                return []
+            case mc.Quit(new_connection):
+                self.close()
+                return [] if new_connection else None
+            case mc.Data() | mc.EndOfHeaders() | mc.Unknown():
+                return [mc.Continue()]
+        raise mc.MilterProtocolError(f"unexpected command {command!r}")
+
+    def _negotiate(self, version: int, actions: int, protocol: int) -> mc.Response:
+        if version < 6 and not actions & mc.ACT_ADDRCPT_PAR:
+            log.warning("milter: MTA speaks milter protocol %d: no NOTIFY=NEVER (needs Postfix >= 3.0)", version)
+        self.actions = actions & WANTED_ACTIONS
+        if self.never_bounce and not self.actions & mc.ACT_ADDRCPT_PAR:
+            log.warning("milter: MTA cannot add recipients with parameters: never-bounce is off")
+        wanted = WANTED_PROTOCOL & protocol
+        self.leading_space = bool(wanted & mc.P_HDR_LEADSPC)
+        return mc.OptNegReply(self.actions, wanted, version=min(version, mc.VERSION))
+
+    def _connect(self, ip: str, port: int) -> list[mc.Response]:
+        self.close()  # a second Connect on one connection: forget the first session
+        self.session = Session(client_ip=ip, client_port=port)
+        verdict = self.gateway.connect(self.session)
+        self._counted = True
+        if not isinstance(verdict, Accept):
+            return [mc.refusal(verdict.reply)]
+        return [mc.Continue()]
+
+    def _trusted(self) -> bool:
+        # A SASL-authenticated client is one of ours, wherever it connects from.
+        return bool(self.macros.get("{auth_authen}"))
+
+    def _mail(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
+        session = self._session()
+        self._end_transaction()
+        try:
+            sender = parse_path(path, allow_null=True)
+        except AddressError:
+            return [mc.RejectReply(BAD_ADDRESS)]
+        if self._trusted():
+            session.trusted = True
+        session.envelope = self.gateway.mail(session, sender, options)
+        return [mc.Continue()]
+
+    async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
+        session = self._session()
+        envelope = session.envelope
+        if envelope is None:
+            return [mc.Continue()]  # the MTA enforces sequencing; nothing to decide on
+        try:
+            recipient = parse_path(path)
+        except AddressError:
+            return [mc.RejectReply(BAD_ADDRESS)]
+        verdict = await self.gateway.rcpt(session, envelope, recipient)
+        if isinstance(verdict, (Accept, Quarantine)):
+            self.recipients.append((path, options))
+            envelope.rcpt_options.append(options)
+            return [mc.Continue()]
+        return [mc.refusal(verdict.reply)]
+
+    async def _end_of_message(self) -> list[mc.Response]:
+        session = self._session()
+        envelope = session.envelope
+        if envelope is None:
+            return [mc.Continue()]
+        content = b"".join(self.headers) + b"\r\n" + b"".join(self.body)
+        recipients = self.recipients
+        self._end_transaction()
+        verdict = await self.gateway.decide_data(session, envelope, content)
+        self.gateway.record_data(session, envelope, verdict)
+        if not isinstance(verdict, (Accept, Quarantine)):
+            return [mc.refusal(verdict.reply)]
+        return [*self._edits(session, envelope, verdict, recipients), mc.Continue()]
+
+    def _edits(self, session: Session, envelope: Envelope, verdict: Verdict,
+               recipients: list[tuple[str, tuple[str, ...]]]) -> list[mc.Response]:
+        edits: list[mc.Response] = []
+        if self.actions & mc.ACT_ADDHDRS:
+            # No Received header of ours: Postfix adds its own. Results go on top.
+            for name, value in reversed(render_headers(self.gateway.hostname, verdict.findings)):
+                edits.append(mc.InsertHeader(0, name, value))
+        if isinstance(verdict, Quarantine) and self.actions & mc.ACT_QUARANTINE:
+            edits.append(mc.QuarantineMessage(f"scattergate {envelope.message_id}"))
+        if (self.never_bounce and self.actions & mc.ACT_ADDRCPT_PAR and self.actions & mc.ACT_DELRCPT
+                and needs_never_bounce(session, envelope.sender, verdict.findings)):
+            edits.extend(never_bounce_edits(recipients))
+        if self.rewrite_sender is not None and session.trusted and self.actions & mc.ACT_CHGFROM:
+            new_sender = self.rewrite_sender(session, envelope)
+            if new_sender:
+                edits.append(mc.ChangeSender(f"<{new_sender}>", envelope.mail_options))
+        return edits
+
+    def _end_transaction(self) -> None:
+        if self.session is not None:
+            self.session.envelope = None
+        self._reset_message()
+
+    def _session(self) -> Session:
+        if self.session is None:
+            # The MTA skipped Connect (e.g. negotiated away): an unknown client, untrusted.
+            self._connect("unknown", 0)
+        assert self.session is not None
+        return self.session
+
+
+# -- the socket loop ---------------------------------------------------------------------------
+
+ConnectionFactory = Callable[[], MilterConnection]
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           connection: MilterConnection) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    decoder = mc.Decoder()
+    try:
+        while data := await reader.read(65536):
+            out: list[bytes] = []
+            for command in decoder.feed(data):
+                responses = await connection.handle(command)
+                if responses is None:
+                    return
+                out.extend(mc.encode(r) for r in responses)
+            if out:
+                writer.write(b"".join(out))
+                await writer.drain()
+    except mc.MilterProtocolError as exc:
+        log.warning("milter: protocol error, closing: %s", exc)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        connection.close()
+        writer.close()
+
+
+def handler(gateway: Gateway, **options: object) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """The stream callback for asyncio.start_server / start_unix_server."""
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_connection(reader, writer, MilterConnection(gateway, **options))  # type: ignore[arg-type]
+
+    return on_connection
