@@ -63,16 +63,100 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
+def _postfix_side_args(p: argparse.ArgumentParser, listen_help: str) -> None:
+    """Flags shared by the services Postfix talks to (milter, policy)."""
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--listen", metavar="inet:HOST:PORT|unix:PATH", help=listen_help)
+    p.add_argument("--hostname", help="our name in Authentication-Results headers and logs")
+    p.add_argument("--domain", action="append", metavar="DOMAIN", help="a domain we receive for (repeatable)")
+    p.add_argument("--recipients", metavar="FILE", help="valid recipient addresses, one per line")
+    p.add_argument("--trusted-network", action="append", metavar="CIDR",
+                   help="clients allowed to relay to other domains (repeatable; default: none)")
+    p.add_argument("--data-dir", metavar="DIR", help="state (SQLite) and logs (default ./scattergate-data)")
+    p.add_argument("--socket-mode", type=lambda text: int(text, 8), metavar="OCTAL",
+                   help="mode of a unix listening socket (default 660)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _postfix_side_overrides(config: Config, args: argparse.Namespace) -> Config:
+    listen_key = {"milter": "milter_listen", "policy": "policy_listen", "srs-socketmap": "socketmap_listen"}
+    overrides = {
+        ("server", "hostname"): getattr(args, "hostname", None),
+        ("receive", "domains"): getattr(args, "domain", None),
+        ("receive", "recipients_file"): getattr(args, "recipients", None),
+        ("receive", "trusted_networks"): getattr(args, "trusted_network", None),
+        ("state", "data_dir"): getattr(args, "data_dir", None),
+        ("logging", "level"): getattr(args, "log_level", None),
+        ("postfix", listen_key[args.command]): args.listen,
+        ("postfix", "socket_mode"): getattr(args, "socket_mode", None),
+        ("postfix", "never_bounce"): getattr(args, "never_bounce", None),
+        ("postfix", "policy_budget"): getattr(args, "budget", None),
+        ("postfix", "policy_timeout_action"): getattr(args, "timeout_action", None),
+        ("postfix", "srs_domain"): getattr(args, "srs_domain", None),
+        ("postfix", "srs_secrets_file"): getattr(args, "secrets", None),
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(config, section), key, value)
+    return config
+
+
+def _milter_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("milter", help="run the checks as a Postfix/Sendmail milter",
+                       description="Serve the milter protocol: Postfix asks, scattergate decides, Postfix delivers.")
+    _postfix_side_args(p, "milter socket (default inet:127.0.0.1:8895)")
+    p.add_argument("--no-never-bounce", dest="never_bounce", action="store_false", default=None,
+                   help="do not re-add recipients of unverified senders with NOTIFY=NEVER")
+    p.set_defaults(overrides=_postfix_side_overrides)
+
+
+def _policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("policy", help="run the envelope checks as a Postfix policy service",
+                       description="Serve Postfix's policy delegation protocol (check_policy_service).")
+    _postfix_side_args(p, "policy socket (default inet:127.0.0.1:10041)")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="answer within this time (default 5)")
+    p.add_argument("--timeout-action", choices=["dunno", "defer_if_permit"],
+                   help="the answer when the budget runs out (default dunno)")
+    p.set_defaults(overrides=_postfix_side_overrides)
+
+
+def _socketmap_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("srs-socketmap", help="serve SRS forward/reverse as a Postfix socketmap",
+                       description="postsrsd-compatible socketmap: maps 'forward' and 'reverse'.")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--listen", metavar="inet:HOST:PORT|unix:PATH", help="default inet:127.0.0.1:10044")
+    p.add_argument("--srs-domain", metavar="DOMAIN", help="the domain of rewritten senders")
+    p.add_argument("--secrets", metavar="FILE", help="SRS secrets, one per line, the first signs")
+    p.add_argument("--domain", action="append", metavar="DOMAIN", help="local domains: never rewritten")
+    p.add_argument("--socket-mode", type=lambda text: int(text, 8), metavar="OCTAL")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(overrides=_postfix_side_overrides)
+
+
+def _check_postfix_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("check-postfix", help="name the Postfix settings that make it a backscatter source",
+                       description="Read `postconf -n` and name every setting that makes this Postfix "
+                                   "send backscatter, with the fix. Exit 0 safe, 1 risks found, 2 could not run.")
+    p.add_argument("-c", "--config-dir", metavar="DIR", help="Postfix configuration directory (postconf -c)")
+    p.add_argument("--postconf-output", metavar="FILE",
+                   help="read saved `postconf -n` output instead of running postconf")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scattergate", description="A mail gateway that ends email backscatter.")
     parser.add_argument("--version", action="version", version=f"scattergate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
+    _milter_parser(sub)
+    _policy_parser(sub)
+    _socketmap_parser(sub)
+    _check_postfix_parser(sub)
     return parser
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    config = apply_overrides(load(args.config), args)
+    overrides = getattr(args, "overrides", apply_overrides)
+    config = overrides(load(args.config), args)
     config.validate()
     return config
 
@@ -83,12 +167,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "check-postfix":
+        from scattergate.postfix_audit import main as check_postfix
+
+        return check_postfix(args.config_dir, args.postconf_output)
     try:
         config = load_config(args)
         if args.command == "serve":
             from scattergate.serve import serve
 
             return serve(config)
+        if args.command == "milter":
+            from scattergate.frontends import milter
+
+            return milter.run(config)
+        if args.command == "policy":
+            from scattergate.frontends import policy
+
+            return policy.run(config)
+        if args.command == "srs-socketmap":
+            from scattergate.frontends import socketmap
+
+            return socketmap.run(config)
     except ConfigError as exc:
         print(f"scattergate: configuration error: {exc}", file=sys.stderr)
         return 2

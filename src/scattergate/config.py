@@ -134,6 +134,28 @@ class PolicyConfig:
 
 
 @dataclass(slots=True)
+class PostfixConfig:
+    """The Postfix-side services: `scattergate milter`, `policy`, `srs-socketmap`.
+
+    Listen addresses are 'inet:HOST:PORT' or 'unix:PATH' (Postfix's own notation)."""
+
+    milter_listen: str = "inet:127.0.0.1:8895"
+    policy_listen: str = "inet:127.0.0.1:10041"
+    socketmap_listen: str = "inet:127.0.0.1:10044"
+    # Mode of a unix socket: Postfix's daemons (user 'postfix') must be able to connect.
+    socket_mode: int = 0o660
+    # Re-add the recipients of mail from unverified senders with NOTIFY=NEVER (milter).
+    never_bounce: bool = True
+    # A policy request not decided within this many seconds gets `policy_timeout_action`;
+    # keep it well below Postfix's smtpd_policy_service_timeout (100 s).
+    policy_budget: float = 5.0
+    policy_timeout_action: str = "dunno"  # or "defer_if_permit"
+    # SRS socketmap: the domain rewritten senders get, and the secrets file (first line signs).
+    srs_domain: str = ""
+    srs_secrets_file: str = ""
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     receive: ReceiveConfig = field(default_factory=ReceiveConfig)
@@ -141,6 +163,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    postfix: PostfixConfig = field(default_factory=PostfixConfig)
     dns: DnsSettings = field(default_factory=DnsSettings)
     auth: AuthConfig = field(default_factory=AuthConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -178,6 +201,11 @@ class Config:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, not {value}")
+        if self.postfix.policy_budget <= 0:
+            raise ConfigError(f"postfix.policy_budget must be positive, not {self.postfix.policy_budget}")
+        if self.postfix.policy_timeout_action not in ("dunno", "defer_if_permit"):
+            raise ConfigError("postfix.policy_timeout_action: dunno or defer_if_permit, "
+                              f"not {self.postfix.policy_timeout_action!r}")
         if self.server.data_deadline >= 600:
             raise ConfigError("server.data_deadline must stay below the client's 600 s DATA timeout")
         if self.spool.enabled and not self.delivery.relay:

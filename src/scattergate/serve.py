@@ -12,9 +12,10 @@ import os
 import signal
 import socket
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import Awaitable, Callable
 
-from scattergate.config import Config, parse_host_port
+from scattergate.config import Config, ConfigError, parse_host_port
 from scattergate.frontends.smtp import GatewaySMTP
 from scattergate.pipeline import Gateway
 from scattergate.state.sqlite import SqliteStore
@@ -137,3 +138,71 @@ def serve(config: Config) -> int:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
     return status
+
+
+# -- helpers for the Postfix-side services (milter, policy, socketmap) -----------------------
+
+StreamCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def parse_listen(listen: str) -> tuple[str, str, int]:
+    """'inet:HOST:PORT', 'HOST:PORT' or 'unix:PATH' → ("inet", host, port) / ("unix", path, 0)."""
+    if listen.startswith("unix:"):
+        path = listen[5:]
+        if not path:
+            raise ConfigError(f"expected unix:PATH, got {listen!r}")
+        return "unix", path, 0
+    if listen.startswith("inet:"):
+        listen = listen[5:]
+    host, port = parse_host_port(listen, "listen")
+    return "inet", host, port
+
+
+async def start_stream_server(listen: str, callback: StreamCallback, *, socket_mode: int = 0o660) -> asyncio.AbstractServer:
+    """Listen on a TCP or unix socket. A unix socket gets `socket_mode` (Postfix's daemons
+    run as 'postfix' and must be able to connect)."""
+    kind, where, port = parse_listen(listen)
+    if kind == "unix":
+        path = Path(where)
+        if path.is_socket():
+            path.unlink()  # left behind by a previous run
+        server = await asyncio.start_unix_server(callback, path=str(path), backlog=1024)
+        os.chmod(path, socket_mode)
+        return server
+    return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
+
+
+def listening_on(server: asyncio.AbstractServer) -> str:
+    name = server.sockets[0].getsockname()
+    if isinstance(name, tuple):
+        return f"inet:{name[0]}:{name[1]}"
+    return f"unix:{name}"
+
+
+def run_service(config: Config, name: str,
+                start: Callable[[Gateway], Awaitable[asyncio.AbstractServer]]) -> int:
+    """Run one Postfix-side service (milter, policy) around a Gateway until SIGTERM/SIGINT."""
+    setup_logging(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        store = SqliteStore(config.data_dir / "state.sqlite3", keep_decisions=config.state.keep_decisions)
+        gateway = Gateway(config, store)
+        await gateway.start()
+        stop = asyncio.Event()
+        for signum in _STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            server = await start(gateway)
+            log.info("scattergate %s listening on %s for %s", name, listening_on(server), ", ".join(gateway.domains))
+            await stop.wait()
+            server.close()
+            await gateway.wait_idle(DRAIN_SECONDS)
+        finally:
+            await gateway.stop()
+            store.close()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
+    return 0

@@ -21,7 +21,8 @@ from scattergate.address import Address, AddressError, parse_path
 from scattergate.checks.dmarc import aligned
 from scattergate.decision.headers import render_headers
 from scattergate.frontends import milter_codec as mc
-from scattergate.model import Accept, Envelope, Finding, Quarantine, Reply, Session, Verdict
+from scattergate.config import Config
+from scattergate.model import Accept, Envelope, Finding, Quarantine, RcptDsn, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ def needs_never_bounce(session: Session, sender: Address, findings: Iterable[Fin
     if sender.is_null or session.trusted:
         return False
     return not sender_verified(sender, findings)
+
+
+def _params(options: Iterable[str]) -> dict[str, str]:
+    """ESMTP parameters of MAIL/RCPT as Postfix passes them ("NOTIFY=NEVER", "BODY=8BITMIME")."""
+    return {k.upper(): v for k, _, v in (o.partition("=") for o in options)}
 
 
 def _detail_value(detail: str, name: str) -> str:
@@ -207,7 +213,9 @@ class MilterConnection:
             return [mc.RejectReply(BAD_ADDRESS)]
         if self._trusted():
             session.trusted = True
-        session.envelope = self.gateway.mail(session, sender, options)
+        params = _params(options)
+        session.envelope = self.gateway.mail(session, sender, options,
+                                             ret=params.get("RET", "").upper(), envid=params.get("ENVID", ""))
         return [mc.Continue()]
 
     async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
@@ -219,7 +227,10 @@ class MilterConnection:
             recipient = parse_path(path)
         except AddressError:
             return [mc.RejectReply(BAD_ADDRESS)]
-        verdict = await self.gateway.rcpt(session, envelope, recipient)
+        params = _params(options)
+        notify = frozenset(params["NOTIFY"].upper().split(",")) if "NOTIFY" in params else None
+        dsn = RcptDsn(notify, params.get("ORCPT", ""))
+        verdict = await self.gateway.rcpt(session, envelope, recipient, dsn)
         if isinstance(verdict, (Accept, Quarantine)):
             self.recipients.append((path, options))
             envelope.rcpt_options.append(options)
@@ -309,3 +320,24 @@ def handler(gateway: Gateway, **options: object) -> Callable[[asyncio.StreamRead
         await serve_connection(reader, writer, MilterConnection(gateway, **options))  # type: ignore[arg-type]
 
     return on_connection
+
+
+def for_postfix(config: Config) -> Config:
+    """Postfix, not we, routes outbound mail: a trusted client's mail to other domains is not
+    'relay.no_route' here (unless the operator configured that finding's action)."""
+    config.policy.actions.setdefault("relay.no_route", "accept")
+    return config
+
+
+def run(config: Config) -> int:
+    """`scattergate milter`: serve until SIGTERM/SIGINT."""
+    from scattergate.serve import run_service, start_stream_server
+
+    for_postfix(config)
+
+    async def start(gateway: Gateway) -> asyncio.AbstractServer:
+        callback = handler(gateway, never_bounce=config.postfix.never_bounce)
+        return await start_stream_server(config.postfix.milter_listen, callback,
+                                         socket_mode=config.postfix.socket_mode)
+
+    return run_service(config, "milter", start)

@@ -1,0 +1,130 @@
+"""The Postfix policy service front end: envelope-stage checks through the same Gateway.
+
+Postfix asks once per SMTP stage (`check_policy_service` in smtpd_*_restrictions); we answer
+from the Gateway's verdict for that stage. At RCPT the whole RCPT phase of the Gateway runs
+(relay control, recipient table, and any check added there later: SPF, BATV on null-sender
+RCPTs, rate limits), with the client, HELO and sender Postfix reports. Other stages answer
+DUNNO until a check needs them: add a handler to `PolicyService.stages`.
+
+Never block Postfix past the budget: a request not decided in `budget` seconds gets the
+configured answer (DUNNO: let Postfix's own restrictions decide; or DEFER_IF_PERMIT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from scattergate.address import AddressError, parse_path
+from scattergate.frontends import policy_codec as pc
+from scattergate.model import Accept, Quarantine, Reject, Reply, Session, Verdict
+from scattergate.config import Config
+from scattergate.pipeline import Gateway
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_REPLY = Reply(451, "4.4.3", "Policy check timed out, try again later")
+ERROR_REPLY = Reply(451, "4.3.0", "Policy check failed, try again later")
+
+StageHandler = Callable[[dict[str, str]], Awaitable[pc.Action]]
+
+
+def action_for(verdict: Verdict) -> pc.Action:
+    if isinstance(verdict, (Accept, Quarantine)):
+        return pc.Dunno()  # never "OK": Postfix's own later restrictions must still apply
+    if isinstance(verdict, Reject):
+        return pc.RejectAction(verdict.reply)
+    return pc.DeferIfPermit(verdict.reply)
+
+
+class PolicyService:
+    def __init__(self, gateway: Gateway, *, budget: float = 5.0, timeout_action: str = "dunno") -> None:
+        if timeout_action not in ("dunno", "defer_if_permit"):
+            raise ValueError(f"timeout action must be dunno or defer_if_permit, not {timeout_action!r}")
+        self.gateway = gateway
+        self.budget = budget
+        self.timeout_action = timeout_action
+        self.stages: dict[str, StageHandler] = {"RCPT": self._rcpt}
+
+    async def answer(self, request: dict[str, str]) -> pc.Action:
+        if request.get("request") != "smtpd_access_policy":
+            return pc.Dunno()
+        handle = self.stages.get(request.get("protocol_state", "").upper())
+        if handle is None:
+            return pc.Dunno()
+        try:
+            async with asyncio.timeout(self.budget):
+                return await handle(request)
+        except TimeoutError:
+            log.warning("policy: no decision within %.3g s for %s -> %s: %s",
+                        self.budget, request.get("sender"), request.get("recipient"), self.timeout_action)
+            if self.timeout_action == "defer_if_permit":
+                return pc.DeferIfPermit(TIMEOUT_REPLY)
+            return pc.Dunno()
+        except Exception:
+            log.exception("policy: check failed")
+            return pc.DeferIfPermit(ERROR_REPLY)
+
+    def session_for(self, request: dict[str, str]) -> Session:
+        port = request.get("client_port", "")
+        session = Session(client_ip=request.get("client_address") or "unknown",
+                          client_port=int(port) if port.isdigit() else 0)
+        session.helo = request.get("helo_name", "")
+        session.tls = bool(request.get("encryption_protocol"))
+        # Connection limits are Postfix's job (anvil); trust as the gateway would, plus SASL.
+        session.trusted = self.gateway.is_trusted(session.client_ip) or bool(request.get("sasl_username"))
+        return session
+
+    async def _rcpt(self, request: dict[str, str]) -> pc.Action:
+        try:
+            sender = parse_path(f"<{request.get('sender', '')}>", allow_null=True)
+            recipient = parse_path(f"<{request.get('recipient', '')}>")
+        except AddressError as exc:
+            # Postfix checked the syntax already; our stricter parser is no reason to block.
+            log.info("policy: cannot parse %r / %r: %s", request.get("sender"), request.get("recipient"), exc)
+            return pc.Dunno()
+        session = self.session_for(request)
+        envelope = self.gateway.mail(session, sender, ())
+        verdict = await self.gateway.rcpt(session, envelope, recipient)
+        return action_for(verdict)
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           service: PolicyService) -> None:
+    """Postfix keeps the connection open for many requests, one at a time."""
+    decoder = pc.Decoder()
+    try:
+        while data := await reader.read(65536):
+            for request in decoder.feed(data):
+                writer.write(pc.encode(await service.answer(request)))
+            await writer.drain()
+    except pc.PolicyProtocolError as exc:
+        log.warning("policy: protocol error, closing: %s", exc)
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+def handler(service: PolicyService) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_connection(reader, writer, service)
+
+    return on_connection
+
+
+def run(config: Config) -> int:
+    """`scattergate policy`: serve until SIGTERM/SIGINT."""
+    from scattergate.frontends.milter import for_postfix
+    from scattergate.serve import run_service, start_stream_server
+
+    for_postfix(config)
+
+    async def start(gateway: Gateway) -> asyncio.AbstractServer:
+        service = PolicyService(gateway, budget=config.postfix.policy_budget,
+                                timeout_action=config.postfix.policy_timeout_action)
+        return await start_stream_server(config.postfix.policy_listen, handler(service),
+                                         socket_mode=config.postfix.socket_mode)
+
+    return run_service(config, "policy", start)
