@@ -33,6 +33,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--max-message-size", type=int, metavar="BYTES")
     p.add_argument("--max-recipients", type=int, metavar="N")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--clamd", metavar="ADDRESS", help="scan with clamd at unix:/PATH or HOST:PORT (enables it)")
+    p.add_argument("--spamd", metavar="ADDRESS", help="scan with SpamAssassin's spamd at HOST:PORT or unix:/PATH")
+    p.add_argument("--rspamd", metavar="ADDRESS", help="scan with rspamd's normal worker at HOST:PORT")
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -57,6 +60,12 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         host, port = parse_host_port(args.dns, "--dns")
         overrides[("dns", "nameservers")] = [host]
         overrides[("dns", "port")] = port
+    # Scanner flags name an address and switch the scanner on ([scan.*] sub-tables).
+    for flag, name in (("clamd", "clamav"), ("spamd", "spamd"), ("rspamd", "rspamd")):
+        address = getattr(args, flag, None)
+        if address is not None:
+            scanner = getattr(config.scan, name)
+            scanner.address, scanner.enabled = address, True
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(config, section), key, value)

@@ -156,6 +156,49 @@ class PostfixConfig:
 
 
 @dataclass(slots=True)
+class ScannerConfig:
+    """One content scanner, scanned at end of DATA (docs/scanning.md). Off unless enabled."""
+
+    enabled: bool = False
+    # "unix:/path/to/socket" or "HOST:PORT".
+    address: str = ""
+    # Seconds for one scan; must fit inside server.data_deadline (the scanners run concurrently).
+    budget: float = 20.0
+    # Scanner down, erring, garbled or out of budget: "tempfail" (451 4.7.1) or "accept"
+    # (deliver unscanned with an X-Scan-Skipped header).
+    on_failure: str = "tempfail"
+    # Bytes; what happens above it depends on the scanner (docs/scanning.md).
+    max_size: int = 25 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ClamavConfig(ScannerConfig):
+    address: str = "unix:/run/clamav/clamd.ctl"
+
+
+@dataclass(slots=True)
+class SpamdConfig(ScannerConfig):
+    address: str = "127.0.0.1:783"
+    max_size: int = 512 * 1024
+    # Scores at or above tag_score are accepted with X-Spam-Flag; at or above reject_score, 550.
+    tag_score: float = 5.0
+    reject_score: float = 10.0
+
+
+@dataclass(slots=True)
+class RspamdConfig(ScannerConfig):
+    address: str = "127.0.0.1:11333"
+    max_size: int = 20 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ScanConfig:
+    clamav: ClamavConfig = field(default_factory=ClamavConfig)
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     receive: ReceiveConfig = field(default_factory=ReceiveConfig)
@@ -163,6 +206,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
     postfix: PostfixConfig = field(default_factory=PostfixConfig)
     dns: DnsSettings = field(default_factory=DnsSettings)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -222,6 +266,9 @@ class Config:
         from scattergate.decision.policy import validate_policy  # cycle-free: lazy
 
         validate_policy(self.policy)
+        from scattergate.checks.scanners import validate_scan
+
+        validate_scan(self.scan, self.server.data_deadline)
 
     @property
     def data_dir(self) -> Path:

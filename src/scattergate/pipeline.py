@@ -23,6 +23,7 @@ from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck, by_phase
 from scattergate.checks.limits import RecipientLimit
 from scattergate.checks.recipients import RecipientCheck, RecipientTable
 from scattergate.checks.relay import RelayCheck
+from scattergate.checks.scanners import build_scanners
 from scattergate.checks.smuggling import check_bare_line_endings
 from scattergate.checks.verify import RecipientVerifier
 from scattergate.config import Config, parse_host_port
@@ -104,6 +105,7 @@ class Gateway:
             )
             rcpt.remote.append(RemoteCheck("verify", verifier, delivery.verify_timeout))
         self.checks[Phase.DATA].local.append(check_bare_line_endings)
+        self.checks[Phase.DATA].remote.extend(build_scanners(config.scan, self.hostname))
 
         # Sender authentication: findings for the policy, and proof for the safe-bounce rule.
         auth = config.auth

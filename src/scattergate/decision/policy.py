@@ -52,6 +52,25 @@ DEFAULT_RULES: dict[str, Rule] = {
     "smtp.bare_line_ending": Rule(
         "reject", Reply(550, "5.5.2", "Message refused: bare CR or LF in message (RFC 5321 2.3.8)")
     ),
+    # Content scanners (DATA; checks/scanners.py). Refused at end of DATA, never bounced later.
+    "clamav.virus": Rule("reject", Reply(554, "5.7.1", "Message refused: virus found ({detail})")),
+    "spamd.spam": Rule("reject", Reply(550, "5.7.1", "Message refused as spam")),
+    "rspamd.spam": Rule("reject", Reply(550, "5.7.1", "Message refused as spam")),
+    "spamd.tagged": Rule("accept", Reply(250, "2.0.0", "OK")),  # X-Spam-Flag; or "quarantine"
+    "rspamd.tagged": Rule("accept", Reply(250, "2.0.0", "OK")),
+    "rspamd.quarantine": Rule("quarantine", Reply(250, "2.0.0", "OK")),
+    "rspamd.deferred": Rule("tempfail", Reply(451, "4.7.1", "Try again later")),
+    # A scanner down, erring, garbled or out of its budget (on_failure = "tempfail"); with
+    # on_failure = "accept" it reports "skipped" instead, accepted with X-Scan-Skipped.
+    "clamav.failed": Rule("tempfail", Reply(451, "4.7.1", "Virus scan unavailable ({detail}), try again later")),
+    "spamd.failed": Rule("tempfail", Reply(451, "4.7.1", "Spam scan unavailable ({detail}), try again later")),
+    "rspamd.failed": Rule("tempfail", Reply(451, "4.7.1", "Spam scan unavailable ({detail}), try again later")),
+    "clamav.timeout": Rule("tempfail", Reply(451, "4.7.1", "Virus scan unavailable ({detail}), try again later")),
+    "spamd.timeout": Rule("tempfail", Reply(451, "4.7.1", "Spam scan unavailable ({detail}), try again later")),
+    "rspamd.timeout": Rule("tempfail", Reply(451, "4.7.1", "Spam scan unavailable ({detail}), try again later")),
+    "clamav.error": Rule("tempfail", Reply(451, "4.7.1", "Virus scan unavailable ({detail}), try again later")),
+    "spamd.error": Rule("tempfail", Reply(451, "4.7.1", "Spam scan unavailable ({detail}), try again later")),
+    "rspamd.error": Rule("tempfail", Reply(451, "4.7.1", "Spam scan unavailable ({detail}), try again later")),
     # Any check that ran out of its time budget or broke: never accept-then-bounce.
     "*.timeout": Rule("tempfail", Reply(451, "4.4.3", "Temporary failure ({detail}), try again later")),
     "*.error": Rule("tempfail", Reply(451, "4.3.0", "Temporary failure ({detail}), try again later")),

@@ -104,7 +104,9 @@ class Scheduler:
         return next_due
 
     async def _attempt(self, message_id: str) -> float | None:
-        claim = await asyncio.to_thread(self.spool.claim, message_id)
+        # Claimed on the loop itself (a non-blocking flock and a small read): a claim taken in a
+        # thread whose awaiting task is cancelled would leak its lock for the process's life.
+        claim = self.spool.claim(message_id)
         if claim is None:
             return None
         try:

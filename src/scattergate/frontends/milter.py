@@ -114,13 +114,13 @@ class MilterConnection:
         self.macros: dict[str, str] = {}
         self.session: Session | None = None
         self._counted = False
+        self.leading_space = False  # negotiated: header values keep their leading space
         self._reset_message()
 
     def _reset_message(self) -> None:
         self.recipients: list[tuple[str, tuple[str, ...]]] = []  # as Postfix gave them
         self.headers: list[bytes] = []
         self.body: list[bytes] = []
-        self.leading_space = False
 
     def close(self) -> None:
         """The SMTP session is over: release the gateway's connection count."""

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Throughput: Postfix alone vs Postfix + milters / policy service, same load, same run.
+
+    smtp-source ──► Postfix smtpd (listener per setup) ──► queue ──► smtp-sink
+
+One private Postfix with one smtpd listener per setup, so every row shares the same Postfix,
+queue and sink. Rows:
+  - Postfix alone (no milter)
+  - trivial milter on pymilter/libmilter (continue at every step: envelope, headers, body)
+  - trivial milter on our sans-IO codec + asyncio (the same steps)
+  - scattergate milter, all envelope/content checks on (SPF and DKIM off unless --auth)
+  - the same over a unix socket
+  - scattergate policy service (check_policy_service at RCPT)
+Each milter runs in its own process. Timed end to end: first message sent → sink counted all.
+
+    .venv/bin/python bench/milter_throughput.py --messages 3000 --size 5120 --sessions 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from relay_throughput import CountingSink, run_load  # noqa: E402
+from tests.support.sink import free_port  # noqa: E402
+from tests.system.postfix_fixtures import ListenerPostfix  # noqa: E402
+
+PYMILTER = '''
+import sys, Milter
+class Trivial(Milter.Base):
+    def envfrom(self, *a): return Milter.CONTINUE
+    def envrcpt(self, *a): return Milter.CONTINUE
+    def header(self, *a): return Milter.CONTINUE
+    def eoh(self): return Milter.CONTINUE
+    def body(self, chunk): return Milter.CONTINUE
+    def eom(self): return Milter.CONTINUE
+Milter.factory = Trivial
+Milter.set_flags(0)
+print("ready", flush=True)
+Milter.runmilter("trivial", "inet:%s@127.0.0.1" % sys.argv[1], 240)
+'''
+
+OWN_CODEC = '''
+import asyncio, sys
+from scattergate.frontends import milter_codec as mc
+from scattergate.serve import new_event_loop
+CONT = mc.encode(mc.Continue())
+async def serve(reader, writer):
+    decoder = mc.Decoder()
+    while data := await reader.read(65536):
+        out = []
+        for cmd in decoder.feed(data):
+            if isinstance(cmd, mc.OptNeg):
+                out.append(mc.encode(mc.OptNegReply(0, mc.P_NOUNKNOWN & cmd.protocol)))
+            elif isinstance(cmd, mc.Quit):
+                writer.close(); return
+            elif not isinstance(cmd, (mc.Macros, mc.Abort)):
+                out.append(CONT)
+        if out:
+            writer.write(b"".join(out))
+    writer.close()
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await server.serve_forever()
+asyncio.Runner(loop_factory=new_event_loop).run(main())
+'''
+
+
+def wait_connectable(target: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            if target.startswith("/"):
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.connect(target)
+            else:
+                socket.create_connection(("127.0.0.1", int(target)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {target}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--size", type=int, default=5120)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--reuse", action="store_true", help="several messages per connection (smtp-source -d)")
+    parser.add_argument("--auth", action="store_true", help="scattergate with SPF/DKIM (needs DNS)")
+    args = parser.parse_args()
+    for tool in ("smtp-source", "smtp-sink", "postfix"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"{tool} not found: run scripts/test once (it installs Postfix)", file=sys.stderr)
+            return 2
+
+    work = Path(tempfile.mkdtemp(prefix="sg-mbench-"))
+    work.chmod(0o755)  # Postfix's daemons run as 'postfix' and must reach their queue and sockets
+    (work / "recipients").write_text("user@example.org\n")
+    (work / "sg.toml").write_text(textwrap.dedent(f"""\
+        [auth]
+        spf = {str(args.auth).lower()}
+        dkim = {str(args.auth).lower()}
+        [state]
+        data_dir = "{work / 'sg'}"
+        [logging]
+        level = "warning"
+        file = ""
+        """))
+    sink = CountingSink()
+    processes: list[subprocess.Popen[bytes]] = []
+    ports = {name: free_port() for name in ("pymilter", "codec", "sg", "sg_policy")}
+    unix_path = str(work / "sg-milter.sock")
+
+    def spawn(command: list[str], target: str) -> None:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=work)
+        processes.append(process)
+        wait_connectable(target, process)
+
+    sg = [sys.executable, "-m", "scattergate"]
+    common = ["--config", str(work / "sg.toml"), "--domain", "example.org",
+              "--recipients", str(work / "recipients")]
+    rows = [
+        ("Postfix alone", {}),
+        ("+ trivial pymilter (libmilter, threads)", {"smtpd_milters": f"inet:127.0.0.1:{ports['pymilter']}"}),
+        ("+ trivial milter on our codec (asyncio)", {"smtpd_milters": f"inet:127.0.0.1:{ports['codec']}"}),
+        ("+ scattergate milter (inet)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg']}"}),
+        ("+ scattergate milter (unix socket)", {"smtpd_milters": f"unix:{unix_path}"}),
+        ("+ scattergate policy service", {"smtpd_recipient_restrictions":
+                                          f"check_policy_service inet:127.0.0.1:{ports['sg_policy']},"
+                                          " permit_mynetworks, reject_unauth_destination"}),
+    ]
+    listen_ports = [free_port() for _ in rows]
+    results: list[tuple[str, float]] = []
+    try:
+        (work / "pymilter_trivial.py").write_text(PYMILTER)
+        (work / "codec_trivial.py").write_text(OWN_CODEC)
+        spawn([sys.executable, str(work / "pymilter_trivial.py"), str(ports["pymilter"])], str(ports["pymilter"]))
+        spawn([sys.executable, str(work / "codec_trivial.py"), str(ports["codec"])], str(ports["codec"]))
+        spawn([*sg, "milter", *common, "--listen", f"inet:127.0.0.1:{ports['sg']}"], str(ports["sg"]))
+        spawn([*sg, "milter", *common, "--listen", f"unix:{unix_path}", "--socket-mode", "666",
+               "--data-dir", str(work / "sg-unix")], unix_path)
+        spawn([*sg, "policy", *common, "--listen", f"inet:127.0.0.1:{ports['sg_policy']}",
+               "--data-dir", str(work / "sg-policy")], str(ports["sg_policy"]))
+        postfix = ListenerPostfix(
+            work / "postfix", port=listen_ports[0],
+            settings={
+                "relay_domains": "example.org",
+                "transport_maps": f"inline:{{ {{example.org = relay:[127.0.0.1]:{sink.port}}} }}",
+                "default_process_limit": "100",
+                "milter_default_action": "tempfail",
+            },
+            listeners={port: overrides for port, (_, overrides) in zip(listen_ports[1:], rows[1:])},
+        )
+        postfix.start()
+        try:
+            for port, (label, _) in zip(listen_ports, rows):
+                results.append((label, run_load(f"127.0.0.1:{port}", args, sink)))
+        finally:
+            postfix.stop()
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+        sink.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{args.messages} messages x {args.size} bytes, {args.sessions} sessions"
+          f"{', connections reused' if args.reuse else ', one connection per message'}"
+          f", scattergate SPF/DKIM {'on' if args.auth else 'off'}\n")
+    print("| setup | seconds | msg/s | vs Postfix alone |")
+    print("|---|---:|---:|---:|")
+    base = results[0][1]
+    for label, seconds in results:
+        print(f"| {label} | {seconds:.2f} | {args.messages / seconds:,.0f} | {base / seconds:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+from scattergate.delivery.scheduler import retry_delay
+from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
+from scattergate.config import SpoolConfig
+
+
+def entry(**kw) -> SpoolEntry:  # type: ignore[no-untyped-def]
+    return SpoolEntry(sender="a@example.net", recipients=[SpooledRecipient("u@example.org", ["FAILURE"], "rfc822;u@example.org")],
+                      arrival=1000.0, **kw)
+
+
+def test_put_then_read_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry(spf_result="pass", ret="FULL", envid="QQ1")
+    spool.put(e, b"Subject: x\r\n\r\nbody\r\n")
+    (loaded,) = list(spool.entries())
+    assert loaded == e
+    claim = spool.claim(e.id)
+    assert claim is not None and claim.content() == b"Subject: x\r\n\r\nbody\r\n"
+
+
+def test_a_claimed_message_cannot_be_claimed_twice(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry()
+    spool.put(e, b"x\r\n")
+    first = spool.claim(e.id)
+    assert first is not None
+    assert spool.claim(e.id) is None
+    first.entry.attempts = 3
+    first.save()  # rewriting the state must not let a second claim in
+    assert spool.claim(e.id) is None
+    first.release()
+    second = spool.claim(e.id)
+    assert second is not None and second.entry.attempts == 3
+
+
+def test_finish_removes_the_message(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry()
+    spool.put(e, b"x\r\n")
+    claim = spool.claim(e.id)
+    assert claim is not None
+    claim.finish()
+    assert len(spool) == 0 and list(tmp_path.iterdir()) == []
+    assert spool.claim(e.id) is None
+
+
+def test_recover_removes_only_unacknowledged_writes(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry()
+    spool.put(e, b"x\r\n")
+    (tmp_path / "orphan.eml").write_bytes(b"content written, state not yet: never acknowledged")
+    (tmp_path / ".abc.json.tmp").write_bytes(b"{")
+    assert spool.recover() == 2
+    assert spool.ids() == [e.id]
+
+
+def test_unreadable_state_is_skipped_not_fatal(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    (tmp_path / "bad.eml").write_bytes(b"x")
+    (tmp_path / "bad.json").write_bytes(b"not json")
+    assert list(spool.entries()) == []
+    assert spool.claim("bad") is None
+
+
+def test_retry_intervals_double_up_to_the_cap() -> None:
+    config = SpoolConfig(retry_initial=300, retry_max=3600)
+    assert [retry_delay(n, config) for n in (1, 2, 3, 4, 5, 6)] == [300, 600, 1200, 2400, 3600, 3600]

@@ -1,0 +1,103 @@
+"""The milter state machine against a real Gateway (no sockets), and the never-bounce rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from scattergate.address import parse_path
+from scattergate.config import Config
+from scattergate.frontends import milter_codec as mc
+from scattergate.frontends.milter import MilterConnection, for_postfix, needs_never_bounce, sender_verified
+from scattergate.model import Finding, Session
+from scattergate.pipeline import Gateway
+from scattergate.state.sqlite import SqliteStore
+
+SENDER = parse_path("<a@mail.example.net>")
+
+
+@pytest.mark.parametrize("findings, verified", [
+    ([], False),
+    ([Finding("spf", "pass", "smtp.mailfrom=a@mail.example.net ip=192.0.2.1")], True),
+    ([Finding("spf", "pass", "smtp.mailfrom=a@other.example ip=192.0.2.1")], False),
+    ([Finding("spf_helo", "pass", "smtp.helo=mail.example.net")], False),
+    ([Finding("spf", "softfail", "smtp.mailfrom=a@mail.example.net")], False),
+    ([Finding("dkim", "pass", "d=example.net s=sel")], True),  # relaxed alignment
+    ([Finding("dkim", "pass", "d=mail.example.net s=sel")], True),
+    ([Finding("dkim", "pass", "d=example.com s=sel")], False),
+    ([Finding("dkim", "fail", "d=example.net s=sel; bad signature")], False),
+])
+def test_sender_verified(findings: list[Finding], verified: bool) -> None:
+    assert sender_verified(SENDER, findings) is verified
+
+
+def test_never_bounce_spares_null_sender_and_trusted_clients() -> None:
+    assert needs_never_bounce(Session("192.0.2.1"), SENDER, [])
+    assert not needs_never_bounce(Session("192.0.2.1"), parse_path("<>", allow_null=True), [])
+    assert not needs_never_bounce(Session("192.0.2.1", trusted=True), SENDER, [])
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    config = Config()
+    config.server.hostname = "mx.test.example"
+    config.state.data_dir = str(tmp_path)
+    config.logging.file = ""
+    config.receive.domains = ["example.org"]
+    (tmp_path / "rcpts").write_text("user@example.org\n")
+    config.receive.recipients_file = str(tmp_path / "rcpts")
+    config.auth.spf = config.auth.dkim = False
+    for_postfix(config)
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    gw = Gateway(config, store)
+    await gw.start()
+    yield gw
+    await gw.stop()
+    store.close()
+
+
+async def _run(conn: MilterConnection, *commands: mc.Command) -> list[mc.Response]:
+    out: list[mc.Response] = []
+    for command in commands:
+        responses = await conn.handle(command)
+        assert responses is not None
+        out += responses
+    return out
+
+
+async def test_a_whole_transaction(gateway: Gateway) -> None:
+    conn = MilterConnection(gateway)
+    out = await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Connect("c", "4", 1234, "192.0.2.7"),
+                     mc.Helo("client.example.net"), mc.Mail("<a@example.net>", ()))
+    assert isinstance(out[0], mc.OptNegReply) and out[0].protocol & mc.P_HDR_LEADSPC
+    assert out[1:] == [mc.Continue()] * 3
+    assert await _run(conn, mc.Rcpt("<nobody@example.org>", ())) == [
+        mc.RejectReply(gateway.decider.decide([Finding("recipient", "unknown", "nobody@example.org")]).reply)]
+    assert await _run(conn, mc.Rcpt("<user@example.org>", ("ORCPT=rfc822;user@example.org", "NOTIFY=FAILURE")),
+                      mc.Data(), mc.Header("Subject", " hi"), mc.EndOfHeaders(), mc.Body(b"x\r\n")) == [mc.Continue()] * 5
+    end = await _run(conn, mc.EndOfMessage())
+    assert end[-1] == mc.Continue()
+    # Unverified sender: every recipient re-added with NOTIFY=NEVER, its ORCPT kept; delete first.
+    assert end[-3:-1] == [mc.DeleteRecipient("<user@example.org>"),
+                          mc.AddRecipient("<user@example.org>", ("ORCPT=rfc822;user@example.org", "NOTIFY=NEVER"))]
+    assert await conn.handle(mc.Quit()) is None
+    assert gateway._active_total == 0  # the connection count was released
+
+
+async def test_bad_address_and_sequencing_never_crash(gateway: Gateway) -> None:
+    conn = MilterConnection(gateway)
+    out = await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Rcpt("<user@example.org>", ()),
+                     mc.EndOfMessage(), mc.Mail("<not an address>", ()))
+    assert out[1:3] == [mc.Continue(), mc.Continue()]
+    assert isinstance(out[3], mc.RejectReply) and out[3].reply.code == 553
+    conn.close()
+
+
+async def test_without_addrcpt_par_there_are_no_recipient_edits(gateway: Gateway) -> None:
+    conn = MilterConnection(gateway)
+    out = await _run(conn, mc.OptNeg(6, mc.ACT_ADDHDRS, 0x1FFFFF), mc.Connect("c", "4", 1, "192.0.2.7"),
+                     mc.Mail("<a@example.net>", ()), mc.Rcpt("<user@example.org>", ()), mc.EndOfMessage())
+    assert not any(isinstance(r, (mc.DeleteRecipient, mc.AddRecipient)) for r in out)
+    conn.close()
