@@ -99,6 +99,8 @@ class SpoolConfig:
     retry_initial: float = 300.0
     retry_max: float = 3600.0
     give_up: float = 5 * 24 * 3600.0
+    # Where DSNs leave (HOST:PORT, e.g. an outbound smarthost); empty: through delivery.relay.
+    dsn_route: str = ""
     # A "delayed" DSN (NOTIFY=DELAY) after this long in the queue, once.
     delay_warning: float = 4 * 3600.0
     # DSNs per recipient address and per recipient domain, per hour.
@@ -252,6 +254,8 @@ class Config:
                               f"not {self.postfix.policy_timeout_action!r}")
         if self.server.data_deadline >= 600:
             raise ConfigError("server.data_deadline must stay below the client's 600 s DATA timeout")
+        if self.spool.dsn_route:
+            parse_host_port(self.spool.dsn_route, "spool.dsn_route")
         if self.spool.enabled and not self.delivery.relay:
             raise ConfigError("spool.enabled needs delivery.relay: the spool delivers to a downstream")
         for server in self.dns.nameservers:

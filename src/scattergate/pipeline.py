@@ -139,9 +139,14 @@ class Gateway:
                 max_return=spool_config.dsn_max_return,
                 count=self.recorder.count,
             )
+            dsn_pool = None
+            if spool_config.dsn_route:
+                dsn_host, dsn_port = parse_host_port(spool_config.dsn_route, "spool.dsn_route")
+                dsn_pool = DownstreamPool(dsn_host, dsn_port, size=2, timeout=delivery.relay_timeout,
+                                          local_hostname=self.hostname)
             self.scheduler = Scheduler(
                 self.spool, self.relay.pool, notifier, spool_config,
-                attempt_timeout=config.delivery.relay_timeout, count=self.recorder.count,
+                attempt_timeout=config.delivery.relay_timeout, dsn_pool=dsn_pool, count=self.recorder.count,
             )
             notifier._on_dsn = self.scheduler.wake
 

@@ -202,3 +202,66 @@ def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
         sink.stop()
+
+
+def proven_config(make_config, relay: str, dns_port: int, **spool):  # type: ignore[no-untyped-def]
+    config = spool_config(make_config, relay, **spool)
+    config.auth.spf = True
+    config.dns.nameservers = ["127.0.0.1"]
+    config.dns.port = dns_port
+    return config
+
+
+def send_from(address, sender: str, rcpt_options=()) -> None:  # type: ignore[no-untyped-def]
+    with smtplib.SMTP(*address) as client:
+        client.ehlo("client.example")
+        client.mail(sender)
+        code, text = client.rcpt("user@example.org", list(rcpt_options))
+        assert code == 250, text
+        assert client.data(MESSAGE)[0] == 250
+
+
+def dsns(sink: SmtpSink) -> list[bytes]:
+    return [d for d in sink.messages() if b"X-Mail-Args: <>" in d]
+
+
+def test_a_proven_sender_gets_its_dsn_by_the_dsn_route(gateway, make_config, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.dns_server import DnsTestServer
+
+    refusing = smtp_sink("-f", "rcpt")
+    smarthost = smtp_sink()
+    with DnsTestServer({"pass.example.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}) as dns:
+        gw = gateway(proven_config(make_config, refusing.address, dns.port, dsn_route=smarthost.address))
+        send_from(gw.address, "someone@pass.example", ["NOTIFY=FAILURE", "ORCPT=rfc822;user@example.org"])
+        assert wait_for(lambda: len(dsns(smarthost)) == 1 and len(gw.gateway.spool) == 0)
+    (dsn,) = dsns(smarthost)
+    assert b"X-Rcpt-Args: <someone@pass.example>" in dsn
+    assert re.search(rb"multipart/report;\s+report-type=\"?delivery-status", dsn) and b"Action: failed" in dsn
+    assert b"Original-Recipient: rfc822;user@example.org" in dsn
+    assert gw.store.quarantine_list() == []
+
+
+def test_notify_never_means_no_dsn_even_for_a_proven_sender(gateway, make_config, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.dns_server import DnsTestServer
+
+    refusing = smtp_sink("-f", "rcpt")
+    smarthost = smtp_sink()
+    with DnsTestServer({"pass.example.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}) as dns:
+        gw = gateway(proven_config(make_config, refusing.address, dns.port, dsn_route=smarthost.address))
+        send_from(gw.address, "someone@pass.example", ["NOTIFY=NEVER"])
+        assert wait_for(lambda: len(gw.gateway.spool) == 0)
+    assert dsns(smarthost) == []
+    (item,) = gw.store.quarantine_list()
+    assert "notify-never" in item.reason
+
+
+def test_notify_success_through_a_downstream_without_dsn_gets_a_relayed_notice(gateway, make_config, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.dns_server import DnsTestServer
+
+    sink = smtp_sink("-N")  # does not announce DSN
+    with DnsTestServer({"pass.example.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}) as dns:
+        gw = gateway(proven_config(make_config, sink.address, dns.port))
+        send_from(gw.address, "someone@pass.example", ["NOTIFY=SUCCESS"])
+        assert wait_for(lambda: len(dsns(sink)) == 1 and len(gw.gateway.spool) == 0)
+    (notice,) = dsns(sink)
+    assert b"Action: relayed" in notice and b"X-Rcpt-Args: <someone@pass.example>" in notice

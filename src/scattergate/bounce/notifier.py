@@ -58,6 +58,10 @@ class BounceNotifier:
         """NOTIFY=DELAY warning; nothing is quarantined for a delay (the message is still queued)."""
         return self._notify(entry, content, pending, remote_mta, "delay")
 
+    def relayed(self, entry: SpoolEntry, content: bytes, done: Sequence[SpooledRecipient], remote_mta: str) -> str:
+        """NOTIFY=SUCCESS to a downstream without DSN: we report "relayed" ourselves (RFC 3461 §5.2.2)."""
+        return self._notify(entry, content, done, remote_mta, "success")
+
     def _notify(
         self, entry: SpoolEntry, content: bytes, recipients: Sequence[SpooledRecipient], remote_mta: str, kind: str
     ) -> str:
@@ -88,8 +92,8 @@ class BounceNotifier:
             return "dsn"
         reason = ", ".join(dict.fromkeys(reasons)) or "unknown"
         self._count(f"dsn.suppressed.{kind}")
-        if kind == "delay":
-            log.info("delay notice suppressed: %s (message %s, sender <%s>)", reason, entry.id, entry.sender)
+        if kind != "failure":
+            log.info("%s notice suppressed: %s (message %s, sender <%s>)", kind, reason, entry.id, entry.sender)
             return f"suppressed: {reason}"
         item = self.quarantine.hold(content, entry.sender, [r.address for r in suppressed], f"bounce suppressed: {reason}")
         log.warning(
@@ -102,11 +106,11 @@ class BounceNotifier:
         self, entry: SpoolEntry, content: bytes, recipients: Sequence[SpooledRecipient], remote_mta: str, kind: str
     ) -> None:
         now = datetime.now(timezone.utc)
-        action = "failed" if kind == "failure" else "delayed"
+        action = {"failure": "failed", "delay": "delayed", "success": "relayed"}[kind]
         statuses = [
             RecipientStatus(
                 address=r.address,
-                status=_status_of(r.reply, "5.0.0" if kind == "failure" else "4.0.0"),
+                status=_status_of(r.reply, {"failure": "5.0.0", "delay": "4.0.0", "success": "2.0.0"}[kind]),
                 action=action,  # type: ignore[arg-type]
                 diagnostic=r.reply or None,
                 remote_mta=remote_mta or None,

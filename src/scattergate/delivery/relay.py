@@ -287,8 +287,12 @@ async def deliver_each(
     envid: str = "",
     smtputf8: bool = False,
     deadline: float,
+    dsn_support: list[bool] | None = None,
 ) -> dict[str, Reply]:
     """Store-and-forward delivery: a reply per recipient (RCPT refusals stay per recipient).
+
+    `dsn_support`, when given, receives whether the downstream speaks DSN (RFC 3461: if not,
+    we owe NOTIFY=SUCCESS senders a "relayed" notice ourselves).
 
     Unlike the before-queue relay, the message is already ours, so the recipients the
     downstream accepts get it even if others are refused; the refused ones are reported.
@@ -302,6 +306,8 @@ async def deliver_each(
             try:
                 if client.is_ehlo_or_helo_needed:
                     await client.ehlo()
+                if dsn_support is not None:
+                    dsn_support.append(client.supports_extension("dsn"))
                 encoding = "utf-8" if smtputf8 else "ascii"
                 try:
                     await client.mail(sender, options=dsn_mail_options(client, ret, envid), encoding=encoding)

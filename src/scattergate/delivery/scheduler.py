@@ -38,6 +38,7 @@ class Scheduler:
         config: SpoolConfig,
         *,
         attempt_timeout: float,
+        dsn_pool: DownstreamPool | None = None,
         clock: Callable[[], float] = time.time,
         count: Callable[[str], None] = lambda name: None,
     ) -> None:
@@ -46,6 +47,8 @@ class Scheduler:
         self.notifier = notifier
         self.config = config
         self.attempt_timeout = attempt_timeout
+        # DSNs may leave by their own route (e.g. a smarthost) instead of the downstream.
+        self.dsn_pool = dsn_pool or pool
         self.clock = clock
         self._count = count
         self._wake = asyncio.Event()
@@ -118,8 +121,10 @@ class Scheduler:
         entry = claim.entry
         content = await asyncio.to_thread(claim.content)
         pending = entry.pending()
+        pool = self.dsn_pool if entry.is_dsn else self.pool
+        dsn_support: list[bool] = []
         replies = await deliver_each(
-            self.pool,
+            pool,
             entry.sender,
             [Outbound(r.address, tuple(r.notify) if r.notify else None, r.orcpt) for r in pending],
             content,
@@ -127,20 +132,26 @@ class Scheduler:
             envid=entry.envid,
             smtputf8="SMTPUTF8" in entry.mail_options,
             deadline=self.attempt_timeout,
+            dsn_support=dsn_support,
         )
         now = self.clock()
         entry.attempts += 1
         failed = []
+        relayed = []
         for rcpt in pending:
             reply = replies[rcpt.address]
             rcpt.reply = str(reply)
             if reply.code < 300:
                 rcpt.state = DELIVERED
                 self._count("spool.delivered")
+                if rcpt.notify and "SUCCESS" in rcpt.notify and dsn_support == [False]:
+                    relayed.append(rcpt)
             elif reply.code >= 500:
                 rcpt.state = FAILED
                 failed.append(rcpt)
-        remote = f"{self.pool.host}"
+        remote = pool.host
+        if relayed:
+            await asyncio.to_thread(self.notifier.relayed, entry, content, relayed, remote)
         still = entry.pending()
         if still and now - entry.arrival >= self.config.give_up:
             for rcpt in still:
