@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.postfix import PrivatePostfix  # noqa: E402
 from tests.support.sink import free_port  # noqa: E402
 
@@ -123,19 +124,22 @@ def main() -> int:
                 postfix.stop()
 
         port = free_port()
+        # SPF, DKIM and DMARC run against a loopback DNS server publishing the sender's SPF.
+        dns = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
         gateway = subprocess.Popen(
             [sys.executable, "-m", "scattergate", "serve", "--listen", f"127.0.0.1:{port}",
-             "--relay", f"127.0.0.1:{sink.port}", "--domain", "example.org",
+             "--relay", f"127.0.0.1:{sink.port}", "--domain", "example.org", "--dns", f"127.0.0.1:{dns.port}",
              "--workers", str(args.workers), "--data-dir", str(work / "gateway")],
             stderr=subprocess.PIPE, text=True,
         )
         try:
             wait_listening(gateway, args.workers)
-            label = f"scattergate --relay, all checks on, {args.workers} worker(s)"
+            label = f"scattergate --relay, all checks on (SPF, DKIM, DMARC, verify), {args.workers} worker(s)"
             results.append((label, run_load(f"127.0.0.1:{port}", args, sink)))
         finally:
             gateway.terminate()
             gateway.wait(60)
+            dns.stop()
     finally:
         sink.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -81,8 +81,9 @@ def delivered(config: Config) -> list[bytes]:
     return [p.read_bytes() for p in sorted((config.maildir / "localhost" / "postmaster" / "new").glob("*"))]
 
 
-def quarantined(config: Config) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((config.data_dir / "quarantine").rglob("*")) if p.is_file() and "/new/" in str(p)]
+def quarantined(gw: Any) -> list[tuple[str, bytes]]:
+    """(reason, content) of every held message, from the quarantine index."""
+    return [(item.reason, Path(item.path).read_bytes()) for item in gw.store.quarantine_list()]
 
 
 def decision_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -172,11 +173,12 @@ def test_tag_level_spam_from_rspamd_is_delivered_with_x_spam_headers(gateway, ma
 def test_tag_level_spam_is_quarantined_when_the_policy_says_so(gateway, make_config, spamd) -> None:  # type: ignore[no-untyped-def]
     config = scan_config(make_config, spamd={"address": spamd.address, "reject_score": 5000.0},
                          policy={"actions": {"spamd.tagged": "quarantine"}})
-    code, text, _ = send(gateway(config), SPAM)
+    gw = gateway(config)
+    code, text, _ = send(gw, SPAM)
     assert code == 250 and "held" in text, text
     assert delivered(config) == []
-    (held,) = quarantined(config)
-    assert b"X-Spam-Flag: YES" in held
+    ((reason, held),) = quarantined(gw)
+    assert "spamd.tagged" in reason and b"X-Spam-Flag: YES" in held
 
 
 # -- scanners that fail -------------------------------------------------------------------------
