@@ -107,48 +107,55 @@ class Gateway:
         self.checks[Phase.DATA].local.append(check_bare_line_endings)
         self.checks[Phase.DATA].remote.extend(build_scanners(config.scan, self.hostname))
 
-        # Sender authentication: findings for the policy, and proof for the safe-bounce rule.
-        auth = config.auth
-        self.resolver: Resolver | None = None
-        if auth.spf or auth.dkim:
-            dns = config.dns
-            self.resolver = Resolver(DnsConfig(
-                nameservers=tuple(dns.nameservers), port=dns.port, timeout=dns.timeout, lifetime=dns.lifetime,
-            ))
-            if auth.spf:
-                spf = SpfCheck(self.resolver, receiver=self.hostname, budget=auth.spf_budget)
-                rcpt.remote.append(RemoteCheck("spf", spf, auth.spf_budget))
-            if auth.dkim:
-                dkim = DkimDmarcCheck(self.resolver, dmarc=auth.dmarc)
-                self.checks[Phase.DATA].remote.append(RemoteCheck("dkim", dkim, auth.dkim_budget))
-
+        self.resolver = self._setup_auth()
         self.quarantine = QuarantineStore(config.data_dir / "quarantine", store)
         self.spool: Spool | None = None
         self.scheduler: Scheduler | None = None
         if config.spool.enabled and self.relay is not None:
-            self.spool = Spool(config.data_dir / "spool")
-            spool_config = config.spool
-            notifier = BounceNotifier(
-                self.spool, self.quarantine,
-                DsnRateLimiter(
-                    per_address=Rate.per_hour(spool_config.dsn_per_address_hour),
-                    per_domain=Rate.per_hour(spool_config.dsn_per_domain_hour),
-                    clock=time.monotonic,
-                ),
-                reporting_mta=self.hostname,
-                max_return=spool_config.dsn_max_return,
-                count=self.recorder.count,
-            )
-            dsn_pool = None
-            if spool_config.dsn_route:
-                dsn_host, dsn_port = parse_host_port(spool_config.dsn_route, "spool.dsn_route")
-                dsn_pool = DownstreamPool(dsn_host, dsn_port, size=2, timeout=delivery.relay_timeout,
-                                          local_hostname=self.hostname)
-            self.scheduler = Scheduler(
-                self.spool, self.relay.pool, notifier, spool_config,
-                attempt_timeout=config.delivery.relay_timeout, dsn_pool=dsn_pool, count=self.recorder.count,
-            )
-            notifier._on_dsn = self.scheduler.wake
+            self.spool, self.scheduler = self._setup_spool(self.relay)
+
+    def _setup_auth(self) -> Resolver | None:
+        """Sender authentication: findings for the policy, and proof for the safe-bounce rule."""
+        auth, dns = self.config.auth, self.config.dns
+        if not (auth.spf or auth.dkim):
+            return None
+        resolver = Resolver(DnsConfig(
+            nameservers=tuple(dns.nameservers), port=dns.port, timeout=dns.timeout, lifetime=dns.lifetime,
+        ))
+        if auth.spf:
+            spf = SpfCheck(resolver, receiver=self.hostname, budget=auth.spf_budget)
+            self.checks[Phase.RCPT].remote.append(RemoteCheck("spf", spf, auth.spf_budget))
+        if auth.dkim:
+            dkim = DkimDmarcCheck(resolver, dmarc=auth.dmarc)
+            self.checks[Phase.DATA].remote.append(RemoteCheck("dkim", dkim, auth.dkim_budget))
+        return resolver
+
+    def _setup_spool(self, relay: Relay) -> tuple[Spool, Scheduler]:
+        """Store-and-forward: the spool, its scheduler, and the safe-bounce notifier."""
+        spool_config, delivery = self.config.spool, self.config.delivery
+        spool = Spool(self.config.data_dir / "spool")
+        notifier = BounceNotifier(
+            spool, self.quarantine,
+            DsnRateLimiter(
+                per_address=Rate.per_hour(spool_config.dsn_per_address_hour),
+                per_domain=Rate.per_hour(spool_config.dsn_per_domain_hour),
+                clock=time.monotonic,
+            ),
+            reporting_mta=self.hostname,
+            max_return=spool_config.dsn_max_return,
+            count=self.recorder.count,
+        )
+        dsn_pool = None
+        if spool_config.dsn_route:
+            dsn_host, dsn_port = parse_host_port(spool_config.dsn_route, "spool.dsn_route")
+            dsn_pool = DownstreamPool(dsn_host, dsn_port, size=2, timeout=delivery.relay_timeout,
+                                      local_hostname=self.hostname)
+        scheduler = Scheduler(
+            spool, relay.pool, notifier, spool_config,
+            attempt_timeout=delivery.relay_timeout, dsn_pool=dsn_pool, count=self.recorder.count,
+        )
+        notifier.on_dsn = scheduler.wake  # a new DSN is due for delivery now
+        return spool, scheduler
 
     # -- lifecycle -------------------------------------------------------------------------
 

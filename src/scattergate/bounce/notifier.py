@@ -47,7 +47,7 @@ class BounceNotifier:
         self.limiter = limiter
         self.reporting_mta = reporting_mta
         self.max_return = max_return
-        self._on_dsn = on_dsn
+        self.on_dsn = on_dsn
         self._count = count
 
     def failed(self, entry: SpoolEntry, content: bytes, failed: Sequence[SpooledRecipient], remote_mta: str) -> str:
@@ -138,4 +138,4 @@ class BounceNotifier:
         self.spool.put(notice, dsn.data)
         self._count(f"dsn.sent.{kind}")
         log.info("dsn (%s) for message %s queued to <%s> as %s", action, entry.id, dsn.rcpt_to, notice.id)
-        self._on_dsn()
+        self.on_dsn()

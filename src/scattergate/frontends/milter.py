@@ -19,9 +19,9 @@ from typing import Awaitable, Callable, Iterable, Sequence
 
 from scattergate.address import Address, AddressError, parse_path
 from scattergate.checks.dmarc import aligned
+from scattergate.config import Config
 from scattergate.decision.headers import render_headers
 from scattergate.frontends import milter_codec as mc
-from scattergate.config import Config
 from scattergate.model import Accept, Envelope, Finding, Quarantine, RcptDsn, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
 

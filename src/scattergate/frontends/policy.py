@@ -17,9 +17,9 @@ import logging
 from typing import Awaitable, Callable
 
 from scattergate.address import AddressError, parse_path
+from scattergate.config import Config
 from scattergate.frontends import policy_codec as pc
 from scattergate.model import Accept, Quarantine, Reject, Reply, Session, Verdict
-from scattergate.config import Config
 from scattergate.pipeline import Gateway
 
 log = logging.getLogger(__name__)
