@@ -111,6 +111,27 @@ class SpoolConfig:
 
 
 @dataclass(slots=True)
+class BackscatterConfig:
+    """Refusing the bounces and auto-replies others send us for mail we never sent."""
+
+    # What happens to an automated message (null sender, bounce, auto-reply, challenge) for our
+    # users that refers to no mail of ours: reject (550 at end of DATA) | quarantine | tag | off.
+    mode: str = "reject"
+    # BATV (prvs) keys, "K:secret" lines (Exim-compatible); empty: one key from the site secret.
+    batv_keys_file: str = ""
+    # Domains whose outbound senders are signed and whose inbound bounces need a valid tag;
+    # empty: all our domains. Per address or domain: "enforce" | "score" | "off".
+    batv_domains: list[str] = field(default_factory=list)
+    batv_mode: str = "enforce"
+    batv_modes: dict[str, str] = field(default_factory=dict)
+    # The site secret (token header; BATV without a keys file). Created 0600 when missing.
+    # Empty: <data_dir>/site.key. Every gateway of a site must share it.
+    secret_file: str = ""
+    # How long the sent-message registry remembers our outbound Message-IDs.
+    registry_days: float = 8.0
+
+
+@dataclass(slots=True)
 class StateConfig:
     data_dir: str = "scattergate-data"
     # How often buffered counters and decisions are written to the state store.
@@ -213,6 +234,7 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     auth: AuthConfig = field(default_factory=AuthConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    backscatter: BackscatterConfig = field(default_factory=BackscatterConfig)
 
     def validate(self) -> None:
         """Check values whose type is right but whose content is not; raise ConfigError."""
@@ -254,6 +276,12 @@ class Config:
                               f"not {self.postfix.policy_timeout_action!r}")
         if self.server.data_deadline >= 600:
             raise ConfigError("server.data_deadline must stay below the client's 600 s DATA timeout")
+        if self.backscatter.mode not in ("reject", "quarantine", "tag", "off"):
+            raise ConfigError(f"backscatter.mode: unknown mode {self.backscatter.mode!r} (reject, quarantine, tag, off)")
+        for key, mode in {"": self.backscatter.batv_mode, **self.backscatter.batv_modes}.items():
+            if mode not in ("enforce", "score", "off"):
+                name = f"backscatter.batv_modes.{key}" if key else "backscatter.batv_mode"
+                raise ConfigError(f"{name}: unknown mode {mode!r} (enforce, score, off)")
         if self.spool.dsn_route:
             parse_host_port(self.spool.dsn_route, "spool.dsn_route")
         if self.spool.enabled and not self.delivery.relay:

@@ -29,12 +29,21 @@ from scattergate.checks.verify import RecipientVerifier
 from scattergate.config import Config, parse_host_port
 from scattergate.bounce.notifier import BounceNotifier
 from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
+from scattergate.checks.backscatter import (
+    BackscatterCheck,
+    BatvGuard,
+    BatvSettings,
+    SentRegistry,
+    outbound_message_id,
+)
 from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck, sender_verification
 from scattergate.decision.headers import render_headers, strip_forged_results
 from scattergate.delivery.quarantine import Quarantine as QuarantineStore
 from scattergate.delivery.scheduler import Scheduler
 from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
 from scattergate.net.dns import DnsConfig, Resolver
+from scattergate.rewrite import token
+from scattergate.rewrite.keys import BatvKeyring, load_batv_keyring, load_or_create_site_secret
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
 from scattergate.delivery import maildir
@@ -108,6 +117,10 @@ class Gateway:
         self.checks[Phase.DATA].remote.extend(build_scanners(config.scan, self.hostname))
 
         self.resolver = self._setup_auth()
+        self.batv: BatvGuard | None = None
+        self.registry: SentRegistry | None = None
+        if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
+            self._setup_backscatter(store)
         self.quarantine = QuarantineStore(config.data_dir / "quarantine", store)
         self.spool: Spool | None = None
         self.scheduler: Scheduler | None = None
@@ -129,6 +142,31 @@ class Gateway:
             dkim = DkimDmarcCheck(resolver, dmarc=auth.dmarc)
             self.checks[Phase.DATA].remote.append(RemoteCheck("dkim", dkim, auth.dkim_budget))
         return resolver
+
+    def _setup_backscatter(self, store: StateStore) -> None:
+        """BATV at RCPT, the sent-message registry, and the end-of-DATA backscatter check."""
+        settings = self.config.backscatter
+        secret_file = settings.secret_file or str(self.config.data_dir / "site.key")
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.site_secret = load_or_create_site_secret(secret_file)
+        keyring = (
+            load_batv_keyring(settings.batv_keys_file) if settings.batv_keys_file
+            else BatvKeyring.from_mapping({"0": self.site_secret}, current="0")
+        )
+        domains = frozenset(d.lower() for d in (settings.batv_domains or self.domains))
+        self.batv = BatvGuard(BatvSettings(
+            keyring, domains, settings.batv_mode, {k.lower(): v for k, v in settings.batv_modes.items()},
+        ))
+        self.registry = SentRegistry(store, keep_days=settings.registry_days)
+        if settings.mode != "off":
+            check = BackscatterCheck(self.registry, self.site_secret)
+            self.checks[Phase.DATA].remote.append(RemoteCheck("backscatter", check, 10.0))
+        # The mode is the default action for unsolicited automated mail; explicit policy wins.
+        action = {"reject": None, "quarantine": "quarantine", "tag": "observe"}.get(settings.mode)
+        if action and "backscatter.unsolicited" not in self.config.policy.actions:
+            self.decider = Decider(self.config.policy, defaults={
+                "backscatter.unsolicited": action, "backscatter.multiple_recipients": action,
+            })
 
     def _setup_spool(self, relay: Relay) -> tuple[Spool, Scheduler]:
         """Store-and-forward: the spool, its scheduler, and the safe-bounce notifier."""
@@ -233,8 +271,12 @@ class Gateway:
         self, session: Session, envelope: Envelope, recipient: Address, dsn: RcptDsn = RcptDsn()
     ) -> Verdict:
         checks = self.checks[Phase.RCPT]
+        batv_findings: list[Finding] = []
+        if self.batv is not None:
+            recipient, batv_findings = self.batv.inspect(envelope.sender, recipient)
         ctx = CheckContext(session, envelope, recipient)
-        findings = envelope.sender_findings + checks.run_local(ctx)
+        # Relay and recipient findings first: when both refuse, theirs is the reply that explains.
+        findings = envelope.sender_findings + checks.run_local(ctx) + batv_findings
         verdict = self.decider.decide(findings, RCPT_OK)
         if isinstance(verdict, Accept) and checks.remote:
             findings += await checks.run_remote(ctx, self.config.server.rcpt_deadline)
@@ -303,16 +345,19 @@ class Gateway:
         if self.resolver is not None:
             content = strip_forged_results(content, self.hostname)
         message = self.added_headers(session, envelope, verdict) + content
+        sender = envelope.sender
+        if session.trusted and self.batv is not None:
+            sender, message = await self._outbound(envelope, message)
         findings = verdict.findings
         if budget <= 0:
             return Tempfail(Reply(451, "4.4.3", "Out of time, try again later"), findings)
         if isinstance(verdict, Quarantine):
             return await self._hold(envelope, message, verdict, budget)
         if self.spool is not None:
-            return await self._spool(session, envelope, message, verdict, budget)
+            return await self._spool(session, envelope, sender, message, verdict, budget)
         if self.relay is not None:
             result = await self.relay.send(
-                envelope.sender, envelope.recipients, message,
+                sender, envelope.recipients, message,
                 mail_options=_relay_options(envelope.mail_options),
                 smtputf8="SMTPUTF8" in envelope.mail_options,
                 deadline=min(budget, self.config.delivery.relay_timeout),
@@ -326,15 +371,26 @@ class Gateway:
             return _verdict_for(reply, findings + (outcome,))
         return await self._write_maildir(self.config.maildir, envelope, message, verdict, budget)
 
+    async def _outbound(self, envelope: Envelope, message: bytes) -> tuple[Address, bytes]:
+        """Our users' mail: BATV-sign the envelope sender, carry the token, remember the ID,
+        so the genuine bounces for it can prove they are ours."""
+        assert self.batv is not None and self.registry is not None
+        message_id = outbound_message_id(message)
+        if message_id:
+            await self.registry.remember(message_id, str(envelope.sender))
+            mark = f"{token.HEADER}: {token.make(self.site_secret, message_id)}\r\n".encode()
+            message = mark + message
+        return self.batv.sign(envelope.sender), message
+
     async def _spool(
-        self, session: Session, envelope: Envelope, message: bytes, verdict: Verdict, budget: float
+        self, session: Session, envelope: Envelope, sender: Address, message: bytes, verdict: Verdict, budget: float
     ) -> Verdict:
         """Store-and-forward: durable (fsynced) before the 250; the scheduler delivers it."""
         assert self.spool is not None and self.scheduler is not None
         spf_result, dkim_aligned = sender_verification(envelope)
         entry = SpoolEntry(
             id=envelope.message_id,
-            sender=str(envelope.sender),
+            sender=str(sender),
             recipients=[
                 SpooledRecipient(str(r), sorted(d.notify) if d.notify is not None else None, d.orcpt)
                 for r, d in zip(envelope.recipients, envelope.rcpt_dsn)

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -285,7 +284,3 @@ def fake_scanner() -> Iterator[Callable[[str], FakeScanner]]:
     for server in started:
         server.stop()
 
-
-def instream_frame(data: bytes) -> bytes:
-    """clamd INSTREAM framing, for tests that talk to clamd directly."""
-    return b"zINSTREAM\0" + struct.pack(">I", len(data)) + data + struct.pack(">I", 0)

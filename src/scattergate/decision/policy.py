@@ -48,6 +48,15 @@ DEFAULT_RULES: dict[str, Rule] = {
     "dkim.temperror": Rule("observe", Reply(451, "4.7.5", "DKIM temporary error: {detail}")),
     "dmarc.fail": Rule("observe", Reply(550, "5.7.1", "DMARC policy of the From domain refuses this message")),
     "dmarc.temperror": Rule("observe", Reply(451, "4.7.1", "DMARC temporary error: {detail}")),
+    # Backscatter aimed at us: bounces and auto-replies for mail we never sent.
+    "batv.invalid": Rule("reject", Reply(550, "5.7.1", "Bounce refused: invalid BATV tag ({detail}); we never sent that mail")),
+    "batv.missing": Rule("reject", Reply(550, "5.7.1", "Bounce refused: our mail carries a BATV tag and this address has none")),
+    "backscatter.unsolicited": Rule(
+        "reject", Reply(550, "5.7.1", "Message refused: bounce or auto-reply for mail we never sent (backscatter)")
+    ),
+    "backscatter.multiple_recipients": Rule(
+        "reject", Reply(550, "5.7.1", "Message refused: a bounce has exactly one recipient (backscatter)")
+    ),
     # Content (DATA).
     "smtp.bare_line_ending": Rule(
         "reject", Reply(550, "5.5.2", "Message refused: bare CR or LF in message (RFC 5321 2.3.8)")
@@ -83,8 +92,11 @@ _STRENGTH = {"reject": 4, "tempfail": 3, "quarantine": 2, "accept": 1}
 class Decider:
     """Applies the policy table to findings and yields one typed Verdict."""
 
-    def __init__(self, config: "PolicyConfig | None" = None) -> None:
+    def __init__(self, config: "PolicyConfig | None" = None, *, defaults: dict[str, str] | None = None) -> None:
         self._rules = dict(DEFAULT_RULES)
+        # Actions another setting implies (e.g. backscatter.mode), below the explicit policy.
+        for key, action in (defaults or {}).items():
+            self._rules[key] = Rule(action, self._rules[key].reply if key in self._rules else _generic_reply(action))
         if config is not None:
             for key, action in config.actions.items():
                 reply = self._rules[key].reply if key in self._rules else _generic_reply(action)

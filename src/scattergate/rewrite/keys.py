@@ -174,3 +174,22 @@ def load_batv_keyring(path: str | os.PathLike[str]) -> BatvKeyring:
     if current is None:
         raise SecretFileError(f"BATV keys file {name} holds no key")
     return BatvKeyring(keys, current)
+
+
+def load_or_create_site_secret(path: str | os.PathLike[str]) -> Secret:
+    """The site's own HMAC secret (BATV when no keys file is given, and the token header).
+
+    Created on first start with mode 0600 (32 random bytes, hex); several gateways of one site
+    must share this file, or each will refuse the others' bounces.
+    """
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        import secrets as _random
+
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_random.token_hex(32) + "\n")
+    lines = read_secret_file(name)
+    if not lines:
+        raise SecretFileError(f"secrets file {name} holds no secret")
+    return Secret(lines[0])

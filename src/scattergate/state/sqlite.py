@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (time);
+CREATE TABLE IF NOT EXISTS sent (hash TEXT PRIMARY KEY, sender TEXT NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS sent_time ON sent (time);
 """
 
 
@@ -116,6 +118,20 @@ class SqliteStore:
     def quarantine_remove(self, item_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM quarantine WHERE id = ?", (item_id,))
+
+    def sent_add(self, message_hash: str, sender: str, when: float, keep_seconds: float) -> None:
+        """Remember one of our outbound messages; forget those older than the window."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO sent (hash, sender, time) VALUES (?, ?, ?)",
+                             (message_hash, sender, when))
+            self._db.execute("DELETE FROM sent WHERE time < ?", (when - keep_seconds,))
+
+    def sent_lookup(self, message_hash: str, since: float) -> str | None:
+        """The sender of our message with this hash, if we sent it after `since`."""
+        with self._lock:
+            row = self._db.execute("SELECT sender FROM sent WHERE hash = ? AND time >= ?",
+                                   (message_hash, since)).fetchone()
+        return row[0] if row else None
 
     def close(self) -> None:
         with self._lock:

@@ -72,11 +72,13 @@ async def test_a_whole_transaction(gateway: Gateway) -> None:
     out = await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Connect("c", "4", 1234, "192.0.2.7"),
                      mc.Helo("client.example.net"), mc.Mail("<a@example.net>", ()))
     assert isinstance(out[0], mc.OptNegReply) and out[0].protocol & mc.P_HDR_LEADSPC
+    # Headers, end of headers and DATA are never refused: negotiated without replies.
+    assert out[0].protocol & (mc.P_NR_HDR | mc.P_NR_EOH | mc.P_NR_DATA) == mc.P_NR_HDR | mc.P_NR_EOH | mc.P_NR_DATA
     assert out[1:] == [mc.Continue()] * 3
     assert await _run(conn, mc.Rcpt("<nobody@example.org>", ())) == [
         mc.RejectReply(gateway.decider.decide([Finding("recipient", "unknown", "nobody@example.org")]).reply)]
     assert await _run(conn, mc.Rcpt("<user@example.org>", ("ORCPT=rfc822;user@example.org", "NOTIFY=FAILURE")),
-                      mc.Data(), mc.Header("Subject", " hi"), mc.EndOfHeaders(), mc.Body(b"x\r\n")) == [mc.Continue()] * 5
+                      mc.Data(), mc.Header("Subject", " hi"), mc.EndOfHeaders(), mc.Body(b"x\r\n")) == [mc.Continue()] * 2
     end = await _run(conn, mc.EndOfMessage())
     assert end[-1] == mc.Continue()
     # Unverified sender: every recipient re-added with NOTIFY=NEVER, its ORCPT kept; delete first.
@@ -101,3 +103,12 @@ async def test_without_addrcpt_par_there_are_no_recipient_edits(gateway: Gateway
                      mc.Mail("<a@example.net>", ()), mc.Rcpt("<user@example.org>", ()), mc.EndOfMessage())
     assert not any(isinstance(r, (mc.DeleteRecipient, mc.AddRecipient)) for r in out)
     conn.close()
+
+
+async def test_every_step_answered_when_no_reply_is_off_or_not_offered(gateway: Gateway) -> None:
+    for conn, offered in ((MilterConnection(gateway, no_reply=False), 0x1FFFFF), (MilterConnection(gateway), mc.P_NOUNKNOWN | mc.P_HDR_LEADSPC)):
+        out = await _run(conn, mc.OptNeg(6, 0x1FF, offered), mc.Connect("c", "4", 1, "192.0.2.7"),
+                         mc.Mail("<a@example.net>", ()), mc.Data(), mc.Header("Subject", "x"), mc.EndOfHeaders())
+        assert isinstance(out[0], mc.OptNegReply) and not out[0].protocol & mc.P_NR_HDR
+        assert out[1:] == [mc.Continue()] * 5
+        conn.close()
