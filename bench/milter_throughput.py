@@ -123,7 +123,8 @@ def main() -> int:
         """))
     sink = CountingSink()
     processes: list[subprocess.Popen[bytes]] = []
-    ports = {name: free_port() for name in ("pymilter", "codec", "sg", "sg_policy")}
+    ports = {name: free_port() for name in ("pymilter", "codec", "sg", "sg_replies", "sg_policy")}
+    (work / "sg-replies.toml").write_text((work / "sg.toml").read_text() + "[postfix]\nmilter_skip_replies = false\n")
     unix_path = str(work / "sg-milter.sock")
 
     def spawn(command: list[str], target: str) -> None:
@@ -140,6 +141,7 @@ def main() -> int:
         ("+ trivial milter on our codec (asyncio)", {"smtpd_milters": f"inet:127.0.0.1:{ports['codec']}"}),
         ("+ scattergate milter (inet)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg']}"}),
         ("+ scattergate milter (unix socket)", {"smtpd_milters": f"unix:{unix_path}"}),
+        ("+ scattergate milter (inet, every step answered)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg_replies']}"}),
         ("+ scattergate policy service", {"smtpd_recipient_restrictions":
                                           f"check_policy_service inet:127.0.0.1:{ports['sg_policy']},"
                                           " permit_mynetworks, reject_unauth_destination"}),
@@ -152,6 +154,9 @@ def main() -> int:
         spawn([sys.executable, str(work / "pymilter_trivial.py"), str(ports["pymilter"])], str(ports["pymilter"]))
         spawn([sys.executable, str(work / "codec_trivial.py"), str(ports["codec"])], str(ports["codec"]))
         spawn([*sg, "milter", *common, "--listen", f"inet:127.0.0.1:{ports['sg']}"], str(ports["sg"]))
+        spawn([*sg, "milter", "--config", str(work / "sg-replies.toml"), *common[2:],
+               "--listen", f"inet:127.0.0.1:{ports['sg_replies']}", "--data-dir", str(work / "sg-replies")],
+              str(ports["sg_replies"]))
         spawn([*sg, "milter", *common, "--listen", f"unix:{unix_path}", "--socket-mode", "666",
                "--data-dir", str(work / "sg-unix")], unix_path)
         spawn([*sg, "policy", *common, "--listen", f"inet:127.0.0.1:{ports['sg_policy']}",

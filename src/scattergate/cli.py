@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from scattergate import __version__
+from scattergate import __version__, tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
 
 
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_parser(sub)
     _socketmap_parser(sub)
     _check_postfix_parser(sub)
+    tools.register(sub)
     return parser
 
 
@@ -176,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command in tools.COMMANDS:
+        return tools.run(args)
     if args.command == "check-postfix":
         from scattergate.postfix_audit import main as check_postfix
 

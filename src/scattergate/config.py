@@ -169,6 +169,8 @@ class PostfixConfig:
     socket_mode: int = 0o660
     # Re-add the recipients of mail from unverified senders with NOTIFY=NEVER (milter).
     never_bounce: bool = True
+    # Milter: negotiate no replies for headers, end of headers and DATA (fewer round trips).
+    milter_skip_replies: bool = True
     # A policy request not decided within this many seconds gets `policy_timeout_action`;
     # keep it well below Postfix's smtpd_policy_service_timeout (100 s).
     policy_budget: float = 5.0

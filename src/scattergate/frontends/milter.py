@@ -351,7 +351,8 @@ def run(config: Config) -> int:
     for_postfix(config)
 
     async def start(gateway: Gateway) -> asyncio.AbstractServer:
-        callback = handler(gateway, never_bounce=config.postfix.never_bounce)
+        callback = handler(gateway, never_bounce=config.postfix.never_bounce,
+                           no_reply=config.postfix.milter_skip_replies)
         return await start_stream_server(config.postfix.milter_listen, callback,
                                          socket_mode=config.postfix.socket_mode)
 
