@@ -102,6 +102,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--reuse", action="store_true", help="several messages per connection (smtp-source -d)")
     parser.add_argument("--auth", action="store_true", help="scattergate with SPF/DKIM (needs DNS)")
+    parser.add_argument("--toml", default="", metavar="TEXT",
+                        help='extra scattergate config, e.g. \'[backscatter]\nmode = "off"\'')
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -120,7 +122,7 @@ def main() -> int:
         [logging]
         level = "warning"
         file = ""
-        """))
+        """) + args.toml.replace("\\n", "\n") + "\n")
     sink = CountingSink()
     processes: list[subprocess.Popen[bytes]] = []
     ports = {name: free_port() for name in ("pymilter", "codec", "sg", "sg_replies", "sg_policy")}

@@ -37,7 +37,7 @@ from scattergate.checks.backscatter import (
     outbound_message_id,
 )
 from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck, sender_verification
-from scattergate.decision.headers import render_headers, strip_forged_results
+from scattergate.decision.headers import render_headers, strip_fields, strip_forged_results
 from scattergate.delivery.quarantine import Quarantine as QuarantineStore
 from scattergate.delivery.scheduler import Scheduler
 from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
@@ -117,6 +117,11 @@ class Gateway:
         self.checks[Phase.DATA].remote.extend(build_scanners(config.scan, self.hostname))
 
         self.resolver = self._setup_auth()
+        # Header fields only we may set: removed from mail that arrives from outside with them.
+        scanning = any(getattr(config.scan, name).enabled for name in ("spamd", "rspamd", "clamav"))
+        self.owned_fields: tuple[bytes, ...] = (b"x-scattergate-",) + (
+            (b"x-spam-", b"x-scan-skipped:", b"x-virus-") if scanning else ()
+        )
         self.batv: BatvGuard | None = None
         self.registry: SentRegistry | None = None
         if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
@@ -344,6 +349,8 @@ class Gateway:
     ) -> Verdict:
         if self.resolver is not None:
             content = strip_forged_results(content, self.hostname)
+        if not session.trusted:
+            content = strip_fields(content, self.owned_fields)
         message = self.added_headers(session, envelope, verdict) + content
         sender = envelope.sender
         if session.trusted and self.batv is not None:

@@ -256,3 +256,23 @@ def test_decisions_are_logged_and_counted(gw, caplog) -> None:  # type: ignore[n
     assert counters["findings.recipient.unknown"] == 1
     recent = gw.store.recent_decisions(5)
     assert recent[0].verdict == "accept" and recent[1].findings == ("recipient.unknown[nobody@example.org]",)
+
+
+def test_headers_only_we_may_set_are_removed_from_incoming_mail(gateway, make_config) -> None:  # type: ignore[no-untyped-def]
+    from scattergate.config import ClamavConfig
+    from tests.support.sink import free_port
+
+    # A scanner that cannot be reached, set to accept: the message is delivered with our
+    # X-Scan-Skipped; the sender's own X-Spam-Flag: NO must not survive next to it.
+    gw = gateway(make_config(
+        receive={"domains": ["example.org"]},
+        scan={"clamav": ClamavConfig(enabled=True, address=f"127.0.0.1:{free_port()}", on_failure="accept")},
+    ))
+    with start(gw) as d:
+        d.command("RCPT TO:<postmaster@example.org>")
+        d.command("DATA")
+        d.send(b"X-Spam-Flag: NO\r\nX-Scattergate-Backscatter: solicited\r\nSubject: forged\r\n\r\nbody\r\n.\r\n")
+        assert d.reply()[0] == 250
+    (stored,) = maildir_files(gw, "postmaster@example.org")
+    assert b"X-Spam-Flag: NO" not in stored and b"X-Scattergate-Backscatter" not in stored
+    assert b"X-Scan-Skipped: clamav" in stored and b"Subject: forged" in stored

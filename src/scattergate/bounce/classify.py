@@ -82,7 +82,7 @@ def _classify(message: bytes | str, envelope_sender: str | None) -> Classificati
 
     evidence: list[str] = []
     kind, confidence = _structural(top, parts, evidence)
-    ses = R.SES_JSON.search(body[:65536]) if kind is Kind.NONE else None
+    ses = R.G_SES_JSON.search(body[:65536], R.fold(body[:65536])) if kind is Kind.NONE else None
     if ses:
         kind = Kind.FEEDBACK if ses.group(1) == "Complaint" else Kind.BOUNCE
         confidence = 0.95
@@ -174,6 +174,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
     auto_submitted = header(top, "Auto-Submitted").lower()
     precedence = header(top, "Precedence").lower()
     text = _unquoted(report_text)[:65536]
+    folded = R.fold(text)  # for the phrase patterns' literal pre-filters
     scores = {Kind.BOUNCE: 0, Kind.AUTO_REPLY: 0, Kind.CHALLENGE: 0}
     ev: dict[Kind, list[str]] = {k: [] for k in scores}
 
@@ -202,10 +203,10 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.BOUNCE, 4, "x-failed-recipients")
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
-    strong = {m.group(0).lower() for m in R.BOUNCE_PHRASE_STRONG.finditer(text[:32768])}
+    strong = {m.group(0).lower() for m in R.G_BOUNCE_PHRASE_STRONG.finditer(text[:32768], folded)}
     if strong:
         add(Kind.BOUNCE, 2 + min(len(strong), 3), "body:" + sorted(strong)[0][:40])
-    if R.BOUNCE_PHRASE_WEAK.search(text[:16384]):
+    if R.G_BOUNCE_PHRASE_WEAK.search(text[:16384], folded):
         add(Kind.BOUNCE, 1, "body:failure-reason")
     if parts.originals:
         # A null-sender message carrying another message is what a bounce is, whatever its words.
@@ -229,7 +230,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 4, "subject:auto-reply")
     elif not replied and R.AUTO_SUBJECT.match(subject):
         add(Kind.AUTO_REPLY, 3, "subject:away")
-    if R.AUTO_BODY.search(text[:8192]):
+    if R.G_AUTO_BODY.search(text[:8192], folded):
         add(Kind.AUTO_REPLY, 2, "body:away")
 
     # Challenge-response.
@@ -239,9 +240,9 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
             break
     if not replied and R.CHALLENGE_SUBJECT.search(subject):
         add(Kind.CHALLENGE, 2, "subject:challenge")
-    if not replied and R.CHALLENGE_BODY.search(text[:16384]):
+    if not replied and R.G_CHALLENGE_BODY.search(text[:16384], folded):
         add(Kind.CHALLENGE, 3, "body:challenge")
-        if R.CONFIRM_URL.search(text[:16384]):
+        if R.G_CONFIRM_URL.search(text[:16384], folded):
             add(Kind.CHALLENGE, 1, "confirm-link")
 
     # Mailing-list traffic is not a notification unless something strong says so: List-Id on

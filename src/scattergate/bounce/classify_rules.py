@@ -185,3 +185,125 @@ SES_RECIPIENT = re.compile(
     r'\\?"(?:bouncedRecipients|complainedRecipients|recipients)\\?"\s*:\s*\[(.{0,4000}?)\]', re.S)
 SES_MESSAGE_ID = re.compile(r'\\?"mail\\?"\s*:\s*\{.{0,2000}?\\?"messageId\\?"\s*:\s*\\?"([^"\\]{1,250})', re.S)
 SES_SOURCE = re.compile(r'\\?"source\\?"\s*:\s*\\?"([^"\\]{1,250})')
+
+
+# --- literal pre-filters ----------------------------------------------------------------------
+# Python's `re` tries every branch of a big case-insensitive alternation at every position of
+# the text, which made the body-phrase scans above the classifier's main cost. Each phrase
+# pattern is therefore guarded by a set of literals derived from the pattern itself: every
+# possible match contains at least one of them (case-folded), so when none occurs in the
+# folded text the pattern cannot match and the scan is skipped. The literals are computed
+# from the regex parse tree at import, so editing a pattern above needs no second edit here.
+
+def _build_fold() -> dict[int, int | str]:
+    """Translation making str.lower() agree with re.IGNORECASE's notion of equal characters."""
+    table: dict[int, int | str] = {0x130: "i"}  # 'İ'.lower() is two characters; re compares to 'i'
+    try:
+        from re._casefix import _EXTRA_CASES  # e.g. ſ ~ s, ı ~ i, ς ~ σ (Python 3.11+)
+    except Exception:  # pragma: no cover - other Python versions: a conservative fixed list
+        _EXTRA_CASES = {0x69: (0x131,), 0x73: (0x17F,), 0x3C3: (0x3C2,), 0x3B9: (0x345, 0x1FBE),
+                        0x3B2: (0x3D0,), 0x3B5: (0x3F5,), 0x3B8: (0x3D1,), 0x3BA: (0x3F0,),
+                        0x3C0: (0x3D6,), 0x3C1: (0x3F1,), 0x3C6: (0x3D5,), 0xB5: (0x3BC,),
+                        0x1E61: (0x1E9B,), 0x432: (0x1C80,), 0x434: (0x1C81,), 0x43E: (0x1C82,),
+                        0x441: (0x1C83,), 0x442: (0x1C84, 0x1C85), 0x44A: (0x1C86,),
+                        0x463: (0x1C87,), 0xA64B: (0x1C88,), 0x1E9E: (0xDF,)}
+    groups: dict[int, set[int]] = {}
+    for key, others in _EXTRA_CASES.items():
+        members = {key, *others}
+        for m in list(members):
+            members |= groups.get(m, set())
+        for m in members:
+            groups[m] = members
+    for cp, members in groups.items():
+        canonical = min(members)
+        if cp != canonical:
+            table[cp] = canonical
+    return table
+
+
+_FOLD = _build_fold()
+
+
+def fold(text: str) -> str:
+    """Case-fold for the literal pre-filters (same length as `text` in practice)."""
+    return text.translate(_FOLD).lower().translate(_FOLD)
+
+
+def _cover(seq: object) -> frozenset[str] | None:
+    """Literals of which every match of the parsed sequence contains at least one, or None."""
+    try:
+        from re import _constants as C
+    except ImportError:  # pragma: no cover
+        import sre_constants as C  # type: ignore[no-redef]
+    candidates: list[frozenset[str]] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            candidates.append(frozenset({fold("".join(run))}))
+            run.clear()
+
+    for op, av in seq:  # type: ignore[attr-defined]
+        if op is C.LITERAL:
+            run.append(chr(av))
+            continue
+        flush()
+        sub: frozenset[str] | None = None
+        if op is C.BRANCH:
+            alts = [_cover(alt) for alt in av[1]]
+            if alts and all(a is not None for a in alts):
+                sub = frozenset().union(*alts)  # type: ignore[arg-type]
+        elif op is C.SUBPATTERN:
+            sub = _cover(av[3])
+        elif op in (C.MAX_REPEAT, C.MIN_REPEAT) and av[0] >= 1:
+            sub = _cover(av[2])
+        if sub:
+            candidates.append(sub)
+    flush()
+    if not candidates:
+        return None
+    # The most selective cover: longest shortest literal, then fewest literals.
+    return max(candidates, key=lambda c: (min(map(len, c)), -len(c)))
+
+
+def literal_cover(pattern: re.Pattern[str]) -> frozenset[str] | None:
+    try:
+        from re import _parser as P
+    except ImportError:  # pragma: no cover
+        import sre_parse as P  # type: ignore[no-redef]
+    try:
+        cover = _cover(P.parse(pattern.pattern, pattern.flags))
+    except Exception:  # pragma: no cover - unknown parser internals: never filter
+        return None
+    # Covers made of one- or two-character literals would filter almost nothing.
+    if cover is None or min(map(len, cover)) < 3:
+        return None
+    return cover
+
+
+class Guarded:
+    """A compiled pattern plus its literal pre-filter; `folded` is fold() of a superset text."""
+
+    __slots__ = ("pattern", "cover")
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.cover = literal_cover(pattern)
+
+    def possible(self, folded: str) -> bool:
+        cover = self.cover
+        return cover is None or any(lit in folded for lit in cover)
+
+    def search(self, text: str, folded: str) -> re.Match[str] | None:
+        return self.pattern.search(text) if self.possible(folded) else None
+
+    def finditer(self, text: str, folded: str) -> list[re.Match[str]]:
+        return list(self.pattern.finditer(text)) if self.possible(folded) else []
+
+
+G_BOUNCE_PHRASE_STRONG = Guarded(BOUNCE_PHRASE_STRONG)
+G_BOUNCE_PHRASE_WEAK = Guarded(BOUNCE_PHRASE_WEAK)
+G_AUTO_BODY = Guarded(AUTO_BODY)
+G_CHALLENGE_BODY = Guarded(CHALLENGE_BODY)
+G_CONFIRM_URL = Guarded(CONFIRM_URL)
+G_SES_JSON = Guarded(SES_JSON)

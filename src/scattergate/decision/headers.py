@@ -38,6 +38,31 @@ def authentication_results(hostname: str, findings: Sequence[Finding]) -> list[t
 RENDERERS.append(authentication_results)
 
 
+def strip_fields(content: bytes, prefixes: tuple[bytes, ...]) -> bytes:
+    """Remove header fields whose (lower-case) name starts with one of `prefixes`.
+
+    Mail from outside must not arrive already wearing the headers we add — an
+    `X-Spam-Flag: NO` or an `X-Scattergate-Backscatter` of the sender's making would be
+    believed downstream. Only the top header block is touched (a bounce's attached
+    original keeps its fields: they are evidence).
+    """
+    head, sep, body = content.partition(b"\r\n\r\n")
+    lowered = head.lower()
+    if not any(p in lowered for p in prefixes):
+        return content
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line.lower().startswith(prefixes)
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + body
+
+
 def strip_forged_results(content: bytes, authserv_id: str) -> bytes:
     """Remove incoming Authentication-Results fields that claim our authserv-id (RFC 8601 §5):
     from outside they can only be forgeries meant to look like our verdict."""

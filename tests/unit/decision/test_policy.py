@@ -82,3 +82,15 @@ def test_spf_fail_is_refused_and_dns_trouble_only_observed_by_default() -> None:
     assert isinstance(verdict, Reject) and (verdict.reply.code, verdict.reply.status) == (550, "5.7.23")
     for result in ("temperror", "permerror", "softfail", "none"):
         assert isinstance(Decider().decide([Finding("spf", result)]), Accept)
+
+
+def test_strip_fields_removes_only_top_level_owned_fields() -> None:
+    from scattergate.decision.headers import strip_fields
+
+    message = (
+        b"X-Spam-Flag: NO\r\nX-Spam-Status: No,\r\n score=-5\r\nSubject: hi\r\n"
+        b"x-scattergate-backscatter: solicited\r\n\r\n"
+        b"X-Spam-Flag: NO (a quoted original in the body stays)\r\n"
+    )
+    stripped = strip_fields(message, (b"x-spam-", b"x-scattergate-"))
+    assert stripped == b"Subject: hi\r\n\r\nX-Spam-Flag: NO (a quoted original in the body stays)\r\n"
