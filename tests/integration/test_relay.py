@@ -5,7 +5,6 @@ from __future__ import annotations
 import smtplib
 import time
 
-import pytest
 
 from tests.support.dialogue import Dialogue
 

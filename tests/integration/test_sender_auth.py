@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import smtplib
 import threading
-from pathlib import Path
 
 import pytest
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import dkim
 import pytest
 
 from scattergate.checks.dkim import MAX_HEADER_BYTES, dkim_findings, verify_dkim
-from scattergate.net.dns import DnsConfig, Resolver
-from tests.support.dns_server import DnsTestServer, resolver_config
+from scattergate.net.dns import Resolver
+from tests.support.dns_server import DnsTestServer
 
 # Throwaway RSA keys generated for these tests only (openssl genrsa), with their public halves
 # (base64 DER SubjectPublicKeyInfo, as published in a DKIM key record).
@@ -90,22 +89,6 @@ def sign(message: bytes, selector: str = "sel", domain: str = "example.org",
     return sig + message
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[DnsTestServer]:
-    with DnsTestServer(ZONE) as srv:
-        yield srv
-
-
-@pytest.fixture
-def resolver(server: DnsTestServer) -> Iterator[Resolver]:
-    server.set_zone(ZONE)
-    cfg = resolver_config(server)
-    assert isinstance(cfg, DnsConfig)
-    r = Resolver(cfg)
-    yield r
-    r.close()
-
-
 async def one(resolver: Resolver, message: bytes) -> tuple[str, str]:
     (res,) = await verify_dkim(resolver, message)
     f = res.finding()
@@ -174,7 +157,6 @@ async def test_malformed_signatures_are_permerror(resolver: Resolver, mangle: ob
 
 
 async def test_each_signature_gets_a_finding(resolver: Resolver) -> None:
-    twice = sign(sign(MESSAGE, domain="sub.example.org"))
     wrong_key = sign(MESSAGE, selector="other")[: -len(MESSAGE)]  # just the header field
     both = wrong_key + sign(MESSAGE)
     assert sorted(r.result for r in await verify_dkim(resolver, both)) == ["fail", "pass"]

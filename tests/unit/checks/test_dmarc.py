@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 
@@ -13,8 +12,8 @@ from scattergate.checks.dmarc import (
 )
 from scattergate.checks.spf import SpfResult
 from scattergate.model import Finding
-from scattergate.net.dns import DnsConfig, Resolver
-from tests.support.dns_server import DnsTestServer, resolver_config
+from scattergate.net.dns import Resolver
+from tests.support.dns_server import DnsTestServer
 
 ZONE = {
     "_dmarc.example.org": [("TXT", "v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@example.org")],
@@ -25,22 +24,6 @@ ZONE = {
     "_dmarc.other.example": [("TXT", "some other text")],
     "_dmarc.slow.example": [("TXT", "v=DMARC1; p=reject")],
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[DnsTestServer]:
-    with DnsTestServer(ZONE) as srv:
-        yield srv
-
-
-@pytest.fixture
-def resolver(server: DnsTestServer) -> Iterator[Resolver]:
-    server.set_zone(ZONE)
-    cfg = resolver_config(server)
-    assert isinstance(cfg, DnsConfig)
-    r = Resolver(cfg)
-    yield r
-    r.close()
 
 
 def spf_pass(domain: str) -> SpfResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
 
 import pytest
 import spf
@@ -11,7 +10,7 @@ import spf
 from scattergate.checks import spf as spfcheck
 from scattergate.checks.spf import check_helo, check_spf, spf_findings
 from scattergate.model import Finding
-from scattergate.net.dns import DnsConfig, Resolver
+from scattergate.net.dns import Resolver
 from tests.support.dns_server import DnsTestServer, resolver_config
 
 ZONE = {
@@ -37,22 +36,6 @@ ZONE = {
     "fast.example.org": [("A", "192.0.2.9")],
     "helo.example.org": [("TXT", "v=spf1 a -all"), ("A", "192.0.2.25")],
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[DnsTestServer]:
-    with DnsTestServer(ZONE) as srv:
-        yield srv
-
-
-@pytest.fixture
-def resolver(server: DnsTestServer) -> Iterator[Resolver]:
-    server.set_zone(ZONE)
-    cfg = resolver_config(server)
-    assert isinstance(cfg, DnsConfig)
-    r = Resolver(cfg)
-    yield r
-    r.close()
 
 
 @pytest.mark.parametrize(("ip", "sender", "expected"), [
