@@ -125,8 +125,11 @@ def main() -> int:
         """) + args.toml.replace("\\n", "\n") + "\n")
     sink = CountingSink()
     processes: list[subprocess.Popen[bytes]] = []
-    ports = {name: free_port() for name in ("pymilter", "codec", "sg", "sg_replies", "sg_policy")}
+    ports = {name: free_port() for name in ("pymilter", "codec", "sg", "sg_replies", "sg_nobs", "sg_policy")}
     (work / "sg-replies.toml").write_text((work / "sg.toml").read_text() + "[postfix]\nmilter_skip_replies = false\n")
+    nobs = (work / "sg.toml").read_text()
+    nobs = nobs + ("" if "[backscatter]" in nobs else "[backscatter]\n") + 'mode = "off"\n'
+    (work / "sg-nobs.toml").write_text(nobs)
     unix_path = str(work / "sg-milter.sock")
 
     def spawn(command: list[str], target: str) -> None:
@@ -144,6 +147,7 @@ def main() -> int:
         ("+ scattergate milter (inet)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg']}"}),
         ("+ scattergate milter (unix socket)", {"smtpd_milters": f"unix:{unix_path}"}),
         ("+ scattergate milter (inet, every step answered)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg_replies']}"}),
+        ("+ scattergate milter (inet, backscatter check off)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg_nobs']}"}),
         ("+ scattergate policy service", {"smtpd_recipient_restrictions":
                                           f"check_policy_service inet:127.0.0.1:{ports['sg_policy']},"
                                           " permit_mynetworks, reject_unauth_destination"}),
@@ -159,6 +163,9 @@ def main() -> int:
         spawn([*sg, "milter", "--config", str(work / "sg-replies.toml"), *common[2:],
                "--listen", f"inet:127.0.0.1:{ports['sg_replies']}", "--data-dir", str(work / "sg-replies")],
               str(ports["sg_replies"]))
+        spawn([*sg, "milter", "--config", str(work / "sg-nobs.toml"), *common[2:],
+               "--listen", f"inet:127.0.0.1:{ports['sg_nobs']}", "--data-dir", str(work / "sg-nobs")],
+              str(ports["sg_nobs"]))
         spawn([*sg, "milter", *common, "--listen", f"unix:{unix_path}", "--socket-mode", "666",
                "--data-dir", str(work / "sg-unix")], unix_path)
         spawn([*sg, "policy", *common, "--listen", f"inet:127.0.0.1:{ports['sg_policy']}",

@@ -18,12 +18,14 @@ import socket
 from typing import Awaitable, Callable, Iterable, Sequence
 
 from scattergate.address import Address, AddressError, parse_path
+from scattergate.checks.backscatter import outbound_message_id
 from scattergate.checks.dmarc import aligned
 from scattergate.config import Config
 from scattergate.decision.headers import render_headers
 from scattergate.frontends import milter_codec as mc
 from scattergate.model import Accept, Envelope, Finding, Quarantine, RcptDsn, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
+from scattergate.rewrite import token
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,22 @@ NO_REPLY = {mc.P_NR_HDR: mc.Header, mc.P_NR_EOH: mc.EndOfHeaders, mc.P_NR_DATA: 
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 BAD_ADDRESS = Reply(553, "5.1.7", "Malformed address")
 
-# Hook for outbound BATV signing (not wired yet): given the session and envelope of a trusted
-# client's message, return the new MAIL FROM (e.g. prvs=...) or None to leave it.
+# Outbound sender rewriting (BATV): given the session and envelope of a trusted client's
+# message, return the new MAIL FROM (e.g. prvs=...) or None to leave it (SMFIR_CHGFROM).
 SenderRewriter = Callable[[Session, Envelope], str | None]
+
+
+def batv_signer(gateway: Gateway) -> SenderRewriter | None:
+    """The Gateway's BATV signing as a SenderRewriter (None when the Gateway has none)."""
+    guard = getattr(gateway, "batv", None)
+    if guard is None:
+        return None
+
+    def sign(session: Session, envelope: Envelope) -> str | None:
+        signed = guard.sign(envelope.sender)
+        return str(signed) if signed != envelope.sender else None
+
+    return sign
 
 
 # -- the never-bounce predicate (pure) ---------------------------------------------------------
@@ -151,13 +166,15 @@ class MilterConnection:
 
     async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
         match command:
-            case mc.Macros(_, values):
+            case mc.Macros(stage, values):
+                if stage == "M":  # what a previous transaction said about SASL must not linger
+                    self.macros = {k: v for k, v in self.macros.items() if not k.startswith("{auth_")}
                 self.macros.update(values)
                 return []
             case mc.OptNeg(version, actions, protocol):
                 return [self._negotiate(version, actions, protocol)]
             case mc.Connect(_, family, port, address):
-                return self._connect(address if family in "46" else "unknown", port)
+                return self._connect(address if family in ("4", "6") else "unknown", port)
             case mc.Helo(name):
                 if self.session is not None:
                     self.session.helo = name
@@ -184,6 +201,7 @@ class MilterConnection:
                 return []
             case mc.Quit(new_connection):
                 self.close()
+                self.macros.clear()
                 return [] if new_connection else None
             case mc.Data() | mc.EndOfHeaders() | mc.Unknown():
                 return [mc.Continue()]
@@ -260,7 +278,21 @@ class MilterConnection:
         self.gateway.record_data(session, envelope, verdict)
         if not isinstance(verdict, (Accept, Quarantine)):
             return [mc.refusal(verdict.reply)]
-        return [*self._edits(session, envelope, verdict, recipients), mc.Continue()]
+        edits = self._edits(session, envelope, verdict, recipients)
+        if session.trusted and self.rewrite_sender is not None:
+            edits += await self._remember_outbound(envelope, content)
+        return [*edits, mc.Continue()]
+
+    async def _remember_outbound(self, envelope: Envelope, content: bytes) -> list[mc.Response]:
+        """Our user's mail: remember its Message-ID and carry the token, so that genuine
+        bounces for it can prove they are ours (as `serve` does for its outbound mail)."""
+        registry = getattr(self.gateway, "registry", None)
+        secret = getattr(self.gateway, "site_secret", None)
+        message_id = outbound_message_id(content)
+        if registry is None or secret is None or not message_id or not self.actions & mc.ACT_ADDHDRS:
+            return []
+        await registry.remember(message_id, str(envelope.sender))
+        return [mc.InsertHeader(0, token.HEADER, token.make(secret, message_id))]
 
     def _edits(self, session: Session, envelope: Envelope, verdict: Verdict,
                recipients: list[tuple[str, tuple[str, ...]]]) -> list[mc.Response]:
@@ -277,7 +309,8 @@ class MilterConnection:
         if self.rewrite_sender is not None and session.trusted and self.actions & mc.ACT_CHGFROM:
             new_sender = self.rewrite_sender(session, envelope)
             if new_sender:
-                edits.append(mc.ChangeSender(f"<{new_sender}>", envelope.mail_options))
+                # No ESMTP parameters: Postfix keeps those of the original MAIL FROM.
+                edits.append(mc.ChangeSender(f"<{new_sender}>"))
         return edits
 
     def _end_transaction(self) -> None:
@@ -352,7 +385,7 @@ def run(config: Config) -> int:
 
     async def start(gateway: Gateway) -> asyncio.AbstractServer:
         callback = handler(gateway, never_bounce=config.postfix.never_bounce,
-                           no_reply=config.postfix.milter_skip_replies)
+                           no_reply=config.postfix.milter_skip_replies, rewrite_sender=batv_signer(gateway))
         return await start_stream_server(config.postfix.milter_listen, callback,
                                          socket_mode=config.postfix.socket_mode)
 

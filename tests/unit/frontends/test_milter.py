@@ -112,3 +112,22 @@ async def test_every_step_answered_when_no_reply_is_off_or_not_offered(gateway: 
         assert isinstance(out[0], mc.OptNegReply) and not out[0].protocol & mc.P_NR_HDR
         assert out[1:] == [mc.Continue()] * 5
         conn.close()
+
+
+async def test_trusted_clients_mail_gets_a_batv_signed_sender(gateway: Gateway) -> None:
+    from scattergate.frontends.milter import batv_signer
+    from scattergate.rewrite import token
+
+    conn = MilterConnection(gateway, rewrite_sender=batv_signer(gateway))
+    out = await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Macros("M", {"{auth_authen}": "alice"}),
+                     mc.Connect("c", "4", 1, "192.0.2.7"), mc.Mail("<alice@example.org>", ()),
+                     mc.Rcpt("<friend@elsewhere.example>", ()), mc.Header("Message-ID", " <m1@example.org>"),
+                     mc.EndOfMessage())
+    changes = [r for r in out if isinstance(r, mc.ChangeSender)]
+    assert len(changes) == 1 and changes[0].sender.startswith("<prvs=") and changes[0].sender.endswith("=alice@example.org>")
+    # Genuine bounces for it can prove they are ours: the ID is remembered, the token carried.
+    assert await gateway.registry.sent("<m1@example.org>")
+    assert any(isinstance(r, mc.InsertHeader) and r.name == token.HEADER for r in out)
+    # Our own user's mail keeps its bounces: no NOTIFY=NEVER.
+    assert not any(isinstance(r, mc.AddRecipient) for r in out)
+    conn.close()

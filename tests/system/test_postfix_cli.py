@@ -1,0 +1,83 @@
+"""The commands Postfix talks to, as processes: `scattergate milter` and `scattergate policy`
+on unix sockets, answering their protocols, stopping cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from scattergate.frontends import milter_codec as mc
+from scattergate.frontends import policy_codec as pc
+from tests.system.postfix_fixtures import world_dir
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = world_dir("sg-cli-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _start(root: Path, command: str, sock: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scattergate", command, "--listen", f"unix:{sock}", "--socket-mode", "666",
+         "--domain", "example.org", "--data-dir", str(root / command), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # readiness poll: the socket accepts connections
+        if process.poll() is not None:
+            raise AssertionError(process.stderr.read().decode())  # type: ignore[union-attr]
+        try:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(sock))
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"{command} did not listen")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(30)
+
+
+def _exchange(path: Path, data: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(str(path))
+        client.sendall(data)
+        return client.recv(65536)
+
+
+def test_policy_command(root: Path) -> None:
+    sock = root / "policy.sock"
+    process = _start(root, "policy", sock)
+    try:
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
+        request = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "client_address": "192.0.2.7",
+                   "sender": "a@example.net", "recipient": "nobody@example.org"}
+        assert _exchange(sock, pc.encode_request(request)).startswith(b"action=550 5.1.1 ")
+    finally:
+        assert _stop(process) == 0
+
+
+def test_milter_command(root: Path) -> None:
+    sock = root / "milter.sock"
+    process = _start(root, "milter", sock)
+    try:
+        code, payload = mc.decode_response(_exchange(sock, mc.encode_command(mc.OptNeg(6, 0x1FF, 0x1FFFFF))))
+        assert code == "O" and payload[:4] == b"\0\0\0\x06"
+    finally:
+        assert _stop(process) == 0
