@@ -6,13 +6,21 @@ import argparse
 import sys
 from typing import Sequence
 
-from scattergate import __version__, tools
+from scattergate import __version__, quarantine_cli, tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="run the SMTP gateway",
                        description="Run the SMTP gateway. Flags override the config file.")
+    _serve_args(p)
+    p = sub.add_parser("check-config", help="validate the configuration serve would run with, and print it",
+                       description="Load the config file and flags exactly as serve does; print the "
+                                   "effective configuration as TOML; exit 0 when valid, 2 when not.")
+    _serve_args(p)
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
     # Every flag defaults to None: only what the user passed overrides the file.
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:2525)")
@@ -161,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _socketmap_parser(sub)
     _check_postfix_parser(sub)
     tools.register(sub)
+    quarantine_cli.register(sub)
     return parser
 
 
@@ -179,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command in tools.COMMANDS:
         return tools.run(args)
+    if args.command == "quarantine":
+        return quarantine_cli.run(args)
     if args.command == "check-postfix":
         from scattergate.postfix_audit import main as check_postfix
 
@@ -189,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from scattergate.serve import serve
 
             return serve(config)
+        if args.command == "check-config":
+            from scattergate.config import to_toml
+
+            print(to_toml(config), end="")
+            return 0
         if args.command == "milter":
             from scattergate.frontends import milter
 

@@ -138,6 +138,10 @@ class StateConfig:
     flush_interval: float = 1.0
     # Decisions kept for the dashboard.
     keep_decisions: int = 100_000
+    # "sqlite" (embedded, one host) or "redis" (several gateways share state: docs/redis.md).
+    backend: str = "sqlite"
+    # redis://HOST:PORT/DB, rediss://..., unix:///path or redis+sentinel://HOST:PORT,.../SERVICE
+    redis_url: str = ""
 
 
 @dataclass(slots=True)
@@ -145,6 +149,9 @@ class LoggingConfig:
     level: str = "info"
     # Log file inside data_dir; empty: stderr only.
     file: str = "scattergate.log"
+    # "text" (one readable line per event) or "json" (one JSON object per line, for log
+    # shippers; decision lines carry every field of the decision).
+    format: str = "text"
 
 
 @dataclass(slots=True)
@@ -286,6 +293,12 @@ class Config:
                 raise ConfigError(f"{name}: unknown mode {mode!r} (enforce, score, off)")
         if self.spool.dsn_route:
             parse_host_port(self.spool.dsn_route, "spool.dsn_route")
+        if self.state.backend not in ("sqlite", "redis"):
+            raise ConfigError(f"state.backend: unknown backend {self.state.backend!r} (sqlite, redis)")
+        if self.state.backend == "redis" and not self.state.redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+sentinel://")
+        ):
+            raise ConfigError("state.redis_url: backend redis needs redis://, rediss://, unix:// or redis+sentinel://")
         if self.spool.enabled and not self.delivery.relay:
             raise ConfigError("spool.enabled needs delivery.relay: the spool delivers to a downstream")
         for server in self.dns.nameservers:
@@ -295,6 +308,8 @@ class Config:
                 raise ConfigError(f"dns.nameservers: not an IP address: {server!r}") from None
         if not 0 < self.dns.port < 65536:
             raise ConfigError(f"dns.port out of range: {self.dns.port}")
+        if self.logging.format not in ("text", "json"):
+            raise ConfigError(f"logging.format: expected text or json, got {self.logging.format!r}")
         if self.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"logging.level: unknown level {self.logging.level!r}")
         from scattergate.decision.policy import validate_policy  # cycle-free: lazy
@@ -390,3 +405,34 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {hint!r}")
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration as TOML (what `scattergate check-config` prints)."""
+    lines: list[str] = []
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{value(str(k))} = {value(x)}" for k, x in v.items()) + " }"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def table(name: str, obj: Any) -> None:
+        simple = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                  if not dataclasses.is_dataclass(getattr(obj, f.name))]
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {value(v)}" for key, v in simple)
+        lines.append("")
+        for f in dataclasses.fields(obj):
+            child = getattr(obj, f.name)
+            if dataclasses.is_dataclass(child):
+                table(f"{name}.{f.name}", child)
+
+    for f in dataclasses.fields(config):
+        table(f.name, getattr(config, f.name))
+    return "\n".join(lines)

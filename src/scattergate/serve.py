@@ -7,6 +7,8 @@ same port with SO_REUSEPORT and lets the kernel spread connections between them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -18,12 +20,32 @@ from typing import Awaitable, Callable
 from scattergate.config import Config, ConfigError, parse_host_port
 from scattergate.frontends.smtp import GatewaySMTP
 from scattergate.pipeline import Gateway
+from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 30.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; a decision line carries the decision's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        decision = getattr(record, "decision", None)
+        if decision is not None:
+            entry["decision"] = dataclasses.asdict(decision)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def setup_logging(config: Config) -> None:
@@ -37,6 +59,9 @@ def setup_logging(config: Config) -> None:
         handlers=handlers,
         force=True,
     )
+    if config.logging.format == "json":
+        for handler in handlers:
+            handler.setFormatter(JsonFormatter())
     # aiosmtpd logs every command at INFO; our decision line says what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
@@ -63,7 +88,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[[int], None] | None = None) -> None:
     """Serve on `sock` until SIGTERM/SIGINT, then drain the sessions in flight."""
     loop = asyncio.get_running_loop()
-    store = SqliteStore(config.data_dir / "state.sqlite3", keep_decisions=config.state.keep_decisions)
+    store = open_store(config)
     gateway = Gateway(config, store)
     await gateway.start()
     sock.listen(1024)
@@ -103,7 +128,8 @@ def serve(config: Config) -> int:
     host = reserved.getsockname()[0]
     config.server.listen = f"[{host}]:{reserved.getsockname()[1]}" if ":" in host else f"{host}:{reserved.getsockname()[1]}"
     # Create the schema once, so the workers don't race to create it.
-    SqliteStore(config.data_dir / "state.sqlite3").close()
+    if config.state.backend == "sqlite":
+        SqliteStore(config.data_dir / "state.sqlite3").close()
     # A SIGTERM arriving before a worker has installed its handler would kill it mid-start:
     # keep the stop signals blocked across fork until each process has its handler.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -187,7 +213,7 @@ def run_service(config: Config, name: str,
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        store = SqliteStore(config.data_dir / "state.sqlite3", keep_decisions=config.state.keep_decisions)
+        store = open_store(config)
         gateway = Gateway(config, store)
         await gateway.start()
         stop = asyncio.Event()

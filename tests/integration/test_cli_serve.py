@@ -113,3 +113,40 @@ def test_workers_share_the_port(tmp_path: Path) -> None:
     assert len(list((tmp_path / "d/maildir/localhost/postmaster/new").iterdir())) == 20
     pids = {int(m) for m in re.findall(r"\[(\d+)\] INFO decision", (tmp_path / "d/scattergate.log").read_text())}
     assert len(pids) >= 1 and os.getpid() not in pids
+
+
+def test_check_config_prints_a_config_that_loads_back(tmp_path: Path) -> None:
+    import tomllib
+
+    from scattergate.config import from_dict
+
+    result = subprocess.run(
+        [sys.executable, "-m", "scattergate", "check-config", "--domain", "example.org", "--relay", "127.0.0.1:25"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    config = from_dict(tomllib.loads(result.stdout))
+    config.validate()
+    assert config.receive.domains == ["example.org"] and config.delivery.relay == "127.0.0.1:25"
+    bad = subprocess.run([sys.executable, "-m", "scattergate", "check-config", "--listen", "nowhere"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "server.listen" in bad.stderr
+
+
+def test_json_logs_carry_the_decision_fields(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "sg.toml").write_text(
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[logging]\nformat = "json"\n'
+    )
+    process, port = start(["--config", "sg.toml"], tmp_path)
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("someone@example.org", ["nobody@localhost"], b"Subject: x\r\n\r\nx\r\n")
+    finally:
+        assert stop(process) == 0
+    entries = [json.loads(line) for line in (tmp_path / "scattergate-data/scattergate.log").read_text().splitlines()]
+    (decision,) = [e["decision"] for e in entries if "decision" in e]
+    assert decision["verdict"] == "reject" and decision["recipients"] == ["nobody@localhost"]
+    assert decision["findings"] == ["recipient.unknown[nobody@localhost]"]

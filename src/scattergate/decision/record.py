@@ -55,7 +55,7 @@ class DecisionRecorder:
             reply=str(verdict.reply),
             findings=tuple(str(f) for f in verdict.findings),
         )
-        log.info("%s", format_decision(record))
+        log.info("%s", format_decision(record), extra={"decision": record})
         self.count(f"decisions.{phase.value}.{verdict.name}")
         for finding in verdict.findings:
             self.count(f"findings.{finding.key}")
