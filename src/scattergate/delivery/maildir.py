@@ -56,10 +56,14 @@ def deliver(root: Path, recipients: Sequence[Address], content: bytes) -> list[P
         _ensure_maildir(box)
     name = _unique_name()
     staging = boxes[0] / "tmp" / name
-    with open(staging, "xb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(staging, "xb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        staging.unlink(missing_ok=True)  # disk full: leave nothing half-written behind
+        raise
     delivered = []
     try:
         for box in boxes:

@@ -25,10 +25,14 @@ class Quarantine:
         """Keep a message; blocking (run it in a thread from the event loop)."""
         item_id = new_id()
         path = self.root / f"{item_id}.eml"
-        with open(path, "xb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(path, "xb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)

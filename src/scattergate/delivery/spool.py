@@ -73,11 +73,15 @@ class SpoolEntry:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # disk full: leave nothing half-written behind
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,7 +131,11 @@ class Spool:
     def put(self, entry: SpoolEntry, content: bytes) -> None:
         """Store durably; when this returns, the message survives a crash. Blocking."""
         _write_atomically(self.content_path(entry.id), content)
-        _write_atomically(self.meta_path(entry.id), entry.to_json())
+        try:
+            _write_atomically(self.meta_path(entry.id), entry.to_json())
+        except BaseException:
+            self.content_path(entry.id).unlink(missing_ok=True)  # never acknowledged: gone
+            raise
         _fsync_dir(self.root)
 
     def ids(self) -> list[str]:
