@@ -82,7 +82,7 @@ def _classify(message: bytes | str, envelope_sender: str | None) -> Classificati
 
     evidence: list[str] = []
     kind, confidence = _structural(top, parts, evidence)
-    ses = R.G_SES_JSON.search(body[:65536], R.fold(body[:65536])) if kind is Kind.NONE else None
+    ses = R.SES_JSON.search(body[:65536]) if kind is Kind.NONE and "notificationType" in body[:65536] else None
     if ses:
         kind = Kind.FEEDBACK if ses.group(1) == "Complaint" else Kind.BOUNCE
         confidence = 0.95
@@ -163,6 +163,8 @@ def _subject(top: Message) -> tuple[str, bool]:
 
 
 def _unquoted(text: str) -> str:
+    if ">" not in text:
+        return text
     return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
 
 
@@ -175,6 +177,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
     precedence = header(top, "Precedence").lower()
     text = _unquoted(report_text)[:65536]
     folded = R.fold(text)  # for the phrase patterns' literal pre-filters
+    vocabulary = R.words(folded[:32768])  # the longest prefix any phrase pattern reads
     scores = {Kind.BOUNCE: 0, Kind.AUTO_REPLY: 0, Kind.CHALLENGE: 0}
     ev: dict[Kind, list[str]] = {k: [] for k in scores}
 
@@ -203,15 +206,16 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.BOUNCE, 4, "x-failed-recipients")
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
-    strong = {m.group(0).lower() for m in R.G_BOUNCE_PHRASE_STRONG.finditer(text[:32768], folded)}
+    strong = {m.group(0).lower()
+              for m in R.G_BOUNCE_PHRASE_STRONG.finditer(text[:32768], folded[:32768], vocabulary)}
     if strong:
         add(Kind.BOUNCE, 2 + min(len(strong), 3), "body:" + sorted(strong)[0][:40])
-    if R.G_BOUNCE_PHRASE_WEAK.search(text[:16384], folded):
+    if R.G_BOUNCE_PHRASE_WEAK.exists(text[:16384], folded[:16384], vocabulary):
         add(Kind.BOUNCE, 1, "body:failure-reason")
     if parts.originals:
         # A null-sender message carrying another message is what a bounce is, whatever its words.
         add(Kind.BOUNCE, 3 if null_sender and parts.attached else 1, "original-attached")
-    if R.ENHANCED.search(text[:16384]):
+    if R.ENHANCED_HINT.search(text, 0, 16384) and R.ENHANCED.search(text[:16384]):
         add(Kind.BOUNCE, 1, "enhanced-status-code")
 
     # Auto-replies.
@@ -230,7 +234,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 4, "subject:auto-reply")
     elif not replied and R.AUTO_SUBJECT.match(subject):
         add(Kind.AUTO_REPLY, 3, "subject:away")
-    if R.G_AUTO_BODY.search(text[:8192], folded):
+    if R.G_AUTO_BODY.exists(text[:8192], folded[:8192], vocabulary):
         add(Kind.AUTO_REPLY, 2, "body:away")
 
     # Challenge-response.
@@ -240,9 +244,9 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
             break
     if not replied and R.CHALLENGE_SUBJECT.search(subject):
         add(Kind.CHALLENGE, 2, "subject:challenge")
-    if not replied and R.G_CHALLENGE_BODY.search(text[:16384], folded):
+    if not replied and R.G_CHALLENGE_BODY.exists(text[:16384], folded[:16384], vocabulary):
         add(Kind.CHALLENGE, 3, "body:challenge")
-        if R.G_CONFIRM_URL.search(text[:16384], folded):
+        if R.G_CONFIRM_URL.exists(text[:16384], folded[:16384], vocabulary):
             add(Kind.CHALLENGE, 1, "confirm-link")
 
     # Mailing-list traffic is not a notification unless something strong says so: List-Id on

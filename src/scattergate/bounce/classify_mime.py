@@ -59,6 +59,9 @@ def parse(data: bytes) -> Message:
     try:
         if data.count(b"boundary") > _MAX_BOUNDARIES:
             raise RecursionError("too many nested multiparts")
+        simple = _parse_single_part(data)
+        if simple is not None:
+            return simple
         return email.message_from_bytes(data, policy=email.policy.compat32)
     except Exception:
         head, _, body = data.partition(b"\n\n")
@@ -72,10 +75,41 @@ def parse(data: bytes) -> Message:
         return msg
 
 
+def _parse_single_part(data: bytes) -> Message | None:
+    """The same Message the full parse builds, for a message that is not multipart/* or message/*.
+
+    The stdlib parser feeds the body of a single-part message line by line through Python code
+    only to join it back unchanged; most ordinary mail is single-part, so parse the header block
+    alone and attach the body as the parser would (ASCII + surrogateescape). Anything unusual in
+    the header block (a defect, a line the parser does not take as a header) → None: full parse.
+    """
+    end = data.find(b"\n\n")
+    if end < 0:
+        return None
+    msg = email.message_from_bytes(data[:end + 2], policy=email.policy.compat32)
+    if msg.defects or msg.get_payload() != "" or msg.get_content_maintype() in ("multipart", "message"):
+        return None
+    msg.set_payload(data[end + 2:].decode("ascii", "surrogateescape"))
+    return msg
+
+
 def header(msg: Message, name: str) -> str:
-    """One header as clean text: RFC 2047 decoded, unfolded, junk bytes replaced."""
+    """One header as clean text: RFC 2047 decoded, unfolded, junk bytes replaced.
+
+    Same value as msg.get(name) (the first field of that name), but the classifier asks a
+    message for ~30 names: index the fields once instead of scanning them per name.
+    """
     try:
-        value = msg.get(name)
+        index = msg.__dict__.get("_classify_first")
+        if index is None:
+            index = {}
+            for key, raw in msg.raw_items():
+                index.setdefault(key.lower(), (key, raw))
+            msg.__dict__["_classify_first"] = index
+        found = index.get(name.lower())
+        if found is None:
+            return ""
+        value = msg.policy.header_fetch_parse(*found)
     except Exception:
         return ""
     return _clean_header(value)

@@ -163,6 +163,9 @@ CHALLENGE_BODY = re.compile(
 CONFIRM_URL = re.compile(r"https?://\S{0,200}(?:confirm|verif|challenge|approve|captcha|validate)", re.I)
 
 # Status codes. Enhanced codes per RFC 3463; SMTP reply codes per RFC 5321 §4.2.
+# Every ENHANCED match contains this; unlike ENHANCED (which opens with a look-behind) it lets
+# `re` skip ahead to candidate digits, so it is a cheap necessary condition.
+ENHANCED_HINT = re.compile(r"[245]\.\d")
 ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d]|\.\d)")
 SMTP_CODE = re.compile(
     r"(?:^[ \t<>#*:-]*|said:\s*|said\s+|error[:\s]+|response:?\s*|reply:?\s*|smtp;\s*|code:?\s*|\(\s*|\[\s*"
@@ -222,30 +225,93 @@ def _build_fold() -> dict[int, int | str]:
 
 
 _FOLD = _build_fold()
+_FOLD_CHARS = re.compile("[" + "".join(re.escape(chr(c)) for c in _FOLD if c != 0x130) + "]")
 
 
 def fold(text: str) -> str:
-    """Case-fold for the literal pre-filters (same length as `text` in practice)."""
-    return text.translate(_FOLD).lower().translate(_FOLD)
+    """Case-fold for the literal pre-filters; never changes the length of the text."""
+    if text.isascii():
+        return text.lower()
+    if "\u0130" in text:
+        text = text.replace("\u0130", "i")
+    low = text.lower()
+    return low.translate(_FOLD) if _FOLD_CHARS.search(low) else low
 
 
-def _cover(seq: object) -> frozenset[str] | None:
-    """Literals of which every match of the parsed sequence contains at least one, or None."""
+def _constants():  # type: ignore[no-untyped-def]
     try:
         from re import _constants as C
     except ImportError:  # pragma: no cover
         import sre_constants as C  # type: ignore[no-redef]
+    return C
+
+
+_MAX_SET = 64  # bound on the strings a cover may enumerate
+
+
+def _fixed(op: object, av: object) -> frozenset[str] | None:
+    """The finite set of strings one parsed element can match (as written), or None."""
+    C = _constants()
+    if op is C.LITERAL:
+        return frozenset({chr(av)})  # type: ignore[arg-type]
+    if op is C.BRANCH:
+        out: set[str] = set()
+        for alt in av[1]:  # type: ignore[index]
+            sub = _fixed_seq(alt)
+            if sub is None:
+                return None
+            out |= sub
+            if len(out) > _MAX_SET:
+                return None
+        return frozenset(out)
+    if op is C.SUBPATTERN:
+        return _fixed_seq(av[3])  # type: ignore[index]
+    if op is C.MAX_REPEAT or op is C.MIN_REPEAT:
+        lo, hi, item = av  # type: ignore[misc]
+        if (lo, hi) in ((0, 1), (1, 1)):
+            sub = _fixed_seq(item)
+            if sub is None:
+                return None
+            return sub | {""} if lo == 0 else sub
+    return None
+
+
+def _fixed_seq(seq: object) -> frozenset[str] | None:
+    out = frozenset({""})
+    for op, av in seq:  # type: ignore[attr-defined]
+        sub = _fixed(op, av)
+        if sub is None or len(out) * len(sub) > _MAX_SET:
+            return None
+        out = frozenset(a + b for a in out for b in sub)
+    return out
+
+
+def _cover(seq: object) -> frozenset[str] | None:
+    """Literals of which every match of the parsed sequence contains at least one, or None.
+
+    Candidates: each maximal run of consecutive fixed-string elements (their concatenations,
+    e.g. `i (?:am|will be) away` → {"i am away", "i will be away"}), and each mandatory group
+    whose alternatives all have covers. The most selective candidate wins.
+    """
+    C = _constants()
     candidates: list[frozenset[str]] = []
-    run: list[str] = []
+    run = frozenset({""})
 
     def flush() -> None:
-        if run:
-            candidates.append(frozenset({fold("".join(run))}))
-            run.clear()
+        nonlocal run
+        if run != frozenset({""}):
+            candidates.append(frozenset(fold(x) for x in run))
+        run = frozenset({""})
 
     for op, av in seq:  # type: ignore[attr-defined]
-        if op is C.LITERAL:
-            run.append(chr(av))
+        fixed = _fixed(op, av)
+        if fixed is not None:
+            if len(run) * len(fixed) > _MAX_SET:
+                flush()
+            run = frozenset(a + b for a in run for b in fixed)
+            if op is not C.LITERAL:
+                # also keep the group on its own: a long run may end up bounded by _MAX_SET
+                candidates.append(frozenset(fold(x) for x in fixed))
             continue
         flush()
         sub: frozenset[str] | None = None
@@ -281,24 +347,184 @@ def literal_cover(pattern: re.Pattern[str]) -> frozenset[str] | None:
     return cover
 
 
-class Guarded:
-    """A compiled pattern plus its literal pre-filter; `folded` is fold() of a superset text."""
+def _window_width(pattern: re.Pattern[str]) -> int | None:
+    """Longest possible match, if the pattern can be searched in windows around its literals.
 
-    __slots__ = ("pattern", "cover")
+    That needs a bounded width and no assertions (anchors, word boundaries, lookarounds): then
+    a match reads only the characters it spans, so searching the text cut to the windows finds
+    exactly the matches (same spans, same alternatives) that searching the whole text finds.
+    """
+    try:
+        from re import _constants as C, _parser as P
+    except ImportError:  # pragma: no cover
+        return None
+    unsafe = {C.AT, C.ASSERT, C.ASSERT_NOT, C.GROUPREF, C.GROUPREF_EXISTS}
+
+    def safe(seq: object) -> bool:
+        for op, av in seq:  # type: ignore[attr-defined]
+            if op in unsafe:
+                return False
+            if op is C.BRANCH and not all(safe(alt) for alt in av[1]):
+                return False
+            if op is C.SUBPATTERN and not safe(av[3]):
+                return False
+            if op in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)) and not safe(av[2]):
+                return False
+            if op is getattr(C, "ATOMIC_GROUP", None) and not safe(av):
+                return False
+        return True
+
+    try:
+        tree = P.parse(pattern.pattern, pattern.flags)
+        width = tree.getwidth()[1]
+        if not safe(tree) or width >= C.MAXREPEAT or width > 4096:
+            return None
+        return width
+    except Exception:  # pragma: no cover
+        return None
+
+
+_WORD = re.compile(r"\w+")
+
+
+# Fast path for words(): \w is exactly [A-Za-z0-9_] among ASCII characters, so ASCII non-word
+# bytes become spaces; runs holding non-ASCII characters are split by the regex afterwards.
+_NOT_WORD_BYTES = bytes(b if b >= 0x80 or chr(b).isalnum() or b == 0x5F else 0x20 for b in range(256))
+
+
+class Vocabulary:
+    """The whole words (maximal \\w runs) of a folded text, and all of them joined in one string
+    (every substring of a word of the text is a substring of `joined`)."""
+
+    __slots__ = ("_joined", "_pieces", "words")
+
+    def __init__(self, words: frozenset[str]) -> None:
+        self.words = words
+        self._joined: str | None = None
+        self._pieces: dict[str, bool] = {}
+
+    def has_piece(self, piece: str) -> bool:
+        """Whether `piece` is part of some word (memoised: many literals share their ends)."""
+        found = self._pieces.get(piece)
+        if found is None:
+            found = self._pieces[piece] = piece in self.words or piece in self.joined
+        return found
+
+    @property
+    def joined(self) -> str:
+        if self._joined is None:
+            self._joined = "\x00".join(self.words)
+        return self._joined
+
+
+def words(folded: str) -> Vocabulary:
+    """Vocabulary of a folded text, for the pre-filters' word checks."""
+    if folded.isascii():
+        return Vocabulary(frozenset(folded.encode("ascii").translate(_NOT_WORD_BYTES).decode("ascii").split()))
+    try:
+        runs = set(folded.encode("utf-8", "surrogatepass").translate(_NOT_WORD_BYTES).split())
+        out: set[str] = set()
+        for run in runs:
+            if run.isascii():
+                out.add(run.decode("ascii"))
+            else:
+                out.update(_WORD.findall(run.decode("utf-8", "surrogatepass")))
+        return Vocabulary(frozenset(out))
+    except UnicodeError:  # pragma: no cover - defensive
+        return Vocabulary(frozenset(_WORD.findall(folded)))
+
+
+def _inner_words(literal: str) -> frozenset[str]:
+    """Words *inside* a literal (not touching its ends): whole words of any text containing it."""
+    return frozenset(m.group(0) for m in _WORD.finditer(literal) if m.start() > 0 and m.end() < len(literal))
+
+
+class Guarded:
+    """A compiled phrase pattern with a literal pre-filter.
+
+    `folded` must be fold(text) (same length, same positions) and `vocabulary` the words() of
+    the folded text or of a longer text it is a prefix of. A cover literal can occur only if
+    all its inner words are words of the text (literals without inner words: only if each of
+    their word pieces is part of some word of the text); when no cover literal
+    occurs the pattern cannot match. Otherwise only windows of +-width around the literal
+    occurrences are searched (merged, disjoint): the same matches as a whole-text search.
+    """
+
+    __slots__ = ("anchored", "cover", "pattern", "unanchored", "width")
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
         self.cover = literal_cover(pattern)
+        self.width = _window_width(pattern) if self.cover is not None else None
+        # Per literal: its inner words (whole words of the text) and its end pieces (parts of
+        # words of the text: "added" in "...added to the whitelist" may end "unadded").
+        self.anchored: dict[str, list[tuple[frozenset[str], tuple[str, ...], str]]] = {}
+        unanchored: list[tuple[tuple[str, ...], str]] = []
+        for lit in sorted(self.cover or ()):
+            inner = _inner_words(lit)
+            ends = tuple(sorted({w for w in _WORD.findall(lit) if w not in inner}, key=len, reverse=True))
+            if inner:
+                # Indexed by the longest inner word (usually the rarest): one set intersection
+                # per text picks the few literals worth testing further.
+                key = max(sorted(inner), key=len)
+                self.anchored.setdefault(key, []).append((inner, ends, lit))
+            else:
+                unanchored.append((ends, lit))
+        self.unanchored = tuple(unanchored)
 
-    def possible(self, folded: str) -> bool:
-        cover = self.cover
-        return cover is None or any(lit in folded for lit in cover)
+    def windows(self, text: str, folded: str, vocabulary: Vocabulary) -> list[tuple[int, int]] | None:
+        """Disjoint (start, end) windows holding every possible match; None: search it all."""
+        if self.cover is None or len(folded) != len(text):
+            return None
+        vocab = vocabulary.words
+        has_piece = vocabulary.has_piece
+        candidates: list[str] = []
+        for ends, lit in self.unanchored:
+            if all(has_piece(piece) for piece in ends):
+                candidates.append(lit)
+        for key in self.anchored.keys() & vocab:
+            for inner, ends, lit in self.anchored[key]:
+                if inner <= vocab and all(has_piece(piece) for piece in ends):
+                    candidates.append(lit)
+        hits: list[tuple[int, int]] = []
+        for lit in candidates:
+            i = folded.find(lit)
+            while i >= 0:
+                hits.append((i, i + len(lit)))
+                i = folded.find(lit, i + 1)
+        if not hits:
+            return []
+        width = self.width
+        if width is None:
+            return None
+        limit = len(text)
+        hits.sort()
+        merged: list[tuple[int, int]] = []
+        for s, e in hits:
+            lo, hi = max(0, s - width), min(limit, e + width)
+            if merged and lo <= merged[-1][1]:
+                if hi > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], hi)
+            else:
+                merged.append((lo, hi))
+        return merged
 
-    def search(self, text: str, folded: str) -> re.Match[str] | None:
-        return self.pattern.search(text) if self.possible(folded) else None
+    def exists(self, text: str, folded: str, vocabulary: Vocabulary) -> bool:
+        """Whether pattern.search(text) would find a match."""
+        windows = self.windows(text, folded, vocabulary)
+        if windows is None:
+            return self.pattern.search(text) is not None
+        return any(self.pattern.search(text, lo, hi) for lo, hi in windows)
 
-    def finditer(self, text: str, folded: str) -> list[re.Match[str]]:
-        return list(self.pattern.finditer(text)) if self.possible(folded) else []
+    def finditer(self, text: str, folded: str, vocabulary: Vocabulary) -> list[re.Match[str]]:
+        """The matches of pattern.finditer(text)."""
+        windows = self.windows(text, folded, vocabulary)
+        if windows is None:
+            return list(self.pattern.finditer(text))
+        out: list[re.Match[str]] = []
+        for lo, hi in windows:
+            out.extend(self.pattern.finditer(text, lo, hi))
+        return out
 
 
 G_BOUNCE_PHRASE_STRONG = Guarded(BOUNCE_PHRASE_STRONG)
@@ -306,4 +532,3 @@ G_BOUNCE_PHRASE_WEAK = Guarded(BOUNCE_PHRASE_WEAK)
 G_AUTO_BODY = Guarded(AUTO_BODY)
 G_CHALLENGE_BODY = Guarded(CHALLENGE_BODY)
 G_CONFIRM_URL = Guarded(CONFIRM_URL)
-G_SES_JSON = Guarded(SES_JSON)
