@@ -44,6 +44,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clamd", metavar="ADDRESS", help="scan with clamd at unix:/PATH or HOST:PORT (enables it)")
     p.add_argument("--spamd", metavar="ADDRESS", help="scan with SpamAssassin's spamd at HOST:PORT or unix:/PATH")
     p.add_argument("--rspamd", metavar="ADDRESS", help="scan with rspamd's normal worker at HOST:PORT")
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="metrics and dashboard (default 127.0.0.1:8025; '' disables)")
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -61,6 +63,7 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         ("delivery", "verify_recipients"): args.verify_recipients,
         ("state", "data_dir"): args.data_dir,
         ("logging", "level"): args.log_level,
+        ("http", "listen"): args.http_listen,
     }
     if getattr(args, "spool", None):
         overrides[("spool", "enabled")] = True
@@ -159,6 +162,25 @@ def _check_postfix_parser(sub: argparse._SubParsersAction) -> None:  # type: ign
                    help="read saved `postconf -n` output instead of running postconf")
 
 
+def _audit_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("audit", help="probe a server: does it accept unknown recipients and bounce later?",
+                       description="Probe HOST:PORT the way blocklist operators do (docs/audit.md). "
+                                   "Exit 0 safe, 1 a backscatter risk found, 2 could not complete.")
+    p.add_argument("server", metavar="HOST:PORT", help="the server to audit (the only one we connect to)")
+    p.add_argument("--domain", required=True, help="a domain the server receives mail for")
+    p.add_argument("--bounce-sender", metavar="ADDRESS",
+                   help="an address whose mail reaches --listen-bounce (enables the bounce test)")
+    p.add_argument("--listen-bounce", metavar="HOST:PORT", default="127.0.0.1:2526",
+                   help="where the audit listens for the bounce (default 127.0.0.1:2526)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for a bounce (default 60)")
+    p.add_argument("--sender", metavar="ADDRESS", help="MAIL FROM of the RCPT probes (default: --bounce-sender)")
+    p.add_argument("--helo", metavar="NAME", help="our EHLO name (default: this host's name)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="for the connection and each SMTP reply (default 30)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scattergate", description="A mail gateway that ends email backscatter.")
     parser.add_argument("--version", action="version", version=f"scattergate {__version__}")
@@ -168,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_parser(sub)
     _socketmap_parser(sub)
     _check_postfix_parser(sub)
+    _audit_parser(sub)
     tools.register(sub)
     quarantine_cli.register(sub)
     return parser
@@ -190,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tools.run(args)
     if args.command == "quarantine":
         return quarantine_cli.run(args)
+    if args.command == "audit":
+        from scattergate.audit.run import main as audit
+
+        return audit(args)
     if args.command == "check-postfix":
         from scattergate.postfix_audit import main as check_postfix
 

@@ -231,6 +231,16 @@ class ScanConfig:
 
 
 @dataclass(slots=True)
+class HttpConfig:
+    """The HTTP listener: /metrics and the dashboard (docs/operations.md)."""
+
+    # HOST:PORT; "" disables it. Off loopback, a token is required (no anonymous dashboard).
+    listen: str = "127.0.0.1:8025"
+    # The bearer token for the dashboard and /metrics, in a file of mode 0600.
+    token_file: str = ""
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     receive: ReceiveConfig = field(default_factory=ReceiveConfig)
@@ -244,6 +254,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     backscatter: BackscatterConfig = field(default_factory=BackscatterConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def validate(self) -> None:
         """Check values whose type is right but whose content is not; raise ConfigError."""
@@ -310,6 +321,10 @@ class Config:
             raise ConfigError(f"dns.port out of range: {self.dns.port}")
         if self.logging.format not in ("text", "json"):
             raise ConfigError(f"logging.format: expected text or json, got {self.logging.format!r}")
+        if self.http.listen:
+            http_host, _ = parse_host_port(self.http.listen, "http.listen")
+            if not self.http.token_file and not _is_loopback(http_host):
+                raise ConfigError(f"http.listen: {self.http.listen} is not loopback: set http.token_file")
         if self.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"logging.level: unknown level {self.logging.level!r}")
         from scattergate.decision.policy import validate_policy  # cycle-free: lazy
@@ -326,6 +341,15 @@ class Config:
     @property
     def maildir(self) -> Path:
         return Path(self.delivery.maildir) if self.delivery.maildir else self.data_dir / "maildir"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere
 
 
 def parse_host_port(text: str, key: str = "address") -> tuple[str, int]:

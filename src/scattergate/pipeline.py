@@ -354,7 +354,11 @@ class Gateway:
         message = self.added_headers(session, envelope, verdict) + content
         sender = envelope.sender
         if session.trusted and self.batv is not None:
-            sender, message = await self._outbound(envelope, message)
+            try:
+                sender, message = await self._outbound(envelope, message)
+            except OSError as exc:  # the state store (e.g. Redis) is down: its bounces would lack proof
+                log.error("cannot remember outbound message: %s", exc)
+                return Tempfail(Reply(451, "4.3.0", "Cannot record the message now, try again later"), verdict.findings)
         findings = verdict.findings
         if budget <= 0:
             return Tempfail(Reply(451, "4.4.3", "Out of time, try again later"), findings)

@@ -22,6 +22,8 @@ from scattergate.frontends.smtp import GatewaySMTP
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
+from scattergate.web import service as web_service
+from scattergate.web.service import WebSetup
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +87,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[[int], None] | None = None) -> None:
+async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[[int], None] | None = None,
+                     web_setup: WebSetup | None = None) -> None:
     """Serve on `sock` until SIGTERM/SIGINT, then drain the sessions in flight."""
     loop = asyncio.get_running_loop()
     store = open_store(config)
     gateway = Gateway(config, store)
     await gateway.start()
+    web = await web_service.start(config, gateway, store, web_setup)  # metrics + dashboard
     sock.listen(1024)
     sock.setblocking(False)
     server = await loop.create_server(lambda: GatewaySMTP(gateway), sock=sock)
@@ -109,6 +113,8 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
         server.close()
         await gateway.wait_idle(DRAIN_SECONDS)
     finally:
+        if web is not None:
+            await web.stop()
         await gateway.stop()
         store.close()
 
@@ -116,11 +122,12 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
 def serve(config: Config) -> int:
     setup_logging(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    web_setup = web_service.prepare(config)  # before fork: token, shared secret, metrics mode
     workers = config.server.workers
     if workers == 1:
         sock = bind(config.server.listen, reuse_port=False)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(run_worker(config, sock))
+            runner.run(run_worker(config, sock, web_setup=web_setup))
         return 0
     # Reserve the port (resolving port 0) in the parent, then let each worker bind its own
     # listening socket to it: the kernel balances connections across SO_REUSEPORT listeners.
@@ -141,7 +148,7 @@ def serve(config: Config) -> int:
             try:
                 sock = bind(config.server.listen, reuse_port=True)
                 with asyncio.Runner(loop_factory=new_event_loop) as runner:
-                    runner.run(run_worker(config, sock))
+                    runner.run(run_worker(config, sock, web_setup=web_setup))
                 code = 0
             except BaseException:
                 log.exception("worker %d failed", os.getpid())

@@ -8,14 +8,14 @@ import threading
 from scattergate.config import Config
 from scattergate.frontends.smtp import GatewaySMTP
 from scattergate.pipeline import Gateway
-from scattergate.state.sqlite import SqliteStore
+from scattergate.state.factory import open_store
 
 
 class GatewayThread:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
-        self.store = SqliteStore(config.data_dir / "state.sqlite3")
+        self.store = open_store(config)
         self.gateway = Gateway(config, self.store)
         self.port = 0
         self._ready = threading.Event()

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from scattergate.model import Phase, Session, Verdict
 from scattergate.state.store import DecisionRecord, StateStore
@@ -27,9 +27,18 @@ def format_decision(record: DecisionRecord) -> str:
     )
 
 
+class DecisionObserver(Protocol):
+    """Sees every decision and counter increment as it happens (the metrics hook)."""
+
+    def decided(self, record: DecisionRecord, verdict: Verdict) -> None: ...
+
+    def counted(self, name: str, amount: int) -> None: ...
+
+
 class DecisionRecorder:
     def __init__(self, store: StateStore, *, flush_interval: float = 1.0) -> None:
         self._store = store
+        self.observers: list[DecisionObserver] = []
         self._interval = flush_interval
         self._counters: Counter[str] = Counter()
         self._decisions: list[DecisionRecord] = []
@@ -60,10 +69,20 @@ class DecisionRecorder:
         for finding in verdict.findings:
             self.count(f"findings.{finding.key}")
         self._decisions.append(record)
+        for observer in self.observers:
+            try:
+                observer.decided(record, verdict)
+            except Exception:  # an observer must never fail a decision
+                log.exception("decision observer failed")
         return record
 
     def count(self, name: str, amount: int = 1) -> None:
         self._counters[name] += amount
+        for observer in self.observers:
+            try:
+                observer.counted(name, amount)
+            except Exception:
+                log.exception("decision observer failed")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

@@ -112,8 +112,11 @@ class SqliteStore:
         return [QuarantineItem(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6]) for r in rows]
 
     def quarantine_get(self, item_id: str) -> QuarantineItem | None:
-        found = [i for i in self.quarantine_list(1, item_id) if i.id == item_id]
-        return found[0] if found else None
+        with self._lock:
+            r = self._db.execute(
+                "SELECT id, time, sender, recipients, reason, size, path FROM quarantine WHERE id = ?", (item_id,)
+            ).fetchone()
+        return QuarantineItem(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], r[5], r[6]) if r else None
 
     def quarantine_remove(self, item_id: str) -> None:
         with self._lock:

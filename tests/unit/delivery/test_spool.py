@@ -67,3 +67,16 @@ def test_unreadable_state_is_skipped_not_fatal(tmp_path: Path) -> None:
 def test_retry_intervals_double_up_to_the_cap() -> None:
     config = SpoolConfig(retry_initial=300, retry_max=3600)
     assert [retry_delay(n, config) for n in (1, 2, 3, 4, 5, 6)] == [300, 600, 1200, 2400, 3600, 3600]
+
+
+def test_quarantine_get_finds_by_id_even_when_a_newer_item_mentions_it(tmp_path: Path) -> None:
+    from scattergate.state.sqlite import SqliteStore
+    from scattergate.state.store import QuarantineItem
+
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    store.quarantine_add(QuarantineItem("abc123", 1.0, "a@x.example", ("u@example.org",), "spam", 10, "/p1"))
+    store.quarantine_add(QuarantineItem("zzz999", 2.0, "abc123@x.example", ("u@example.org",), "x", 10, "/p2"))
+    item = store.quarantine_get("abc123")
+    assert item is not None and item.path == "/p1"
+    assert store.quarantine_get("nope") is None
+    store.close()

@@ -1,0 +1,160 @@
+"""Prometheus metrics, fed by the decision recorder's observer hook.
+
+Every decision and counter increment already goes through `DecisionRecorder`; observing it
+there keeps metric calls out of the checks and the pipeline. Check latencies are measured by
+wrapping the gateway's remote checks (the ones with I/O and budgets); local checks take
+microseconds and are not timed. Queue depth and quarantine size are read from disk at scrape
+time, so they are right whichever worker answers.
+
+With several worker processes, prometheus-client's multiprocess mode is used (see
+`web/service.py:prepare`): each worker writes its samples to files under
+`<data_dir>/metrics/`, and whichever worker answers a scrape adds them all up. Per-process
+metrics would be wrong there, because the HTTP port is shared with SO_REUSEPORT and a scrape
+lands on any one worker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scattergate.checks import CheckContext, RemoteCheck, RemoteRun
+from scattergate.model import Verdict
+from scattergate.state.store import DecisionRecord
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # the name prometheus-client reads
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Findings that refuse unsolicited bounces and auto-replies (docs/backscatter.md).
+_BACKSCATTER_REFUSALS = {
+    "backscatter.unsolicited", "backscatter.multiple_recipients",
+    "batv.missing", "batv.bad_tag", "batv.invalid", "batv.unsigned",
+}
+_DETAIL_FIELD = re.compile(r"\b(kind|evidence)=([\w-]+)")
+# Seconds; from a cached DNS answer to a scanner near its budget.
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class DiskCollector(Collector):
+    """Queue depth and quarantine size, counted on disk at scrape time."""
+
+    def __init__(self, spool_dir: Path, quarantine_dir: Path) -> None:
+        self.spool_dir = spool_dir
+        self.quarantine_dir = quarantine_dir
+
+    def collect(self) -> Iterable[Metric]:
+        queued = sum(1 for _ in _files(self.spool_dir, ".json"))
+        held = [p.stat().st_size for p in _files(self.quarantine_dir, ".eml")]
+        yield GaugeMetricFamily("scattergate_queue_messages", "Messages in the store-and-forward spool", value=queued)
+        yield GaugeMetricFamily("scattergate_quarantine_messages", "Messages held in the quarantine", value=len(held))
+        yield GaugeMetricFamily("scattergate_quarantine_bytes", "Bytes held in the quarantine", value=sum(held))
+
+
+def _files(directory: Path, suffix: str) -> Iterator[Path]:
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(suffix) and not entry.name.startswith("."):
+            yield Path(entry.path)
+
+
+class Metrics:
+    """The gateway's metrics; also a `DecisionObserver` (decision/record.py)."""
+
+    def __init__(self, spool_dir: Path, quarantine_dir: Path) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess_enabled()
+        # In multiprocess mode the samples go to files; the registry reads them all back.
+        own = None if self.multiprocess else self.registry
+        self.sessions = Counter("scattergate_sessions", "SMTP sessions opened", registry=own)
+        self.decisions = Counter("scattergate_decisions", "Decisions by SMTP phase and verdict",
+                                 ["phase", "verdict"], registry=own)
+        self.reasons = Counter("scattergate_decision_findings", "Findings behind decisions, by verdict and finding key",
+                               ["verdict", "finding"], registry=own)
+        self.dsn_sent = Counter("scattergate_dsn_sent", "DSNs sent (safe-bounce rule passed), by kind",
+                                ["kind"], registry=own)
+        self.dsn_suppressed = Counter("scattergate_dsn_suppressed", "DSNs not sent (safe-bounce rule), by kind",
+                                      ["kind"], registry=own)
+        self.backscatter_refused = Counter(
+            "scattergate_backscatter_refused", "Bounces/auto-replies refused: the finding and the classifier's kind",
+            ["finding", "kind"], registry=own)
+        self.backscatter_accepted = Counter(
+            "scattergate_backscatter_accepted", "Bounces/auto-replies accepted, by the evidence they refer to our mail",
+            ["evidence"], registry=own)
+        self.spool = Counter("scattergate_spool_messages", "Spool events: queued, delivered, failed",
+                             ["event"], registry=own)
+        self.check_seconds = Histogram("scattergate_check_duration_seconds", "Time taken by each remote check",
+                                       ["check"], buckets=_LATENCY_BUCKETS, registry=own)
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.MultiProcessCollector(self.registry)
+        self.registry.register(DiskCollector(spool_dir, quarantine_dir))
+
+    # -- DecisionObserver ------------------------------------------------------------------
+
+    def decided(self, record: DecisionRecord, verdict: Verdict) -> None:
+        self.decisions.labels(record.phase, record.verdict).inc()
+        for finding in verdict.findings:
+            self.reasons.labels(record.verdict, finding.key).inc()
+            fields = dict(_DETAIL_FIELD.findall(finding.detail))
+            if finding.key in _BACKSCATTER_REFUSALS and record.verdict == "reject":
+                self.backscatter_refused.labels(finding.key, fields.get("kind", "-")).inc()
+            elif finding.key == "backscatter.solicited" and record.verdict == "accept":
+                self.backscatter_accepted.labels(fields.get("evidence", "-")).inc()
+
+    def counted(self, name: str, amount: int) -> None:
+        if name == "sessions":
+            self.sessions.inc(amount)
+            return
+        group, _, rest = name.partition(".")
+        if group == "dsn":
+            outcome, _, kind = rest.partition(".")
+            if outcome == "sent":
+                self.dsn_sent.labels(kind).inc(amount)
+            elif outcome == "suppressed":
+                self.dsn_suppressed.labels(kind).inc(amount)
+        elif group == "spool":
+            self.spool.labels(rest).inc(amount)
+        # decisions.* and findings.* are seen with their verdict in decided().
+
+    # -- checks and exposition -------------------------------------------------------------
+
+    def instrument(self, checks: Iterable[list[RemoteCheck]]) -> None:
+        """Time every remote check (each list is replaced in place: the gateway keeps it)."""
+        for remote in checks:
+            remote[:] = [RemoteCheck(c.name, self._timed(c.name, c.run), c.budget) for c in remote]
+
+    def _timed(self, name: str, run: RemoteRun) -> RemoteRun:
+        histogram = self.check_seconds.labels(name)
+
+        async def timed(ctx: CheckContext):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return await run(ctx)
+            finally:  # also when the budget cancels it: a timeout is a latency too
+                histogram.observe(time.perf_counter() - start)
+
+        return timed
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

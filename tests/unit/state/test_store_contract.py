@@ -1,0 +1,169 @@
+"""The state-store contract: the same tests against SQLite and a real Redis.
+
+Whatever a gateway writes through one backend it must read back the same way through the
+other, so switching `[state] backend` never changes a decision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from scattergate.config import Config
+from scattergate.state.factory import open_store
+from scattergate.state.store import DecisionRecord, QuarantineItem, StateStore
+from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
+
+StoreFactory = Callable[..., StateStore]
+
+
+def _config(tmp_path: Path, backend: str, url: str = "", keep: int = 100_000) -> Config:
+    config = Config()
+    config.state.data_dir = str(tmp_path / "data")
+    config.state.backend = backend
+    config.state.redis_url = url
+    config.state.keep_decisions = keep
+    config.validate()
+    return config
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Stores of one backend; with Redis, every store of a test shares one server."""
+    opened: list[StateStore] = []
+    url = ""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")()
+        url = server.url
+
+    def make(keep: int = 100_000) -> StateStore:
+        store = open_store(_config(tmp_path, request.param, url, keep))
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def decision(n: int, **overrides: object) -> DecisionRecord:
+    values: dict[str, object] = dict(
+        time=1_700_000_000.0 + n, session=f"s{n}", client="192.0.2.7", helo="mta.example",
+        sender="a@example.net", recipients=("x@example.org", "y@example.org"), phase="data",
+        verdict="reject", reply="550 5.7.1 no", findings=("backscatter.unsolicited[kind=dsn]",),
+    )
+    values.update(overrides)
+    return DecisionRecord(**values)  # type: ignore[arg-type]
+
+
+def held(tmp_path: Path, item_id: str, when: float, *, sender: str = "s@example.net",
+         recipients: tuple[str, ...] = ("r@example.org",), reason: str = "policy",
+         content: bytes = b"Subject: held\r\n\r\nbody\r\n") -> QuarantineItem:
+    path = tmp_path / f"{item_id}.eml"
+    path.write_bytes(content)
+    return QuarantineItem(item_id, when, sender, recipients, reason, len(content), str(path))
+
+
+# -- counters and decisions ------------------------------------------------------------------
+
+def test_counters_add_up_across_batches(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert store.counters() == {}
+    store.add({"sessions": 2, "decisions.rcpt.reject": 1}, [])
+    store.add({"sessions": 3}, [])
+    store.add({}, [])  # an empty flush changes nothing
+    assert store.counters() == {"decisions.rcpt.reject": 1, "sessions": 5}
+
+
+def test_decisions_round_trip_newest_first(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.add({}, [decision(1), decision(2, recipients=(), findings=())])
+    store.add({}, [decision(3, sender="", helo="")])
+    got = store.recent_decisions()
+    assert [d.session for d in got] == ["s3", "s2", "s1"]
+    assert got[2] == decision(1)
+    assert got[1].recipients == () and got[1].findings == ()
+    assert [d.session for d in store.recent_decisions(limit=2)] == ["s3", "s2"]
+
+
+def test_decision_history_is_capped(make_store: StoreFactory) -> None:
+    store = make_store(keep=3)
+    store.add({}, [decision(n) for n in range(5)])
+    store.add({}, [decision(5)])
+    assert [d.session for d in store.recent_decisions()] == ["s5", "s4", "s3"]
+
+
+def test_two_stores_on_the_same_state_see_each_others_writes(make_store: StoreFactory) -> None:
+    first, second = make_store(), make_store()
+    first.add({"sessions": 1}, [decision(1)])
+    second.add({"sessions": 2}, [decision(2)])
+    assert first.counters() == second.counters() == {"sessions": 3}
+    assert [d.session for d in first.recent_decisions()] == ["s2", "s1"]
+
+
+# -- quarantine ------------------------------------------------------------------------------
+
+def test_quarantine_add_get_list_remove(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = make_store()
+    older = held(tmp_path, "q1", 100.0, sender="spam@bad.example", reason="backscatter.unsolicited")
+    newer = held(tmp_path, "q2", 200.0, recipients=("alice@example.org", "bob@example.org"))
+    store.quarantine_add(older)
+    store.quarantine_add(newer)
+    assert store.quarantine_list() == [newer, older]
+    assert store.quarantine_list(limit=1) == [newer]
+    assert store.quarantine_get("q1") == older
+    assert store.quarantine_get("nope") is None
+    store.quarantine_remove("q1")
+    assert store.quarantine_list() == [newer]
+    assert store.quarantine_get("q1") is None
+    store.quarantine_remove("q1")  # removing twice is harmless
+
+
+@pytest.mark.parametrize("search, expected", [
+    ("BAD.example", ["q1"]),          # sender, case-insensitive
+    ("bob@", ["q2"]),                 # any recipient
+    ("unsolicited", ["q1"]),          # reason
+    ("q2", ["q2"]),                   # id
+    ("", ["q3", "q2", "q1"]),
+    ("nothing-like-it", []),
+])
+def test_quarantine_search(make_store: StoreFactory, tmp_path: Path, search: str, expected: list[str]) -> None:
+    store = make_store()
+    store.quarantine_add(held(tmp_path, "q1", 1.0, sender="spam@bad.example", reason="backscatter.unsolicited"))
+    store.quarantine_add(held(tmp_path, "q2", 2.0, recipients=("alice@example.org", "bob@example.org")))
+    store.quarantine_add(held(tmp_path, "q3", 3.0))
+    assert [i.id for i in store.quarantine_list(search=search)] == expected
+
+
+def test_quarantine_search_respects_the_limit(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = make_store()
+    for n in range(7):
+        store.quarantine_add(held(tmp_path, f"q{n}", float(n), reason="match" if n % 2 else "other"))
+    assert [i.id for i in store.quarantine_list(limit=2, search="match")] == ["q5", "q3"]
+
+
+# -- sent-message registry -------------------------------------------------------------------
+
+def test_sent_registry_lookup_within_the_window(make_store: StoreFactory) -> None:
+    store = make_store()
+    now = 1_700_000_000.0
+    store.sent_add("h1", "alice@example.org", now, 8 * 86400)
+    assert store.sent_lookup("h1", since=now - 8 * 86400) == "alice@example.org"
+    assert store.sent_lookup("h1", since=now) == "alice@example.org"
+    assert store.sent_lookup("h1", since=now + 1) is None  # sent before the window began
+    assert store.sent_lookup("unknown", since=0) is None
+
+
+def test_sent_registry_keeps_the_latest_sender(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.sent_add("h1", "alice@example.org", 10.0, 3600)
+    store.sent_add("h1", '"odd name"@example.org', 20.0, 3600)
+    assert store.sent_lookup("h1", since=15.0) == '"odd name"@example.org'
+
+
+def test_sent_registry_is_shared(make_store: StoreFactory) -> None:
+    first, second = make_store(), make_store()
+    first.sent_add("h1", "alice@example.org", 10.0, 3600)
+    assert second.sent_lookup("h1", since=0) == "alice@example.org"
