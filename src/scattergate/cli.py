@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from scattergate.serve import serve
 
-            return serve(config)
+            return serve(config, reload=lambda: load_config(args))
         if args.command == "check-config":
             from scattergate.config import to_toml
 

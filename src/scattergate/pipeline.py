@@ -252,6 +252,10 @@ class Gateway:
         if self._active_total == 0:
             self._idle.set()
 
+    @property
+    def active_sessions(self) -> int:
+        return self._active_total
+
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no session is open (graceful shutdown); False if some outlived `timeout`."""
         if self._active_total == 0:

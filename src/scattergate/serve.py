@@ -22,6 +22,7 @@ from scattergate.frontends.smtp import GatewaySMTP
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
+from scattergate.state.store import StateStore
 from scattergate.web import service as web_service
 from scattergate.web.service import WebSetup
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 30.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Blocked across fork until a worker has its handlers (SIGHUP's default would kill it).
+_WORKER_SIGNALS = _STOP_SIGNALS | {signal.SIGHUP}
 
 
 class JsonFormatter(logging.Formatter):
@@ -88,8 +91,12 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[[int], None] | None = None,
-                     web_setup: WebSetup | None = None) -> None:
-    """Serve on `sock` until SIGTERM/SIGINT, then drain the sessions in flight."""
+                     web_setup: WebSetup | None = None, reload: Callable[[], Config] | None = None) -> None:
+    """Serve on `sock` until SIGTERM/SIGINT, then drain the sessions in flight.
+
+    SIGHUP re-reads the configuration (and with it keys and tables) through `reload`: new
+    sessions get a new Gateway, sessions in flight finish on the old one.
+    """
     loop = asyncio.get_running_loop()
     store = open_store(config)
     gateway = Gateway(config, store)
@@ -97,12 +104,16 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
     web = await web_service.start(config, gateway, store, web_setup)  # metrics + dashboard
     sock.listen(1024)
     sock.setblocking(False)
-    server = await loop.create_server(lambda: GatewaySMTP(gateway), sock=sock)
+    current = [gateway]  # what new connections are served by; swapped on reload
+    server = await loop.create_server(lambda: GatewaySMTP(current[0]), sock=sock)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    retired: set[asyncio.Task[None]] = set()
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(reload, config, store, current, retired))
     # Forked workers start with these blocked (see serve()); now a signal has a handler.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
     port = sock.getsockname()[1]
     log.info("scattergate listening on %s port %d for %s", sock.getsockname()[0], port, ", ".join(gateway.domains))
     if on_ready is not None:
@@ -111,15 +122,43 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
         await stop.wait()
         log.info("shutting down: no new connections, draining sessions in flight")
         server.close()
-        await gateway.wait_idle(DRAIN_SECONDS)
+        await current[0].wait_idle(DRAIN_SECONDS)
+        await asyncio.gather(*retired, return_exceptions=True)
     finally:
         if web is not None:
             await web.stop()
-        await gateway.stop()
+        await current[0].stop()
         store.close()
 
 
-def serve(config: Config) -> int:
+def _reload(reload: Callable[[], Config], running: Config, store: StateStore,
+            current: list[Gateway], retired: set["asyncio.Task[None]"]) -> None:
+    """SIGHUP: build a Gateway from the re-read configuration; retire the old one when idle."""
+    try:
+        config = reload()
+        config.validate()
+        if config.server.listen != running.server.listen or config.state != running.state:
+            log.warning("reload: listen address and state settings change only with a restart")
+            config.server.listen, config.state = running.server.listen, running.state
+        fresh = Gateway(config, store)
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("reload failed, keeping the running configuration: %s", exc)
+        return
+
+    async def swap() -> None:
+        await fresh.start()
+        old, current[0] = current[0], fresh
+        log.info("reloaded the configuration: new sessions use it, %d in flight finish on the old one",
+                 old.active_sessions)
+        await old.wait_idle(DRAIN_SECONDS)
+        await old.stop()
+
+    task = asyncio.get_running_loop().create_task(swap())
+    retired.add(task)
+    task.add_done_callback(retired.discard)
+
+
+def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     setup_logging(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     web_setup = web_service.prepare(config)  # before fork: token, shared secret, metrics mode
@@ -127,7 +166,7 @@ def serve(config: Config) -> int:
     if workers == 1:
         sock = bind(config.server.listen, reuse_port=False)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(run_worker(config, sock, web_setup=web_setup))
+            runner.run(run_worker(config, sock, web_setup=web_setup, reload=reload))
         return 0
     # Reserve the port (resolving port 0) in the parent, then let each worker bind its own
     # listening socket to it: the kernel balances connections across SO_REUSEPORT listeners.
@@ -139,7 +178,7 @@ def serve(config: Config) -> int:
         SqliteStore(config.data_dir / "state.sqlite3").close()
     # A SIGTERM arriving before a worker has installed its handler would kill it mid-start:
     # keep the stop signals blocked across fork until each process has its handler.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
     children = []
     for _ in range(workers):
         pid = os.fork()
@@ -148,7 +187,7 @@ def serve(config: Config) -> int:
             try:
                 sock = bind(config.server.listen, reuse_port=True)
                 with asyncio.Runner(loop_factory=new_event_loop) as runner:
-                    runner.run(run_worker(config, sock, web_setup=web_setup))
+                    runner.run(run_worker(config, sock, web_setup=web_setup, reload=reload))
                 code = 0
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
@@ -165,7 +204,8 @@ def serve(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    signal.signal(signal.SIGHUP, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)

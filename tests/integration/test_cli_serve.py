@@ -150,3 +150,44 @@ def test_json_logs_carry_the_decision_fields(tmp_path: Path) -> None:
     (decision,) = [e["decision"] for e in entries if "decision" in e]
     assert decision["verdict"] == "reject" and decision["recipients"] == ["nobody@localhost"]
     assert decision["findings"] == ["recipient.unknown[nobody@localhost]"]
+
+
+def test_sighup_reloads_the_configuration(tmp_path: Path) -> None:
+    import queue
+    import threading
+
+    port = free_port()
+    config = tmp_path / "sg.toml"
+    config.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[receive]\ndomains = ["example.org"]\n')
+    process = subprocess.Popen([sys.executable, "-m", "scattergate", "serve", "--config", "sg.toml"],
+                               cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in process.stderr], daemon=True).start()  # type: ignore[union-attr]
+
+    def wait_for_line(text: str) -> None:
+        while True:
+            if text in lines.get(timeout=30):
+                return
+
+    def accepted(rcpt: str) -> bool:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            try:
+                client.sendmail("someone@remote.example", [rcpt], b"Subject: x\r\n\r\nx\r\n")
+                return True
+            except smtplib.SMTPRecipientsRefused:
+                return False
+
+    try:
+        wait_for_line("listening on")
+        assert not accepted("carol@example.org")
+        (tmp_path / "rcpts").write_text("carol@example.org\n")
+        config.write_text(config.read_text() + 'recipients_file = "rcpts"\n')
+        process.send_signal(signal.SIGHUP)
+        wait_for_line("reloaded the configuration")
+        assert accepted("carol@example.org")
+        config.write_text("[server]\nbogus = 1\n")  # a broken file keeps the running config
+        process.send_signal(signal.SIGHUP)
+        wait_for_line("reload failed")
+        assert accepted("carol@example.org")
+    finally:
+        assert stop(process) == 0
