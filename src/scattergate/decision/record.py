@@ -43,6 +43,7 @@ class DecisionRecorder:
         self._counters: Counter[str] = Counter()
         self._decisions: list[DecisionRecord] = []
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     def record(
         self,
@@ -99,9 +100,19 @@ class DecisionRecorder:
             return
         try:
             await asyncio.to_thread(self._store.add, counters, decisions)
-        except Exception:
+        except Exception as exc:
             # Bookkeeping must never take the gateway down; the counts are lost, mail is not.
-            logging.getLogger(__name__).exception("cannot write decisions to the state store")
+            # One traceback per outage, then one line per failed flush.
+            logger = logging.getLogger(__name__)
+            if not self._failing:
+                logger.exception("cannot write decisions to the state store")
+            else:
+                logger.warning("state store still unavailable (%s): %d decisions not recorded", exc, len(decisions))
+            self._failing = True
+        else:
+            if self._failing:
+                logging.getLogger(__name__).info("state store available again")
+            self._failing = False
 
     async def stop(self) -> None:
         if self._task is not None:

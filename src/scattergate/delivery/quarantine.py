@@ -39,11 +39,24 @@ class Quarantine:
         finally:
             os.close(fd)
         item = QuarantineItem(item_id, time.time(), sender, tuple(recipients), reason, len(content), str(path))
-        self.store.quarantine_add(item)
+        try:
+            self.store.quarantine_add(item)
+        except BaseException:
+            path.unlink(missing_ok=True)  # not indexed, not acknowledged: the client retries
+            raise
         return item
 
     def content(self, item: QuarantineItem) -> bytes:
-        return Path(item.path).read_bytes()
+        """The held message: the local file, or (held by another gateway sharing the state
+        store) the copy the store keeps."""
+        try:
+            return Path(item.path).read_bytes()
+        except FileNotFoundError:
+            shared = getattr(self.store, "quarantine_content", None)
+            data = shared(item.id) if shared is not None else None
+            if data is None:
+                raise
+            return data
 
     def delete(self, item: QuarantineItem) -> None:
         self.store.quarantine_remove(item.id)
