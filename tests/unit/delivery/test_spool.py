@@ -80,3 +80,30 @@ def test_quarantine_get_finds_by_id_even_when_a_newer_item_mentions_it(tmp_path:
     assert item is not None and item.path == "/p1"
     assert store.quarantine_get("nope") is None
     store.close()
+
+
+def test_quarantine_cleans_up_when_the_index_fails_and_reads_shared_copies(tmp_path: Path) -> None:
+    import pytest
+
+    from scattergate.delivery.quarantine import Quarantine
+    from scattergate.state.sqlite import SqliteStore
+
+    class BrokenIndex(SqliteStore):
+        def quarantine_add(self, item):  # type: ignore[no-untyped-def]
+            raise OSError("state store unavailable")
+
+    broken = Quarantine(tmp_path / "q1", BrokenIndex(tmp_path / "a.sqlite3"))
+    with pytest.raises(OSError):
+        broken.hold(b"Subject: x\r\n\r\nx\r\n", "a@x.example", ["u@example.org"], "test")
+    assert list((tmp_path / "q1").iterdir()) == []  # nothing unindexed left behind
+
+    class SharedStore(SqliteStore):
+        def quarantine_content(self, item_id: str) -> bytes | None:
+            return b"held elsewhere" if item_id == "other" else None
+
+    store = SharedStore(tmp_path / "b.sqlite3")
+    quarantine = Quarantine(tmp_path / "q2", store)
+    from scattergate.state.store import QuarantineItem
+
+    remote = QuarantineItem("other", 1.0, "a@x.example", ("u@example.org",), "spam", 14, "/elsewhere/other.eml")
+    assert quarantine.content(remote) == b"held elsewhere"
