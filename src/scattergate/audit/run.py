@@ -189,6 +189,8 @@ async def check_bounce(opts: Options, listener: BounceListener | None) -> CheckR
     await _run(opts, result, body)
     if not sent:
         return result
+    print(f"scattergate audit: message accepted; waiting up to {opts.wait:g} s for a bounce to "
+          f"<{opts.bounce_sender}>", file=sys.stderr, flush=True)
     seen = await _wait_for_bounce(listener, token, opts.wait)
     if seen is None:
         result.status = Status.PASS
@@ -244,6 +246,8 @@ async def audit(opts: Options) -> AuditReport:
                 results.append(CheckResult(name, title, Status.SKIPPED,
                                           "not run: the server could not be reached"))
                 continue
+            # Progress on stderr: the report on stdout stays clean for scripts and --json.
+            print(f"scattergate audit: {title} ...", file=sys.stderr, flush=True)
             try:
                 results.append(await (run(opts) if run else check_bounce(opts, listener)))
             except _Unreachable as exc:
