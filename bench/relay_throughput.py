@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="several messages per connection (smtp-source -d)")
     parser.add_argument("--skip-postfix", action="store_true")
+    parser.add_argument("--config", metavar="FILE", help="extra scattergate config (e.g. to turn a check off)")
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -129,7 +130,8 @@ def main() -> int:
         gateway = subprocess.Popen(
             [sys.executable, "-m", "scattergate", "serve", "--listen", f"127.0.0.1:{port}",
              "--relay", f"127.0.0.1:{sink.port}", "--domain", "example.org", "--dns", f"127.0.0.1:{dns.port}",
-             "--workers", str(args.workers), "--data-dir", str(work / "gateway")],
+             "--workers", str(args.workers), "--data-dir", str(work / "gateway"),
+             *(["--config", args.config] if args.config else [])],
             stderr=subprocess.PIPE, text=True,
         )
         try:

@@ -110,3 +110,37 @@ def test_a_slow_dns_answer_does_not_stall_other_sessions(auth_gw, dns) -> None: 
     order.append("fast")
     thread.join(30)
     assert order == ["fast", "slow"]
+
+
+
+async def test_spf_results_are_reused_briefly_but_temperrors_are_not(dns) -> None:  # type: ignore[no-untyped-def]
+    from scattergate.address import parse_path
+    from scattergate.checks import CheckContext
+    from scattergate.checks.senderauth import SpfCheck
+    from scattergate.model import Envelope, Session
+    from scattergate.net.dns import Resolver
+    from tests.support.dns_server import resolver_config
+
+    resolver = Resolver(resolver_config(dns, cache_size=0))  # every check_host() shows as a query
+    clock = [100.0]
+    check = SpfCheck(resolver, receiver="mx.test.example", budget=5.0, clock=lambda: clock[0])
+
+    async def run(sender: str) -> str:
+        ctx = CheckContext(Session("127.0.0.1", helo="client.example"), Envelope(parse_path(f"<{sender}>")))
+        (finding,) = await check(ctx)
+        return finding.result
+
+    def txt_queries(name: str) -> int:
+        return sum(1 for q in dns.queries if q[0].rstrip(".") == name and q[1] == "TXT")
+
+    try:
+        assert [await run("someone@pass.example") for _ in range(3)] == ["pass"] * 3
+        assert txt_queries("pass.example") == 1
+        clock[0] += SpfCheck.RESULT_TTL + 1
+        await run("someone@pass.example")
+        assert txt_queries("pass.example") == 2  # expired: asked again
+        dns.servfail.add("broken-now.example")
+        assert [await run("someone@broken-now.example") for _ in range(2)] == ["temperror"] * 2
+        assert txt_queries("broken-now.example") >= 2  # a temporary error is not remembered
+    finally:
+        resolver.close()

@@ -7,15 +7,15 @@ the MAIL FROM domain, or a valid DKIM signature aligned with it.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import re
+import time
 
 from scattergate.bounce.policy import dkim_aligned
 from scattergate.checks import CheckContext
 from scattergate.checks.dkim import verify_dkim
 from scattergate.checks.dmarc import check_dmarc, organizational_domain
-from scattergate.checks.spf import check_spf
+from scattergate.checks.spf import SpfResult, check_spf
 from scattergate.model import Envelope, Finding
 from scattergate.net.dns import Resolver
 
@@ -23,13 +23,22 @@ _FROM = re.compile(rb"^From:[ \t]*(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULT
 
 
 class SpfCheck:
-    """SPF for MAIL FROM (or HELO for the null sender), once per transaction."""
+    """SPF for MAIL FROM (or HELO for the null sender), once per transaction.
 
-    def __init__(self, resolver: Resolver, *, receiver: str, budget: float) -> None:
+    Results are kept for a short time per (client IP, sender, HELO): a busy client sends many
+    messages with the same identity, and re-running check_host() for each would redo the same
+    (cached) DNS walk in a thread. Temporary errors are never kept.
+    """
+
+    RESULT_TTL = 60.0
+    MAX_RESULTS = 10_000
+
+    def __init__(self, resolver: Resolver, *, receiver: str, budget: float, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
         self._resolver = resolver
         self._receiver = receiver
         self._budget = budget
-        self._pending: dict[int, asyncio.Future[Finding]] = {}
+        self._clock = clock
+        self._results: dict[tuple[str, str, str], tuple[float, SpfResult]] = {}
 
     async def __call__(self, ctx: CheckContext) -> list[Finding]:
         envelope = ctx.envelope
@@ -38,12 +47,22 @@ class SpfCheck:
             return []  # our own users' outbound mail: SPF of their domains says nothing here
         if envelope.spf is not None:
             return [envelope.spf.finding()]
-        result = await check_spf(
-            self._resolver, ctx.session.client_ip, str(envelope.sender), ctx.session.helo,
-            # A little inside our budget, so slow DNS ends as SPF's own temperror (a finding the
-            # policy may ignore) rather than as the runner's timeout (always a tempfail).
-            receiver=self._receiver, timeout=max(0.5, self._budget * 0.8),
-        )
+        key = (ctx.session.client_ip, str(envelope.sender).lower(), ctx.session.helo.lower())
+        now = self._clock()
+        cached = self._results.get(key)
+        if cached is not None and cached[0] > now:
+            result = cached[1]
+        else:
+            result = await check_spf(
+                self._resolver, ctx.session.client_ip, str(envelope.sender), ctx.session.helo,
+                # A little inside our budget, so slow DNS ends as SPF's own temperror (a finding the
+                # policy may ignore) rather than as the runner's timeout (always a tempfail).
+                receiver=self._receiver, timeout=max(0.5, self._budget * 0.8),
+            )
+            if result.result != "temperror":
+                if len(self._results) >= self.MAX_RESULTS:
+                    self._results.clear()  # bounded memory under a flood of identities
+                self._results[key] = (now + self.RESULT_TTL, result)
         envelope.spf = result
         return [result.finding()]
 
