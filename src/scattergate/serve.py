@@ -173,7 +173,11 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     reserved = bind(config.server.listen, reuse_port=True)
     host = reserved.getsockname()[0]
     config.server.listen = f"[{host}]:{reserved.getsockname()[1]}" if ":" in host else f"{host}:{reserved.getsockname()[1]}"
-    # Create the schema once, so the workers don't race to create it.
+    # Create the schema and the site secret once, so the workers don't race to create them.
+    if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
+        from scattergate.rewrite.keys import load_or_create_site_secret
+
+        load_or_create_site_secret(config.backscatter.secret_file or config.data_dir / "site.key")
     if config.state.backend == "sqlite":
         SqliteStore(config.data_dir / "state.sqlite3").close()
     # A SIGTERM arriving before a worker has installed its handler would kill it mid-start:
@@ -196,20 +200,35 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in _STOP_SIGNALS:
+            stopping = True
         for child in children:
             try:
                 os.kill(child, signum)
             except ProcessLookupError:
                 pass
 
+    stopping = False
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
     status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    remaining = set(children)
+    while remaining:
+        pid, code = os.wait()
+        if pid not in remaining:
+            continue
+        remaining.discard(pid)
+        exit_code = os.waitstatus_to_exitcode(code)
+        status = status or exit_code
+        if exit_code != 0 and not stopping:
+            # A worker that dies leaves the port half-served; fail as a whole, so the
+            # supervisor (systemd, the container runtime) restarts a complete gateway.
+            log.error("worker %d exited with %d: stopping the other workers", pid, exit_code)
+            stopping = True
+            forward(signal.SIGTERM, None)
     return status
 
 

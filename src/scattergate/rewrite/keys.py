@@ -186,9 +186,21 @@ def load_or_create_site_secret(path: str | os.PathLike[str]) -> Secret:
     if not os.path.exists(name):
         import secrets as _random
 
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under a private name, then linked into place: several workers
+        # starting at once all end up with the same, complete secret (the link fails for all
+        # but the first, and nobody can read a half-written file).
+        temporary = f"{name}.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(_random.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, name)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
     lines = read_secret_file(name)
     if not lines:
         raise SecretFileError(f"secrets file {name} holds no secret")

@@ -107,3 +107,25 @@ def test_keyring_validation() -> None:
         BatvKeyring.from_mapping({"10": "a"}, current="10")
     with pytest.raises(ValueError):
         SrsSecrets.of([])
+
+
+def test_site_secret_created_once_when_workers_race(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Regression: two workers starting together both tried O_EXCL; the loser crashed."""
+    import multiprocessing
+
+    from scattergate.rewrite.keys import load_or_create_site_secret
+
+    path = tmp_path / "site.key"
+    context = multiprocessing.get_context("fork")
+    with context.Pool(8) as pool:
+        secrets = pool.map(_reveal_site_secret, [str(path)] * 32)
+    assert len(set(secrets)) == 1 and len(secrets[0]) == 64
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.key"]  # no temporary files left
+    assert load_or_create_site_secret(path).reveal().decode() == secrets[0]
+
+
+def _reveal_site_secret(path: str) -> str:
+    from scattergate.rewrite.keys import load_or_create_site_secret
+
+    return load_or_create_site_secret(path).reveal().decode()
