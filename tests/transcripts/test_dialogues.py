@@ -276,3 +276,14 @@ def test_headers_only_we_may_set_are_removed_from_incoming_mail(gateway, make_co
     (stored,) = maildir_files(gw, "postmaster@example.org")
     assert b"X-Spam-Flag: NO" not in stored and b"X-Scattergate-Backscatter" not in stored
     assert b"X-Scan-Skipped: clamav" in stored and b"Subject: forged" in stored
+
+
+def test_every_smtp_command_is_still_dispatched(gw) -> None:  # type: ignore[no-untyped-def]
+    # GatewaySMTP lists only its smtp_/auth_ methods to aiosmtpd (a speed-up): HELP shows the
+    # commands aiosmtpd found that way, which must be all of them.
+    with Dialogue(gw.address) as d:
+        d.command("EHLO client.example")
+        code, text = d.command("HELP")
+        assert code == 250
+        for command in ("DATA", "EHLO", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT", "RSET", "VRFY"):
+            assert command in text.split(), (command, text)

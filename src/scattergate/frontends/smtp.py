@@ -11,6 +11,7 @@ adds what a gateway needs on top, without copying its internals:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from typing import Any
@@ -51,6 +52,20 @@ class GatewaySMTP(SMTP):
         self.sg_dsn: dict[str, str] = {}  # RFC 3461 parameters of the current MAIL/RCPT
         self._sg_command = ""
         self._counted = False
+
+    # aiosmtpd's constructor discovers the smtp_*/auth_* methods with dir() and
+    # inspect.getmembers(), which reads every attribute of the instance — per connection, a
+    # sixth of the CPU a message costs under load. Listing only the names it looks for gives it
+    # the same methods at a fraction of the cost. (dir() of a session is less complete as a result.)
+    _method_names: list[str] | None = None
+
+    def __dir__(self) -> list[str]:
+        cls = type(self)
+        if cls._method_names is None:
+            cls._method_names = sorted(
+                name for name in set(object.__dir__(self)) if name.startswith(("smtp_", "auth_"))
+            )
+        return cls._method_names
 
     # -- transport -------------------------------------------------------------------------
 
@@ -138,6 +153,10 @@ class GatewaySMTP(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         self._sg_command = "RCPT"
         await super().smtp_RCPT(arg)
+
+    # Keep aiosmtpd's HELP syntax notes (attributes on its methods) on our overrides.
+    functools.update_wrapper(smtp_MAIL, SMTP.smtp_MAIL, assigned=(), updated=("__dict__",))
+    functools.update_wrapper(smtp_RCPT, SMTP.smtp_RCPT, assigned=(), updated=("__dict__",))
 
 
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
