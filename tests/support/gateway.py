@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 from scattergate.config import Config
 from scattergate.frontends.smtp import GatewaySMTP
@@ -11,38 +12,30 @@ from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 
 
-class GatewayThread:
+class ServiceThread:
+    """A Gateway and the servers in front of it, on an event loop of their own in a thread."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.store = open_store(config)
         self.gateway = Gateway(config, self.store)
-        self.port = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    @property
-    def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-    def start(self) -> None:
+    def start(self) -> Any:
         self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("gateway did not start")
+        self.call(self._open())
+        return self
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._start())
-        self._ready.set()
-        self.loop.run_forever()
-
-    async def _start(self) -> None:
+    async def _open(self) -> None:
         await self.gateway.start()
-        self._server = await self.loop.create_server(lambda: GatewaySMTP(self.gateway), "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._servers = await self.open_servers()
 
-    def call(self, coro):  # type: ignore[no-untyped-def]
+    async def open_servers(self) -> list[asyncio.AbstractServer]:
+        raise NotImplementedError
+
+    def call(self, coro: Any) -> Any:
         """Run a coroutine on the gateway's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
@@ -51,8 +44,8 @@ class GatewayThread:
 
     def stop(self) -> None:
         async def shutdown() -> None:
-            assert self._server is not None
-            self._server.close()
+            for server in self._servers:
+                server.close()
             await self.gateway.stop()
             # Sessions a test left open end with the gateway, not after it.
             current = asyncio.current_task()
@@ -66,3 +59,18 @@ class GatewayThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
         self.store.close()
+
+
+class GatewayThread(ServiceThread):
+    """The SMTP front end on 127.0.0.1 (a free port)."""
+
+    port = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    async def open_servers(self) -> list[asyncio.AbstractServer]:
+        server = await self.loop.create_server(lambda: GatewaySMTP(self.gateway), "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        return [server]

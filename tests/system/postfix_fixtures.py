@@ -8,16 +8,14 @@ import asyncio
 import email
 import re
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from scattergate.config import Config
 from scattergate.frontends import milter, policy
-from scattergate.pipeline import Gateway
 from scattergate.serve import start_stream_server
-from scattergate.state.sqlite import SqliteStore
+from tests.support.gateway import ServiceThread
 from tests.support.postfix import PrivatePostfix
 
 
@@ -28,57 +26,24 @@ def world_dir(prefix: str) -> Path:
     return path
 
 
-class Services:
+class Services(ServiceThread):
     """A Gateway with our milter and policy servers on loopback, in a background event loop."""
 
     def __init__(self, config: Config) -> None:
         milter.for_postfix(config)
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.store = SqliteStore(config.data_dir / "state.sqlite3")
-        self.gateway: Gateway | None = None
+        super().__init__(config)
         self.policy: policy.PolicyService | None = None
         self.milter_port = 0
         self.policy_port = 0
-        self._servers: list[asyncio.AbstractServer] = []
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def start(self) -> "Services":
-        self._thread.start()
-        self.call(self._start())
-        return self
-
-    async def _start(self) -> None:
-        self.gateway = Gateway(self.config, self.store)
-        await self.gateway.start()
+    async def open_servers(self) -> list[asyncio.AbstractServer]:
         self.policy = policy.PolicyService(self.gateway, budget=self.config.postfix.policy_budget,
                                            timeout_action=self.config.postfix.policy_timeout_action)
         m = await start_stream_server("inet:127.0.0.1:0", milter.handler(self.gateway))
         p = await start_stream_server("inet:127.0.0.1:0", policy.handler(self.policy))
-        self._servers = [m, p]
         self.milter_port = m.sockets[0].getsockname()[1]
         self.policy_port = p.sockets[0].getsockname()[1]
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            for server in self._servers:
-                server.close()
-            if self.gateway is not None:
-                await self.gateway.stop()
-            current = asyncio.current_task()
-            pending = [t for t in asyncio.all_tasks() if t is not current]
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-        if self._thread.is_alive():
-            self.call(shutdown())
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-        self.store.close()
+        return [m, p]
 
 
 class ListenerPostfix(PrivatePostfix):
