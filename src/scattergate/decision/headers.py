@@ -38,6 +38,24 @@ def authentication_results(hostname: str, findings: Sequence[Finding]) -> list[t
 RENDERERS.append(authentication_results)
 
 
+def _drop_fields(content: bytes, hints: tuple[bytes, ...], drop: Callable[[bytes], bool]) -> bytes:
+    """Remove the top-level header fields whose first line `drop` selects (with their
+    continuation lines). `hints`: lower-case bytes one of which a dropped field must contain,
+    so the common case (none present) costs one search."""
+    head, sep, body = content.partition(b"\r\n\r\n")
+    lowered = head.lower()
+    if not any(h in lowered for h in hints):
+        return content
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] not in (b" ", b"\t"):
+            dropping = drop(line)
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + body
+
+
 def strip_fields(content: bytes, prefixes: tuple[bytes, ...]) -> bytes:
     """Remove header fields whose (lower-case) name starts with one of `prefixes`.
 
@@ -46,21 +64,7 @@ def strip_fields(content: bytes, prefixes: tuple[bytes, ...]) -> bytes:
     believed downstream. Only the top header block is touched (a bounce's attached
     original keeps its fields: they are evidence).
     """
-    head, sep, body = content.partition(b"\r\n\r\n")
-    lowered = head.lower()
-    if not any(p in lowered for p in prefixes):
-        return content
-    kept: list[bytes] = []
-    dropping = False
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = line.lower().startswith(prefixes)
-        if not dropping:
-            kept.append(line)
-    return b"\r\n".join(kept) + sep + body
+    return _drop_fields(content, prefixes, lambda line: line.lower().startswith(prefixes))
 
 
 def strip_forged_results(content: bytes, authserv_id: str) -> bytes:
@@ -68,20 +72,10 @@ def strip_forged_results(content: bytes, authserv_id: str) -> bytes:
     from outside they can only be forgeries meant to look like our verdict."""
     from scattergate.checks.authresults import is_ours
 
-    head, sep, body = content.partition(b"\r\n\r\n")
-    if b"authentication-results" not in head.lower():
-        return content
-    kept: list[bytes] = []
-    dropping = False
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
+    def forged(line: bytes) -> bool:
         name, colon, value = line.partition(b":")
-        dropping = bool(colon) and name.strip().lower() == b"authentication-results" and is_ours(
+        return bool(colon) and name.strip().lower() == b"authentication-results" and is_ours(
             value.decode("utf-8", "replace"), authserv_id
         )
-        if not dropping:
-            kept.append(line)
-    return b"\r\n".join(kept) + sep + body
+
+    return _drop_fields(content, (b"authentication-results",), forged)
