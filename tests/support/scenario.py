@@ -77,7 +77,14 @@ class Scenario:
         self.postfix: PrivatePostfix | None = None
         self.gateway: GatewayThread | None = None
 
-    def start(self, config: Config) -> None:
+    def start(self, config: Config | None = None) -> None:
+        """Start every part; `config` (default: a fresh one) gets the scenario's settings."""
+        if config is None:
+            config = Config()
+            config.server.listen = "127.0.0.1:0"
+            config.server.hostname = "mx.test.example"
+            config.logging.file = ""
+            config.state.data_dir = str(self.work / "gateway")
         self.dns.start()
         self.sink.start()
         known = ", ".join(f"{{{u}@{OUR_DOMAIN} = ok}}" for u in KNOWN_USERS)
@@ -135,13 +142,23 @@ class Scenario:
         return True
 
     def wait_until_spool_empty(self, timeout: float = 60) -> None:
+        """Wait until our spool *and* Postfix's queue are empty: only then has everything that
+        will reach the sink reached it (Postfix relays what we hand it a moment later)."""
         assert self.gateway is not None and self.gateway.gateway.spool is not None
+        assert self.postfix is not None
         spool = self.gateway.gateway.spool
+        config_dir = str(self.postfix.config_dir)
+
+        def postfix_queue_empty() -> bool:
+            listing = subprocess.run(["postqueue", "-c", config_dir, "-p"], capture_output=True, text=True)
+            return "Mail queue is empty" in listing.stdout
+
         deadline = time.monotonic() + timeout
-        while len(spool) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if not len(spool) and postfix_queue_empty():
+                return
             time.sleep(0.05)  # polling a condition, bounded by the deadline
-        if len(spool):
-            raise AssertionError(f"{len(spool)} messages still spooled")
+        raise AssertionError(f"{len(spool)} messages still spooled, or Postfix's queue is not empty")
 
     def sink_dumps(self) -> list[tuple[str, list[str], bytes]]:
         """(envelope sender, recipients, content) of everything that reached the sink."""
