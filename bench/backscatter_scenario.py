@@ -19,7 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scattergate.config import Config  # noqa: E402
 from tests.support.scenario import Scenario  # noqa: E402
 
 
@@ -28,13 +27,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = Config()
-    config.server.listen = "127.0.0.1:0"
-    config.server.hostname = "mx.test.example"
-    config.logging.file = ""
     scenario = Scenario()
-    config.state.data_dir = str(scenario.work / "gateway")
-    scenario.start(config)
+    scenario.start()
     started = time.monotonic()
     try:
         outcome = scenario.run(rounds=args.rounds)

@@ -415,7 +415,7 @@ class Gateway:
             helo=session.helo,
             ret=envelope.ret,
             envid=envelope.envid,
-            mail_options=[o for o in envelope.mail_options if o.split("=", 1)[0] in ("BODY", "SMTPUTF8")],
+            mail_options=_relay_options(envelope.mail_options),
             spf_result=spf_result,
             dkim_aligned=dkim_aligned,
             content_verdict=content_verdict(verdict.findings),

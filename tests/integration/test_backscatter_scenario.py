@@ -16,15 +16,8 @@ from tests.support.scenario import Scenario
 def outcome():  # type: ignore[no-untyped-def]
     for binary in ("postfix", "smtp-sink", "openssl"):
         require_binary(binary)
-    from scattergate.config import Config
-
-    config = Config()
-    config.server.listen = "127.0.0.1:0"
-    config.server.hostname = "mx.test.example"
-    config.logging.file = ""
     scenario = Scenario()
-    config.state.data_dir = str(scenario.work / "gateway")
-    scenario.start(config)
+    scenario.start()
     try:
         yield scenario.run(rounds=2)
     finally:
