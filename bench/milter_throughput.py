@@ -56,15 +56,23 @@ import asyncio, sys
 from scattergate.frontends import milter_codec as mc
 from scattergate.serve import new_event_loop
 CONT = mc.encode(mc.Continue())
+# argv[2] == "quiet": ask Postfix not to wait for replies except at RCPT and end of message
+QUIET = len(sys.argv) > 2 and sys.argv[2] == "quiet"
+NR = (mc.P_NR_CONN | mc.P_NR_HELO | mc.P_NR_MAIL | mc.P_NR_DATA | mc.P_NR_HDR | mc.P_NR_EOH
+      | mc.P_NR_BODY | mc.P_NR_UNKN) if QUIET else 0
+ANSWERED = (mc.Rcpt, mc.EndOfMessage) if QUIET else None
 async def serve(reader, writer):
     decoder = mc.Decoder()
     while data := await reader.read(65536):
         out = []
         for cmd in decoder.feed(data):
             if isinstance(cmd, mc.OptNeg):
-                out.append(mc.encode(mc.OptNegReply(0, mc.P_NOUNKNOWN & cmd.protocol)))
+                out.append(mc.encode(mc.OptNegReply(0, (mc.P_NOUNKNOWN | NR) & cmd.protocol)))
             elif isinstance(cmd, mc.Quit):
                 writer.close(); return
+            elif ANSWERED is not None:
+                if isinstance(cmd, ANSWERED):
+                    out.append(CONT)
             elif not isinstance(cmd, (mc.Macros, mc.Abort)):
                 out.append(CONT)
         if out:
@@ -104,6 +112,8 @@ def main() -> int:
     parser.add_argument("--auth", action="store_true", help="scattergate with SPF/DKIM (needs DNS)")
     parser.add_argument("--toml", default="", metavar="TEXT",
                         help='extra scattergate config, e.g. \'[backscatter]\nmode = "off"\'')
+    parser.add_argument("--rows", default="", metavar="N,N,...",
+                        help="run only these rows (0 = Postfix alone, always run as the baseline)")
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -125,7 +135,7 @@ def main() -> int:
         """) + args.toml.replace("\\n", "\n") + "\n")
     sink = CountingSink()
     processes: list[subprocess.Popen[bytes]] = []
-    ports = {name: free_port() for name in ("pymilter", "codec", "sg", "sg_replies", "sg_nobs", "sg_policy")}
+    ports = {name: free_port() for name in ("pymilter", "codec", "codec_quiet", "sg", "sg_replies", "sg_nobs", "sg_policy")}
     (work / "sg-replies.toml").write_text((work / "sg.toml").read_text() + "[postfix]\nmilter_skip_replies = false\n")
     nobs = (work / "sg.toml").read_text()
     nobs = nobs + ("" if "[backscatter]" in nobs else "[backscatter]\n") + 'mode = "off"\n'
@@ -144,6 +154,7 @@ def main() -> int:
         ("Postfix alone", {}),
         ("+ trivial pymilter (libmilter, threads)", {"smtpd_milters": f"inet:127.0.0.1:{ports['pymilter']}"}),
         ("+ trivial milter on our codec (asyncio)", {"smtpd_milters": f"inet:127.0.0.1:{ports['codec']}"}),
+        ("+ trivial milter on our codec, replies only at RCPT/end", {"smtpd_milters": f"inet:127.0.0.1:{ports['codec_quiet']}"}),
         ("+ scattergate milter (inet)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg']}"}),
         ("+ scattergate milter (unix socket)", {"smtpd_milters": f"unix:{unix_path}"}),
         ("+ scattergate milter (inet, every step answered)", {"smtpd_milters": f"inet:127.0.0.1:{ports['sg_replies']}"}),
@@ -152,6 +163,9 @@ def main() -> int:
                                           f"check_policy_service inet:127.0.0.1:{ports['sg_policy']},"
                                           " permit_mynetworks, reject_unauth_destination"}),
     ]
+    if args.rows:
+        chosen = {0} | {int(n) for n in args.rows.split(",")}
+        rows = [row for index, row in enumerate(rows) if index in chosen]
     listen_ports = [free_port() for _ in rows]
     results: list[tuple[str, float]] = []
     try:
@@ -159,6 +173,8 @@ def main() -> int:
         (work / "codec_trivial.py").write_text(OWN_CODEC)
         spawn([sys.executable, str(work / "pymilter_trivial.py"), str(ports["pymilter"])], str(ports["pymilter"]))
         spawn([sys.executable, str(work / "codec_trivial.py"), str(ports["codec"])], str(ports["codec"]))
+        spawn([sys.executable, str(work / "codec_trivial.py"), str(ports["codec_quiet"]), "quiet"],
+              str(ports["codec_quiet"]))
         spawn([*sg, "milter", *common, "--listen", f"inet:127.0.0.1:{ports['sg']}"], str(ports["sg"]))
         spawn([*sg, "milter", "--config", str(work / "sg-replies.toml"), *common[2:],
                "--listen", f"inet:127.0.0.1:{ports['sg_replies']}", "--data-dir", str(work / "sg-replies")],
