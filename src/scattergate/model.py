@@ -67,6 +67,11 @@ class Reply:
         if "\r" in self.text or "\n" in self.text:
             raise ValueError("reply text must be one line")
 
+    def require_class(self, digit: int, what: str) -> None:
+        """Refuse to build `what` around a reply of the wrong class (a 'reject' with a 4xx)."""
+        if self.code // 100 != digit:
+            raise ValueError(f"{what} needs a {digit}xx reply, not {self.code}")
+
     def __str__(self) -> str:
         if self.status:
             return f"{self.code} {self.status} {self.text}"
@@ -122,8 +127,7 @@ class Reject:
     name = "reject"
 
     def __post_init__(self) -> None:
-        if self.reply.code // 100 != 5:
-            raise ValueError(f"a Reject needs a 5xx reply, not {self.reply.code}")
+        self.reply.require_class(5, "a Reject")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +139,7 @@ class Tempfail:
     name = "tempfail"
 
     def __post_init__(self) -> None:
-        if self.reply.code // 100 != 4:
-            raise ValueError(f"a Tempfail needs a 4xx reply, not {self.reply.code}")
+        self.reply.require_class(4, "a Tempfail")
 
 
 Verdict = Union[Accept, Quarantine, Reject, Tempfail]
@@ -173,6 +176,8 @@ class Envelope:
     ret: str = ""
     envid: str = ""
     rcpt_dsn: list["RcptDsn"] = field(default_factory=list)
+    # This transaction was counted against the client's message rate (checks/ratelimit.py).
+    rate_counted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +199,8 @@ class Session:
     esmtp: bool = False
     tls: bool = False
     trusted: bool = False
+    # The SMTP AUTH user, once authenticated (which makes the session trusted).
+    auth_user: str = ""
     started: float = field(default_factory=time.time)
     findings: list[Finding] = field(default_factory=list)
     envelope: Envelope | None = None

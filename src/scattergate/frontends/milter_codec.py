@@ -281,8 +281,7 @@ class RejectReply:
     reply: Reply
 
     def __post_init__(self) -> None:
-        if self.reply.code // 100 != 5:
-            raise ValueError(f"a reject needs a 5xx reply, not {self.reply.code}")
+        self.reply.require_class(5, "a milter reject")
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,8 +291,7 @@ class TempfailReply:
     reply: Reply
 
     def __post_init__(self) -> None:
-        if self.reply.code // 100 != 4:
-            raise ValueError(f"a tempfail needs a 4xx reply, not {self.reply.code}")
+        self.reply.require_class(4, "a milter tempfail")
 
 
 @dataclass(frozen=True, slots=True)
