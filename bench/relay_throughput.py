@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
-"""Throughput: Postfix as a plain relay vs scattergate --relay, same load, same run.
+"""Throughput: Postfix as a plain relay vs scattergate, same load, same run.
 
-    smtp-source ──► Postfix (plain relay, queue)      ──► smtp-sink
-    smtp-source ──► scattergate --relay (checks on)   ──► smtp-sink
+    smtp-source ──► Postfix (plain relay, queue, fsync)                ──► smtp-sink
+    smtp-source ──► scattergate --relay (checks on)           [proxy]  ──► smtp-sink
+    smtp-source ──► scattergate --relay --spool (checks on)   [spool]  ──► smtp-sink
 
-Both are timed end to end: from the first message sent to the last one counted by the sink.
-Prints a markdown table. Loopback only; the load is bounded by --messages.
+`--mode proxy` is the before-queue relay (the downstream's reply is the client's reply);
+`--mode spool` is store-and-forward (content and state fsynced before the 250, then delivered
+by the scheduler); `--mode both` runs both rows. Every row is timed end to end: from the
+first message sent to the last one counted by the sink. With `--rounds N` the rows are run N
+times, alternating their order, and the median of each and of the ratios is printed.
+Prints markdown tables. Loopback only; the load is bounded by --messages.
 
     python bench/relay_throughput.py --messages 5000 --size 5120 --sessions 20 --workers 2
+    python bench/relay_throughput.py --mode spool --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -89,72 +98,129 @@ def wait_listening(process: subprocess.Popen[str], workers: int) -> None:
     raise RuntimeError("scattergate exited before listening")
 
 
+def check_tools() -> bool:
+    for tool in ("smtp-source", "smtp-sink", "postfix"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"{tool} not found: run scripts/test once (it installs Postfix)", file=sys.stderr)
+            return False
+    return True
+
+
+def bench_workdir(prefix: str) -> Path:
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o755)  # Postfix's daemons run as 'postfix' and must reach their queue
+    return work
+
+
+@contextlib.contextmanager
+def postfix_relay(work: Path, sink_port: int) -> Iterator[PrivatePostfix]:
+    """A private Postfix as a plain queueing relay to the sink (its queue files are fsynced)."""
+    postfix = PrivatePostfix(
+        work, port=free_port(),
+        settings={
+            "relay_domains": "example.org",
+            "transport_maps": f"inline:{{ {{example.org = relay:[127.0.0.1]:{sink_port}}} }}",
+            "default_process_limit": "100",
+        },
+    )
+    postfix.start()
+    try:
+        yield postfix
+    finally:
+        postfix.stop()
+
+
+@contextlib.contextmanager
+def scattergate_relay(work: Path, sink_port: int, *, spool: bool, workers: int,
+                      config: str | None = None) -> Iterator[str]:
+    """`scattergate serve --relay` (optionally `--spool`) in front of the sink, with its default
+    checks on; SPF, DKIM and DMARC run against a loopback DNS server publishing the sender's
+    SPF. Yields the listening address."""
+    port = free_port()
+    dns = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "scattergate", "serve", "--listen", f"127.0.0.1:{port}",
+         "--relay", f"127.0.0.1:{sink_port}", "--domain", "example.org", "--dns", f"127.0.0.1:{dns.port}",
+         "--workers", str(workers), "--data-dir", str(work), *(["--spool"] if spool else []),
+         *(["--config", config] if config else [])],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_listening(gateway, workers)
+        yield f"127.0.0.1:{port}"
+    finally:
+        gateway.terminate()
+        gateway.wait(60)
+        dns.stop()
+
+
+def gateway_label(mode: str, workers: int) -> str:
+    what = "--relay" if mode == "proxy" else "--relay --spool (fsync)"
+    return f"scattergate {what}, all checks on (SPF, DKIM, DMARC, verify), {workers} worker(s)"
+
+
+POSTFIX_LABEL = "Postfix plain relay (queue, fsync)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--size", type=int, default=5120)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mode", choices=("proxy", "spool", "both"), default="proxy",
+                        help="scattergate before-queue relay, store-and-forward spool, or both rows")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every row; medians are reported")
     parser.add_argument("--reuse", action="store_true", help="several messages per connection (smtp-source -d)")
     parser.add_argument("--skip-postfix", action="store_true")
     parser.add_argument("--config", metavar="FILE", help="extra scattergate config (e.g. to turn a check off)")
     args = parser.parse_args()
-    for tool in ("smtp-source", "smtp-sink", "postfix"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            print(f"{tool} not found: run scripts/test once (it installs Postfix)", file=sys.stderr)
-            return 2
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be between 1 and 20 (a bounded load)")
+    if not check_tools():
+        return 2
 
-    work = Path(tempfile.mkdtemp(prefix="sg-bench-"))
-    work.chmod(0o755)  # Postfix's daemons run as 'postfix' and must reach their queue
+    modes = ["proxy", "spool"] if args.mode == "both" else [args.mode]
+    labels = ([] if args.skip_postfix else [POSTFIX_LABEL]) + [gateway_label(m, args.workers) for m in modes]
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
+    work = bench_workdir("sg-bench-")
     sink = CountingSink()
-    results: list[tuple[str, float]] = []
     try:
-        if not args.skip_postfix:
-            postfix = PrivatePostfix(
-                work / "postfix", port=free_port(),
-                settings={
-                    "relay_domains": "example.org",
-                    "transport_maps": f"inline:{{ {{example.org = relay:[127.0.0.1]:{sink.port}}} }}",
-                    "default_process_limit": "100",
-                },
-            )
-            postfix.start()
-            try:
-                results.append(("Postfix plain relay (queue, fsync)", run_load(postfix.address, args, sink)))
-            finally:
-                postfix.stop()
-
-        port = free_port()
-        # SPF, DKIM and DMARC run against a loopback DNS server publishing the sender's SPF.
-        dns = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "scattergate", "serve", "--listen", f"127.0.0.1:{port}",
-             "--relay", f"127.0.0.1:{sink.port}", "--domain", "example.org", "--dns", f"127.0.0.1:{dns.port}",
-             "--workers", str(args.workers), "--data-dir", str(work / "gateway"),
-             *(["--config", args.config] if args.config else [])],
-            stderr=subprocess.PIPE, text=True,
-        )
-        try:
-            wait_listening(gateway, args.workers)
-            label = f"scattergate --relay, all checks on (SPF, DKIM, DMARC, verify), {args.workers} worker(s)"
-            results.append((label, run_load(f"127.0.0.1:{port}", args, sink)))
-        finally:
-            gateway.terminate()
-            gateway.wait(60)
-            dns.stop()
+        with contextlib.ExitStack() as stack:
+            targets: dict[str, str] = {}
+            if not args.skip_postfix:
+                targets[POSTFIX_LABEL] = stack.enter_context(postfix_relay(work / "postfix", sink.port)).address
+            for mode in modes:
+                targets[gateway_label(mode, args.workers)] = stack.enter_context(scattergate_relay(
+                    work / f"gateway-{mode}", sink.port, spool=mode == "spool", workers=args.workers,
+                    config=args.config,
+                ))
+            for round_ in range(args.rounds):
+                # Alternate the order so that a drift in the machine's load favours no row.
+                for label in (labels if round_ % 2 == 0 else labels[::-1]):
+                    seconds[label].append(run_load(targets[label], args, sink))
     finally:
         sink.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{args.messages} messages x {args.size} bytes, {args.sessions} sessions"
-          f"{', connections reused' if args.reuse else ', one connection per message'}\n")
-    print("| setup | seconds | msg/s |")
-    print("|---|---:|---:|")
-    for label, seconds in results:
-        print(f"| {label} | {seconds:.2f} | {args.messages / seconds:,.0f} |")
-    if len(results) == 2:
-        ratio = results[0][1] / results[1][1]
-        print(f"\nscattergate / Postfix: {ratio:.2f}x")
+          f"{', connections reused' if args.reuse else ', one connection per message'}"
+          f"{f', median of {args.rounds} rounds' if args.rounds > 1 else ''}\n")
+    per_round = " | ".join(f"round {n + 1} msg/s" for n in range(args.rounds)) if args.rounds > 1 else ""
+    print("| setup | seconds | msg/s |" + (f" {per_round} |" if per_round else ""))
+    print("|---|---:|---:|" + "---:|" * (args.rounds if per_round else 0))
+    for label in labels:
+        median = statistics.median(seconds[label])
+        rounds = " | ".join(f"{args.messages / s:,.0f}" for s in seconds[label]) if per_round else ""
+        print(f"| {label} | {median:.2f} | {args.messages / median:,.0f} |" + (f" {rounds} |" if rounds else ""))
+    if not args.skip_postfix:
+        print()
+        for mode in modes:
+            label = gateway_label(mode, args.workers)
+            ratios = [p / g for p, g in zip(seconds[POSTFIX_LABEL], seconds[label])]
+            each = ", ".join(f"{r:.2f}x" for r in ratios)
+            print(f"scattergate {mode} / Postfix: median {statistics.median(ratios):.2f}x"
+                  + (f" (rounds: {each})" if len(ratios) > 1 else ""))
     return 0
 
 

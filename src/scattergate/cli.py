@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from scattergate import __version__, quarantine_cli, tools
+from scattergate import __version__, passwd_cli, quarantine_cli, tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
 
 
@@ -44,8 +44,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clamd", metavar="ADDRESS", help="scan with clamd at unix:/PATH or HOST:PORT (enables it)")
     p.add_argument("--spamd", metavar="ADDRESS", help="scan with SpamAssassin's spamd at HOST:PORT or unix:/PATH")
     p.add_argument("--rspamd", metavar="ADDRESS", help="scan with rspamd's normal worker at HOST:PORT")
-    p.add_argument("--http-listen", metavar="HOST:PORT",
-                   help="metrics and dashboard (default 127.0.0.1:8025; '' disables)")
+    _http_arg(p)
 
 
 def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
@@ -98,6 +97,11 @@ def _postfix_side_args(p: argparse.ArgumentParser, listen_help: str) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
+def _http_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http-listen", metavar="HOST:PORT",
+                   help="metrics and dashboard (default 127.0.0.1:8025; '' disables)")
+
+
 def _postfix_side_overrides(config: Config, args: argparse.Namespace) -> Config:
     listen_key = {"milter": "milter_listen", "policy": "policy_listen", "srs-socketmap": "socketmap_listen"}
     overrides = {
@@ -114,6 +118,7 @@ def _postfix_side_overrides(config: Config, args: argparse.Namespace) -> Config:
         ("postfix", "policy_timeout_action"): getattr(args, "timeout_action", None),
         ("postfix", "srs_domain"): getattr(args, "srs_domain", None),
         ("postfix", "srs_secrets_file"): getattr(args, "secrets", None),
+        ("http", "listen"): getattr(args, "http_listen", None),
     }
     for (section, key), value in overrides.items():
         if value is not None:
@@ -125,6 +130,7 @@ def _milter_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p = sub.add_parser("milter", help="run the checks as a Postfix/Sendmail milter",
                        description="Serve the milter protocol: Postfix asks, scattergate decides, Postfix delivers.")
     _postfix_side_args(p, "milter socket (default inet:127.0.0.1:8895)")
+    _http_arg(p)
     p.add_argument("--no-never-bounce", dest="never_bounce", action="store_false", default=None,
                    help="do not re-add recipients of unverified senders with NOTIFY=NEVER")
     p.set_defaults(overrides=_postfix_side_overrides)
@@ -134,6 +140,7 @@ def _policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p = sub.add_parser("policy", help="run the envelope checks as a Postfix policy service",
                        description="Serve Postfix's policy delegation protocol (check_policy_service).")
     _postfix_side_args(p, "policy socket (default inet:127.0.0.1:10041)")
+    _http_arg(p)
     p.add_argument("--budget", type=float, metavar="SECONDS", help="answer within this time (default 5)")
     p.add_argument("--timeout-action", choices=["dunno", "defer_if_permit"],
                    help="the answer when the budget runs out (default dunno)")
@@ -193,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parser(sub)
     tools.register(sub)
     quarantine_cli.register(sub)
+    passwd_cli.register(sub)
     return parser
 
 
@@ -213,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tools.run(args)
     if args.command == "quarantine":
         return quarantine_cli.run(args)
+    if args.command == "passwd":
+        return passwd_cli.run(args)
     if args.command == "audit":
         from scattergate.audit.run import main as audit
 

@@ -31,8 +31,26 @@ class ServerConfig:
     max_connections_per_client: int = 20
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
-    # RFC 5321 §4.5.3.2 lets a client wait 5 minutes per command; we wait as long for it.
+    # RFC 5321 §4.5.3.2 lets a client wait 5 minutes per command; we wait as long for it —
+    # for the whole command line, from the moment we are ready for it: a client dribbling a
+    # byte at a time gets no more time than an idle one (421 4.4.2, closed).
     command_timeout: float = 300.0
+    # The client's time to send a message, from the DATA command to the final dot:
+    # data_timeout seconds plus one second per data_min_rate bytes received (0: data_timeout
+    # is the whole limit). A link faster than 8 kbit/s is never cut off; 25 MiB at the minimum
+    # rate takes about 7 hours, a client stalling for good is cut off after data_timeout.
+    data_timeout: float = 300.0
+    data_min_rate: int = 1024
+    # Command lines a session may send since its last accepted message (HELO, RSET, NOOP,
+    # refused RCPTs...): a client looping without delivering is cut off (421 4.7.0).
+    max_commands: int = 1000
+    # A session's lifetime in seconds; checked only while waiting for a command, so a message
+    # in transfer is never cut short (421 4.4.2).
+    max_session_time: float = 3600.0
+    # The header section of a message, at most (bytes); larger: 552 5.3.4, never truncated.
+    max_header_size: int = 1024 * 1024
+    # MIME multipart nesting, at most (levels); deeper: 554 5.6.0. Parsers recurse per level.
+    max_mime_depth: int = 100
     # The whole end-of-DATA budget (checks + before-queue relay); well below the client's
     # 10-minute DATA timeout, so we always answer before the client gives up.
     data_deadline: float = 60.0
@@ -66,6 +84,37 @@ class DeliveryConfig:
     verify_timeout: float = 10.0
     verify_positive_ttl: float = 600.0
     verify_negative_ttl: float = 120.0
+    # STARTTLS towards the downstream (also the spool's deliveries and DSNs): "none",
+    # "opportunistic" (when offered; the certificate is not checked) or "required" (no
+    # delivery without TLS: 451 in proxy mode, kept queued in spool mode).
+    tls: str = "none"
+    # With tls = "required": the certificate must chain to tls_ca_file (else the system CAs)
+    # and name tls_server_name (else the relay's host).
+    tls_verify: bool = True
+    tls_ca_file: str = ""
+    tls_server_name: str = ""
+
+
+@dataclass(slots=True)
+class TlsConfig:
+    """STARTTLS on our listener. Offered once cert_file and key_file are set."""
+
+    # PEM certificate chain and private key (the key not readable by other users).
+    cert_file: str = ""
+    key_file: str = ""
+    # Refuse every command but EHLO/STARTTLS/NOOP/QUIT before STARTTLS (530 5.7.0).
+    required: bool = False
+    min_version: str = "TLSv1.2"
+
+
+@dataclass(slots=True)
+class SmtpAuthConfig:
+    """SMTP AUTH (PLAIN, LOGIN) for our own users' outbound mail; offered only after STARTTLS."""
+
+    # "user:scrypt$..." lines, mode 0600 (`scattergate passwd USER` prints one). Empty: no AUTH.
+    users_file: str = ""
+    # Failed AUTH attempts on one connection before it is closed (421 4.7.0).
+    max_failures: int = 3
 
 
 @dataclass(slots=True)
@@ -176,7 +225,7 @@ class PostfixConfig:
     socket_mode: int = 0o660
     # Re-add the recipients of mail from unverified senders with NOTIFY=NEVER (milter).
     never_bounce: bool = True
-    # Milter: negotiate no replies for headers, end of headers and DATA (fewer round trips).
+    # Milter: answer only RCPT and end of message; every other step is negotiated no-reply.
     milter_skip_replies: bool = True
     # A policy request not decided within this many seconds gets `policy_timeout_action`;
     # keep it well below Postfix's smtpd_policy_service_timeout (100 s).
@@ -231,6 +280,36 @@ class ScanConfig:
 
 
 @dataclass(slots=True)
+class RateLimits:
+    """Events per client (or sender domain) per `rate_limits.window`; 0: no limit."""
+
+    # New connections from one client address (IPv6: one /64). Over it: 421 4.7.0, closed.
+    connections_per_client: int = 0
+    # Mail transactions (counted at their first RCPT) from one client address. Over: 450 4.7.1.
+    messages_per_client: int = 0
+    # Recipients (RCPTs) for one envelope-sender domain, whatever the client. Over: 450 4.7.1.
+    recipients_per_sender_domain: int = 0
+
+
+@dataclass(slots=True)
+class RateLimitConfig:
+    """Rate limits counted in the state store: all gateways on one Redis share them
+    (docs/configuration.md, checks/ratelimit.py). Off unless a limit is set."""
+
+    # Seconds; a counter's window starts at its first event (Postfix's anvil_rate_time_unit).
+    window: float = 60.0
+    connections_per_client: int = 0
+    messages_per_client: int = 0
+    recipients_per_sender_domain: int = 0
+    # Our own clients (receive.trusted_networks; SASL-authenticated ones in milter/policy
+    # mode) are counted apart against these; all 0 (the default): they are exempt.
+    trusted: RateLimits = field(default_factory=RateLimits)
+    # Seconds one counting round trip may take; slower or failing (store down), the limits are
+    # skipped for that event and for the next second (finding ratelimit.unavailable).
+    budget: float = 0.5
+
+
+@dataclass(slots=True)
 class HttpConfig:
     """The HTTP listener: /metrics and the dashboard (docs/operations.md)."""
 
@@ -255,6 +334,9 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     backscatter: BackscatterConfig = field(default_factory=BackscatterConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    smtp_auth: SmtpAuthConfig = field(default_factory=SmtpAuthConfig)
 
     def validate(self) -> None:
         """Check values whose type is right but whose content is not; raise ConfigError."""
@@ -275,6 +357,11 @@ class Config:
             "server.data_deadline": self.server.data_deadline,
             "server.rcpt_deadline": self.server.rcpt_deadline,
             "server.command_timeout": self.server.command_timeout,
+            "server.data_timeout": self.server.data_timeout,
+            "server.max_commands": self.server.max_commands,
+            "server.max_session_time": self.server.max_session_time,
+            "server.max_header_size": self.server.max_header_size,
+            "server.max_mime_depth": self.server.max_mime_depth,
             "delivery.relay_timeout": self.delivery.relay_timeout,
             "delivery.relay_pool_size": self.delivery.relay_pool_size,
             "delivery.verify_timeout": self.delivery.verify_timeout,
@@ -294,6 +381,8 @@ class Config:
         if self.postfix.policy_timeout_action not in ("dunno", "defer_if_permit"):
             raise ConfigError("postfix.policy_timeout_action: dunno or defer_if_permit, "
                               f"not {self.postfix.policy_timeout_action!r}")
+        if self.server.data_min_rate < 0:
+            raise ConfigError(f"server.data_min_rate must be 0 (no extension) or positive, not {self.server.data_min_rate}")
         if self.server.data_deadline >= 600:
             raise ConfigError("server.data_deadline must stay below the client's 600 s DATA timeout")
         if self.backscatter.mode not in ("reject", "quarantine", "tag", "off"):
@@ -333,6 +422,42 @@ class Config:
         from scattergate.checks.scanners import validate_scan
 
         validate_scan(self.scan, self.server.data_deadline)
+        self._validate_rate_limits()
+        self._validate_tls()
+
+    def _validate_rate_limits(self) -> None:
+        limits = self.rate_limits
+        if limits.window <= 0 or limits.budget <= 0:
+            raise ConfigError("rate_limits.window and rate_limits.budget must be positive")
+        for prefix, values in (("rate_limits", limits), ("rate_limits.trusted", limits.trusted)):
+            for name in ("connections_per_client", "messages_per_client", "recipients_per_sender_domain"):
+                if getattr(values, name) < 0:
+                    raise ConfigError(f"{prefix}.{name} must be 0 (no limit) or positive")
+
+    def _validate_tls(self) -> None:
+        """TLS and AUTH settings; loads the files, so a bad certificate stops the start."""
+        from scattergate.net import tls  # cycle-free: lazy
+
+        if self.delivery.tls not in ("none", "opportunistic", "required"):
+            raise ConfigError(f"delivery.tls: {self.delivery.tls!r} is not none, opportunistic or required")
+        if self.delivery.tls != "none":
+            tls.checked_client_context(verify=self.delivery.tls_verify, ca_file=self.delivery.tls_ca_file)
+        settings = self.tls
+        if settings.min_version not in tls.VERSIONS:
+            raise ConfigError(f"tls.min_version: {settings.min_version!r} is not one of {', '.join(tls.VERSIONS)}")
+        if settings.cert_file or settings.key_file or settings.required:
+            tls.server_context(settings.cert_file, settings.key_file, settings.min_version)
+        if self.smtp_auth.max_failures <= 0:
+            raise ConfigError(f"smtp_auth.max_failures must be positive, not {self.smtp_auth.max_failures}")
+        if self.smtp_auth.users_file:
+            if not settings.cert_file:
+                raise ConfigError("smtp_auth.users_file needs tls.cert_file: AUTH is offered only over TLS")
+            from scattergate.credentials import CredentialsError, load_credentials
+
+            try:
+                load_credentials(self.smtp_auth.users_file)
+            except CredentialsError as exc:
+                raise ConfigError(f"smtp_auth.users_file: {exc}") from None
 
     @property
     def data_dir(self) -> Path:

@@ -21,12 +21,16 @@ from typing import Sequence
 from scattergate.address import Address
 from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck, by_phase
 from scattergate.checks.limits import RecipientLimit
+from scattergate.checks.ratelimit import RateLimiter
 from scattergate.checks.recipients import RecipientCheck, RecipientTable
 from scattergate.checks.relay import RelayCheck
 from scattergate.checks.scanners import build_scanners
 from scattergate.checks.smuggling import check_bare_line_endings
+from scattergate.checks.structure import MessageStructure
 from scattergate.checks.verify import RecipientVerifier
 from scattergate.config import Config, parse_host_port
+from scattergate.credentials import Credentials, load_credentials
+from scattergate.net.tls import server_context
 from scattergate.bounce.notifier import BounceNotifier
 from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
 from scattergate.checks.backscatter import (
@@ -47,7 +51,7 @@ from scattergate.rewrite.keys import BatvKeyring, load_batv_keyring, load_or_cre
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
 from scattergate.delivery import maildir
-from scattergate.delivery.relay import DownstreamPool, DsnParams, Relay
+from scattergate.delivery.relay import DownstreamPool, DsnParams, Relay, downstream_tls
 from scattergate.model import (
     Accept,
     Envelope,
@@ -79,6 +83,14 @@ class Gateway:
         self._active: Counter[str] = Counter()
         self._active_total = 0
         self._idle = asyncio.Event()
+        # Read here, so a SIGHUP (a new Gateway) picks up a renewed certificate and new users.
+        tls = config.tls
+        self.tls_context = server_context(tls.cert_file, tls.key_file, tls.min_version) if tls.cert_file else None
+        self.credentials: Credentials | None = (
+            load_credentials(config.smtp_auth.users_file) if config.smtp_auth.users_file else None
+        )
+        # Password checks run in threads; bounded, so a guessing flood cannot take every core.
+        self._auth_slots = asyncio.Semaphore(2)
 
         delivery = config.delivery
         self.relay: Relay | None = None
@@ -87,6 +99,8 @@ class Gateway:
             pool = DownstreamPool(
                 host, port, size=delivery.relay_pool_size, timeout=delivery.relay_timeout,
                 local_hostname=self.hostname,
+                tls=downstream_tls(delivery.tls, verify=delivery.tls_verify, ca_file=delivery.tls_ca_file,
+                                   server_name=delivery.tls_server_name),
             )
             self.relay = Relay(pool)
 
@@ -114,6 +128,9 @@ class Gateway:
             )
             rcpt.remote.append(RemoteCheck("verify", verifier, delivery.verify_timeout))
         self.checks[Phase.DATA].local.append(check_bare_line_endings)
+        self.checks[Phase.DATA].local.append(
+            MessageStructure(config.server.max_header_size, config.server.max_mime_depth)
+        )
         self.checks[Phase.DATA].remote.extend(build_scanners(config.scan, self.hostname))
 
         self.resolver = self._setup_auth()
@@ -127,6 +144,8 @@ class Gateway:
         if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
             self._setup_backscatter(store)
         self.quarantine = QuarantineStore(config.data_dir / "quarantine", store)
+        # None when no rate limit is set: then connect and RCPT make no store round trip.
+        self.rate = RateLimiter(store, config.rate_limits) if RateLimiter.wanted(config.rate_limits) else None
         self.spool: Spool | None = None
         self.scheduler: Scheduler | None = None
         if config.spool.enabled and self.relay is not None:
@@ -191,8 +210,11 @@ class Gateway:
         dsn_pool = None
         if spool_config.dsn_route:
             dsn_host, dsn_port = parse_host_port(spool_config.dsn_route, "spool.dsn_route")
+            # Same TLS policy as the relay; its certificate must name the DSN route's own host.
             dsn_pool = DownstreamPool(dsn_host, dsn_port, size=2, timeout=delivery.relay_timeout,
-                                      local_hostname=self.hostname)
+                                      local_hostname=self.hostname,
+                                      tls=downstream_tls(delivery.tls, verify=delivery.tls_verify,
+                                                         ca_file=delivery.tls_ca_file))
         scheduler = Scheduler(
             spool, relay.pool, notifier, spool_config,
             attempt_timeout=delivery.relay_timeout, dsn_pool=dsn_pool, count=self.recorder.count,
@@ -227,9 +249,27 @@ class Gateway:
             address = address.ipv4_mapped
         return any(address in net for net in self._trusted)
 
-    def connect(self, session: Session) -> Verdict:
-        """A new connection: per-client and global limits. Pair every call with disconnect()."""
+    async def authenticate(self, session: Session, user: str, password: bytes) -> bool:
+        """SMTP AUTH: one of our users is trusted to relay exactly like a trusted network
+        (BATV-signed, registered as outbound). The password is never logged."""
+        assert self.credentials is not None
+        async with self._auth_slots:
+            ok = await asyncio.to_thread(self.credentials.verify, user, password)
+        if ok:
+            session.trusted, session.auth_user = True, user
+            self.recorder.count("auth.success")
+            log.info("session %s: client %s authenticated as %s", session.id, session.client_ip, user)
+        else:
+            self.recorder.count("auth.failed")
+            log.warning("session %s: client %s failed to authenticate", session.id, session.client_ip)
+        return ok
+
+    async def connect(self, session: Session) -> Verdict:
+        """A new connection: rate, per-client and global limits. Pair every call with disconnect()."""
         session.trusted = self.is_trusted(session.client_ip)
+        # Counted before anything changes here, so a cancellation while the store is asked
+        # leaves nothing for disconnect() to undo.
+        rate = await self.connection_rate(session)
         self._active[session.client_ip] += 1
         self._active_total += 1
         self.recorder.count("sessions")
@@ -239,10 +279,14 @@ class Gateway:
             findings.append(Finding("connection", "too_many", f"{self._active_total} connections in all"))
         elif self._active[session.client_ip] > server.max_connections_per_client:
             findings.append(Finding("connection", "too_many", f"{self._active[session.client_ip]} from this client"))
-        verdict = self.decider.decide(findings)
+        verdict = self.decider.decide(findings + rate)
         if not isinstance(verdict, Accept):
             self.recorder.record(session, Phase.CONNECT, "", (), verdict)
         return verdict
+
+    async def connection_rate(self, session: Session) -> list[Finding]:
+        """The connection-rate finding alone (the policy service asks at Postfix's CONNECT)."""
+        return await self.rate.at_connect(session) if self.rate is not None else []
 
     def disconnect(self, session: Session) -> None:
         self._active[session.client_ip] -= 1
@@ -287,6 +331,14 @@ class Gateway:
         # Relay and recipient findings first: when both refuse, theirs is the reply that explains.
         findings = envelope.sender_findings + checks.run_local(ctx) + batv_findings
         verdict = self.decider.decide(findings, RCPT_OK)
+        if isinstance(verdict, Accept) and self.rate is not None:
+            # After the local checks (a relay attempt costs no round trip), before the remote
+            # ones (a client over its rate costs no probe). The message finding is held for the
+            # rest of the transaction like a sender finding.
+            per_message, per_recipient = await self.rate.at_rcpt(session, envelope)
+            envelope.sender_findings.extend(per_message)
+            findings += per_message + per_recipient
+            verdict = self.decider.decide(findings, RCPT_OK)
         if isinstance(verdict, Accept) and checks.remote:
             findings += await checks.run_remote(ctx, self.config.server.rcpt_deadline)
             verdict = self.decider.decide(findings, RCPT_OK)
@@ -339,7 +391,7 @@ class Gateway:
     def received_header(self, session: Session, envelope: Envelope) -> bytes:
         protocol = ("UTF8" if "SMTPUTF8" in envelope.mail_options else "") + (
             "ESMTP" if session.esmtp else "SMTP"
-        ) + ("S" if session.tls else "")
+        ) + ("S" if session.tls else "") + ("A" if session.auth_user else "")  # RFC 3848
         helo = "".join(c for c in session.helo if c.isprintable() and c not in "()\\")[:100] or "unknown"
         target = f"\r\n\tfor {envelope.recipients[0].bracketed()}" if len(envelope.recipients) == 1 else ""
         header = (
@@ -422,7 +474,8 @@ class Gateway:
         )
         try:
             async with asyncio.timeout(budget):
-                await asyncio.to_thread(self.spool.put, entry, message)
+                # Group commit; delivery starts as soon as the message is durable.
+                await self.scheduler.put(entry, message)
         except TimeoutError:
             return Tempfail(Reply(451, "4.3.0", "Spool write too slow, try again later"), verdict.findings)
         except OSError as exc:
@@ -430,7 +483,6 @@ class Gateway:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return Tempfail(Reply(452, "4.3.1", "Insufficient system storage"), verdict.findings)
             return Tempfail(Reply(451, "4.3.0", "Spool write failed, try again later"), verdict.findings)
-        self.scheduler.wake()
         self.recorder.count("spool.queued")
         return Accept(Reply(250, "2.0.0", f"Ok: queued as {entry.id}"), verdict.findings)
 

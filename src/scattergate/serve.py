@@ -273,15 +273,19 @@ def listening_on(server: asyncio.AbstractServer) -> str:
 
 def run_service(config: Config, name: str,
                 start: Callable[[Gateway], Awaitable[asyncio.AbstractServer]]) -> int:
-    """Run one Postfix-side service (milter, policy) around a Gateway until SIGTERM/SIGINT."""
+    """Run one Postfix-side service (milter, policy) around a Gateway until SIGTERM/SIGINT.
+    Metrics and the dashboard come with it, as with `serve` (`[http] listen = ""` turns them off;
+    a port already taken, e.g. by a `serve` on the same host, is logged and left off)."""
     setup_logging(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    web_setup = web_service.prepare(config)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         store = open_store(config)
         gateway = Gateway(config, store)
         await gateway.start()
+        web = await web_service.start(config, gateway, store, web_setup)
         stop = asyncio.Event()
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, stop.set)
@@ -292,6 +296,8 @@ def run_service(config: Config, name: str,
             server.close()
             await gateway.wait_idle(DRAIN_SECONDS)
         finally:
+            if web is not None:
+                await web.stop()
             await gateway.stop()
             store.close()
 

@@ -88,6 +88,12 @@ class RedisServer:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def kill(self) -> None:
+        """kill -9: a primary that dies without a word (what Sentinel fails over from)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
     def restart(self) -> None:
         """Stop and start again on the same port and directory."""
         self.stop()
@@ -95,12 +101,17 @@ class RedisServer:
 
 
 class RedisSentinel(RedisServer):
-    """`redis-server --sentinel` watching one primary as service `name` (quorum 1)."""
+    """`redis-server --sentinel` watching one primary as service `name` (quorum 1).
 
-    def __init__(self, binary: str, directory: Path, primary_port: int, name: str = "scattergate") -> None:
+    `options`: more `sentinel <option> <name> <value>` lines, e.g. {"down-after-milliseconds": 500}
+    (Sentinel's defaults, 30 s and 3 min, are for production, not for a failover test)."""
+
+    def __init__(self, binary: str, directory: Path, primary_port: int, name: str = "scattergate",
+                 options: dict[str, int] | None = None) -> None:
         super().__init__(binary, directory)
         self.primary_port = primary_port
         self.name = name
+        self.options = options or {}
 
     @property
     def url(self) -> str:
@@ -112,6 +123,7 @@ class RedisSentinel(RedisServer):
         conf.write_text(
             f"bind 127.0.0.1\nport {self.port}\ndaemonize no\nlogfile \"\"\ndir {self.directory}\n"
             f"sentinel monitor {self.name} 127.0.0.1 {self.primary_port} 1\n"
+            + "".join(f"sentinel {key} {self.name} {value}\n" for key, value in self.options.items())
         )
         self.process = subprocess.Popen([self.binary, str(conf), "--sentinel"], stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -138,8 +150,10 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 def redis_sentinel(tmp_path: Path) -> Iterator[Callable[[RedisServer], RedisSentinel]]:
     started: list[RedisSentinel] = []
 
-    def start(primary: RedisServer) -> RedisSentinel:
-        sentinel = RedisSentinel(require_binary("redis-server"), tmp_path / f"sentinel{len(started)}", primary.port)
+    def start(primary: RedisServer, **options: int) -> RedisSentinel:
+        """A sentinel for `primary`; options as keyword arguments, e.g. down_after_milliseconds=500."""
+        sentinel = RedisSentinel(require_binary("redis-server"), tmp_path / f"sentinel{len(started)}", primary.port,
+                                 options={k.replace("_", "-"): v for k, v in options.items()})
         started.append(sentinel)
         return sentinel.start()
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +19,7 @@ import pytest
 
 from scattergate.frontends import milter_codec as mc
 from scattergate.frontends import policy_codec as pc
+from tests.support.sink import free_port
 from tests.system.postfix_fixtures import world_dir
 
 
@@ -28,10 +30,11 @@ def root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _start(root: Path, command: str, sock: Path) -> subprocess.Popen[bytes]:
+def _start(root: Path, command: str, sock: Path, *extra: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "scattergate", command, "--listen", f"unix:{sock}", "--socket-mode", "666",
-         "--domain", "example.org", "--data-dir", str(root / command), "--log-level", "warning"],
+         "--domain", "example.org", "--data-dir", str(root / command), "--log-level", "warning",
+         "--http-listen", "", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
@@ -79,5 +82,27 @@ def test_milter_command(root: Path) -> None:
     try:
         code, payload = mc.decode_response(_exchange(sock, mc.encode_command(mc.OptNeg(6, 0x1FF, 0x1FFFFF))))
         assert code == "O" and payload[:4] == b"\0\0\0\x06"
+    finally:
+        assert _stop(process) == 0
+
+
+@pytest.mark.parametrize("command", ["milter", "policy"])
+def test_postfix_side_services_serve_metrics(root: Path, command: str) -> None:
+    """An admin running only the milter or the policy service still gets /metrics."""
+    port = free_port()
+    sock = root / f"{command}.sock"
+    process = _start(root, command, sock, "--http-listen", f"127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # readiness poll: the HTTP listener starts right after the gateway
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert "scattergate_sessions" in body or "scattergate_decisions" in body
     finally:
         assert _stop(process) == 0

@@ -13,6 +13,7 @@ import smtplib
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +23,7 @@ import pytest
 from scattergate.bounce.dsn import FailedMessage, RecipientStatus, build_dsn
 from scattergate.state.factory import redis_client
 from scattergate.state.redis import RedisStore
-from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.support.redis_server import RedisServer, redis_sentinel, redis_server  # noqa: F401  (fixtures)
 from tests.support.sink import SmtpSink
 
 pytestmark = pytest.mark.system
@@ -81,7 +82,8 @@ class Site:
         self.sink = sink
         self.gateways: list[GatewayProcess] = []
 
-    def start(self, redis_query: str = "", **backscatter: str) -> tuple[GatewayProcess, GatewayProcess]:
+    def start(self, redis_query: str = "", sections: str = "", **backscatter: str) -> tuple[GatewayProcess, GatewayProcess]:
+        """Gateways A and B; `sections`: more TOML tables for both."""
         extra = "".join(f'{k} = "{v}"\n' for k, v in backscatter.items())
         for name in ("a", "b"):
             config = (
@@ -93,6 +95,7 @@ class Site:
                 f'[logging]\nfile = ""\n'
                 f'[auth]\nspf = false\ndkim = false\ndmarc = false\n'
                 f'[backscatter]\nsecret_file = "{self.directory / "site.key"}"\nbatv_mode = "score"\n{extra}'
+                f'{sections}'
             )
             self.gateways.append(GatewayProcess(self.directory / name, config))
         return self.gateways[-2], self.gateways[-1]
@@ -254,3 +257,97 @@ def test_quarantine_hold_with_redis_down_is_a_tempfail(site: Site) -> None:
     assert code == 451 and b"Cannot store" in text, text
     site.redis.start()
     assert site.store().quarantine_list() == []  # nothing half-held in the index
+
+
+RATE_LIMITS = '[rate_limits]\nwindow = 3600.0\nmessages_per_client = 5\nconnections_per_client = 100\n'
+
+
+def test_rate_limits_are_shared_by_gateways_on_one_redis(site: Site) -> None:
+    a, b = site.start(sections=RATE_LIMITS)
+    hi = b"Subject: hi\r\n\r\nhi\r\n"
+    results = [from_outside(gw, "friend@remote.example", "alice@example.org", hi) for gw in (a, a, a, b, b)]
+    assert [code for code, _ in results] == [250] * 5
+    # The 6th message from this client within the window: refused, whichever gateway gets it.
+    code, text = from_outside(b, "friend@remote.example", "alice@example.org", hi)
+    assert code == 450 and "4.7.1 Too much mail" in text, text
+    code, _ = from_outside(a, "friend@remote.example", "alice@example.org", hi)
+    assert code == 450
+    counts = site.store().client
+    assert int(counts.get("{scattergate}:rate:m:127.0.0.2")) == 7
+    assert int(counts.get("{scattergate}:rate:c:127.0.0.2")) == 7  # connections, counted apart
+    assert 3_590_000 < counts.pttl("{scattergate}:rate:m:127.0.0.2") <= 3_600_000
+
+
+def test_rate_limits_fail_open_while_redis_is_down(site: Site) -> None:
+    """A rate-limit count is not worth an outage: with Redis down ordinary mail still flows,
+    while what needs the shared state (the registry) still tempfails."""
+    a, b = site.start(sections=RATE_LIMITS)
+    assert send_outbound(a)[0] == 250
+    _, relayed = relayed_outbound(site.sink)
+    site.redis.stop()
+    hi = b"Subject: hi\r\n\r\nhi\r\n"
+    for _ in range(7):  # more than the limit: nothing counts them now
+        assert from_outside(a, "friend@remote.example", "alice@example.org", hi)[0] == 250
+    code, text = from_outside(b, "", "alice@example.org", bounce_for(without_token(relayed), "alice@example.org"))
+    assert code == 451, text
+    assert any("rate limits skipped" in line for line in a.lines)
+
+
+def poll(condition, what: str, deadline: float = 30.0, log: list[str] | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Wait for `condition()` to hold, asking every 50 ms, for at most `deadline` seconds."""
+    give_up = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < give_up, f"gave up waiting for {what}:\n" + "".join((log or [])[-30:])
+        threading.Event().wait(0.05)
+
+
+@pytest.mark.timeout(240)  # two gateways, three Redis processes, a failover: slow on a busy machine
+def test_sentinel_failover_costs_451_at_most_and_recovers_without_a_restart(  # type: ignore[no-untyped-def]
+    tmp_path: Path, redis_server, redis_sentinel, smtp_sink
+) -> None:
+    import redis
+
+    primary: RedisServer = redis_server()
+    replica: RedisServer = redis_server("--replicaof", "127.0.0.1", str(primary.port))
+    replica_client = redis.Redis(host="127.0.0.1", port=replica.port)
+    poll(lambda: replica_client.info("replication")["master_link_status"] == "up", "replication")
+    sentinel = redis_sentinel(primary, down_after_milliseconds=500, failover_timeout=2000)
+    ask = redis.Redis(host="127.0.0.1", port=sentinel.port, decode_responses=True)
+    poll(lambda: any(r["port"] == replica.port and r["flags"] == "slave" for r in ask.sentinel_slaves(sentinel.name)),
+         "the sentinel to know the replica", log=sentinel.log)
+
+    site = Site(tmp_path, sentinel, smtp_sink())  # type: ignore[arg-type]  # its url is the Sentinel URL
+    try:
+        a, b = site.start(sections=RATE_LIMITS)
+        assert send_outbound(a)[0] == 250
+        assert redis.Redis(host="127.0.0.1", port=primary.port).wait(1, 5000) == 1  # replicated
+        _, relayed = relayed_outbound(site.sink)
+        registry_bounce = bounce_for(without_token(relayed), "alice@example.org")
+        hi = b"Subject: hi\r\n\r\nhi\r\n"
+
+        primary.kill()
+        # The outage: what needs the shared state is tempfailed, nothing is accepted and lost;
+        # mail that needs none flows (rate limits fail open).
+        second = ORIGINAL.replace(b"lunch-1@", b"lunch-2@")
+        code, text = send_outbound(a, second)
+        assert code == 451 and "Cannot record" in text, text
+        assert from_outside(b, "", "alice@example.org", registry_bounce)[0] == 451
+        assert from_outside(b, "friend@remote.example", "alice@example.org", hi)[0] == 250
+
+        # +switch-master: SENTINEL MASTERS (what redis-py asks) names the promoted replica. Until
+        # then the gateways still find no usable primary, and say 451.
+        poll(lambda: ask.sentinel_masters()[sentinel.name]["port"] == replica.port,
+             "the sentinel to promote the replica", deadline=60, log=sentinel.log)
+        # Same gateway processes, no restart: the next store call asks the sentinel again.
+        code, text = send_outbound(a, second)
+        assert code == 250, text
+        assert replica_client.info("replication")["role"] == "master"
+        assert from_outside(b, "", "alice@example.org", registry_bounce)[0] == 250  # replicated entry
+        _, relayed2 = relayed_outbound(site.sink, b"lunch-2@example.org")
+        code, text = from_outside(b, "", "alice@example.org", bounce_for(without_token(relayed2), "alice@example.org"))
+        assert code == 250, text  # registered on the new primary, seen from the other gateway
+        assert replica_client.get("{scattergate}:rate:c:127.0.0.2") is not None  # rate limits count again
+        assert all(g.process.poll() is None for g in (a, b))
+    finally:
+        for gateway in site.gateways:
+            gateway.stop()

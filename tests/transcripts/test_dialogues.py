@@ -181,11 +181,12 @@ def test_too_many_recipients_gets_452(gw) -> None:  # type: ignore[no-untyped-de
 
 def test_overlong_lines(gw) -> None:  # type: ignore[no-untyped-def]
     with start(gw) as d:
-        assert d.command("RCPT TO:<" + "a" * 600 + "@example.org>")[0] == 500
+        assert d.command("RCPT TO:<" + "a" * 600 + "@example.org>")[:2] == (500, "5.5.2 Line too long")
         d.command("RCPT TO:<user@example.org>")
         d.command("DATA")
         d.send(b"Subject: long\r\n\r\n" + b"y" * 1200 + b"\r\n.\r\n")
-        assert d.reply()[0] == 500
+        # RFC 5322 §2.1.1: refused as content (tests/integration/test_malformed_input.py).
+        assert d.reply()[:2] == (550, "5.6.0 Message refused: line longer than 998 characters (RFC 5322 2.1.1)")
     assert maildir_files(gw, "user@example.org") == []
 
 

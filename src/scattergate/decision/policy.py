@@ -40,6 +40,18 @@ DEFAULT_RULES: dict[str, Rule] = {
     ),
     # Connection limits (CONNECT). 421: the front end closes the connection after it.
     "connection.too_many": Rule("tempfail", Reply(421, "4.7.0", "Too many connections, try again later")),
+    # Rate limits (checks/ratelimit.py), shared by the gateways on one state store. RFC 5321
+    # §3.8: 421 at connect, then close; §4.3.2 lists 450 for RCPT (not for MAIL, where the
+    # message rate is counted only at the first RCPT anyway). RFC 3463 has no subject code for
+    # rates: X.7 is policy, 4.7.0 / 4.7.1 as Postfix's anvil limits answer.
+    "ratelimit.connections": Rule("tempfail", Reply(421, "4.7.0", "Too many connections from this client, try again later")),
+    "ratelimit.messages": Rule("tempfail", Reply(450, "4.7.1", "Too much mail from this client, try again later")),
+    "ratelimit.recipients": Rule(
+        "tempfail", Reply(450, "4.7.1", "Too many recipients from this sender domain, try again later")
+    ),
+    # The store failed or was too slow: fail open (checks/ratelimit.py says why); "tempfail"
+    # in policy.actions fails closed with this reply.
+    "ratelimit.unavailable": Rule("observe", Reply(451, "4.3.0", "Rate limits unavailable, try again later")),
     # Sender authentication. SPF "fail" is the domain owner saying this client may not send
     # for it (RFC 7208 §8.4: 550 5.7.23). DNS trouble decides nothing unless configured to.
     "spf.fail": Rule("reject", Reply(550, "5.7.23", "SPF check failed: {detail}")),
@@ -61,6 +73,11 @@ DEFAULT_RULES: dict[str, Rule] = {
     "smtp.bare_line_ending": Rule(
         "reject", Reply(550, "5.5.2", "Message refused: bare CR or LF in message (RFC 5321 2.3.8)")
     ),
+    # Malformed or oversized structure (DATA; checks/structure.py): refused whole, never
+    # truncated or repaired on the way through.
+    "message.header_too_large": Rule("reject", Reply(552, "5.3.4", "Message header too large ({detail})")),
+    "message.mime_too_deep": Rule("reject", Reply(554, "5.6.0", "Message refused: MIME nesting too deep ({detail})")),
+    "message.nul": Rule("reject", Reply(550, "5.6.0", "Message refused: NUL character in message (RFC 5322 2.3)")),
     # Content scanners (DATA; checks/scanners.py). Refused at end of DATA, never bounced later.
     "clamav.virus": Rule("reject", Reply(554, "5.7.1", "Message refused: virus found ({detail})")),
     "spamd.spam": Rule("reject", Reply(550, "5.7.1", "Message refused as spam")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,7 +39,39 @@ def downstream_reply(code: int, message: str, *, prefix: str = "") -> Reply:
 
 
 class DownstreamUnavailable(Exception):
-    """Could not connect to, or talk to, the downstream."""
+    """Could not connect to, or talk to, the downstream. `reply`: a more specific 4xx than
+    "unavailable" (e.g. TLS required but not possible)."""
+
+    def __init__(self, message: str, reply: Reply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+# RFC 3463 X.7.4 "security features not supported", X.7.5 "cryptographic failure" (as Postfix).
+_TLS_NOT_OFFERED = Reply(451, "4.7.4", "TLS is required, but the downstream does not offer it; try again later")
+_TLS_FAILED = Reply(451, "4.7.5", "TLS with the downstream failed (certificate not verified?); try again later")
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """STARTTLS towards a downstream: "none", "opportunistic" or "required"."""
+
+    mode: str = "none"
+    context: ssl.SSLContext | None = None
+    # The name its certificate must carry; empty: the host we connect to.
+    server_name: str = ""
+
+
+def downstream_tls(mode: str, *, verify: bool, ca_file: str, server_name: str = "") -> DownstreamTls:
+    """The delivery.tls* settings as a DownstreamTls (the context is built once, shared by connections)."""
+    if mode == "none":
+        return DownstreamTls()
+    from scattergate.net.tls import checked_client_context
+
+    # Opportunistic TLS never checks the certificate: a failed check would only send the
+    # message in clear text instead, which is worse than unauthenticated encryption.
+    context = checked_client_context(verify=verify and mode == "required", ca_file=ca_file)
+    return DownstreamTls(mode, context, server_name)
 
 
 class DownstreamPool:
@@ -49,14 +82,16 @@ class DownstreamPool:
     handed over yet, so the retry cannot duplicate mail).
     """
 
-    def __init__(self, host: str, port: int, *, size: int, timeout: float, local_hostname: str) -> None:
+    def __init__(self, host: str, port: int, *, size: int, timeout: float, local_hostname: str,
+                 tls: DownstreamTls = DownstreamTls()) -> None:
         self.host, self.port = host, port
+        self.tls = tls
         self._timeout = timeout
         self._local_hostname = local_hostname
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(size)
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self, *, tls: bool = True) -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -68,7 +103,35 @@ class DownstreamPool:
             await client.connect()
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise DownstreamUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        if tls and self.tls.mode != "none":
+            return await self._start_tls(client)
         return client
+
+    async def _start_tls(self, client: aiosmtplib.SMTP) -> aiosmtplib.SMTP:
+        """STARTTLS on a new connection, as `tls.mode` asks; the pool only ever holds its result."""
+        where = f"{self.host}:{self.port}"
+        try:
+            await client.ehlo()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise DownstreamUnavailable(f"EHLO to {where} failed: {exc}") from exc
+        if not client.supports_extension("starttls"):
+            if self.tls.mode == "required":
+                client.close()
+                raise DownstreamUnavailable(f"{where} does not offer STARTTLS (delivery.tls = required)",
+                                            _TLS_NOT_OFFERED)
+            return client
+        try:
+            await client.starttls(tls_context=self.tls.context, server_hostname=self.tls.server_name or self.host)
+            return client
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            if self.tls.mode == "required":
+                raise DownstreamUnavailable(f"STARTTLS with {where} failed: {exc}", _TLS_FAILED) from exc
+            # Opportunistic: a failed handshake falls back to clear text, as MTAs do (not
+            # delivering at all is what "required" is for).
+            log.warning("opportunistic STARTTLS with %s failed (%s): delivering without TLS", where, exc)
+        return await self._connect(tls=False)
 
     async def acquire(self) -> tuple[aiosmtplib.SMTP, bool]:
         """A connection, and whether it was reused from the pool."""
@@ -133,7 +196,7 @@ class Relay:
             return RelayResult(_SLOW)
         except DownstreamUnavailable as exc:
             log.warning("%s", exc)
-            return RelayResult(_DOWN)
+            return RelayResult(exc.reply or _DOWN)
 
     async def _send(
         self,
@@ -343,6 +406,8 @@ async def deliver_each(
     except (TimeoutError, DownstreamUnavailable, aiosmtplib.SMTPException, OSError) as exc:
         log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, exc)
         failure = _SLOW if isinstance(exc, TimeoutError) else _DOWN
+        if isinstance(exc, DownstreamUnavailable) and exc.reply is not None:
+            failure = exc.reply
         # Recipients refused at RCPT keep their reply: only the unanswered ones are retried.
         return {r.address: replies.get(r.address, failure) for r in recipients}
 

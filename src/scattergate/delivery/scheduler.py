@@ -5,6 +5,10 @@ downstream, and each recipient ends delivered (2xx), failed (5xx, or still 4xx a
 time) or pending (4xx: retried after a growing interval). Failures go to the bounce notifier
 (DSN to a proven sender, else quarantine); the message leaves the spool when no recipient is
 pending. A restart simply finds the spool as it was.
+
+New mail does not wait for a scan: `put` stores it through the spool's group commit and the
+claim, with the content still in memory, goes straight to a delivery task. The periodic scan
+is for retries, for what a restart or another worker left, and for DSNs.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from typing import Callable
 from scattergate.bounce.notifier import BounceNotifier
 from scattergate.config import SpoolConfig
 from scattergate.delivery.relay import DownstreamPool, Outbound, deliver_each
-from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Spool
+from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Spool, SpoolEntry, SpoolWriter
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL = 5.0  # seconds between scans when nothing is due (another worker may add mail)
+# New mail handed over for immediate delivery, at most; beyond it, it waits for the next scan
+# (each hand-over holds a file descriptor and the content in memory).
+_MAX_HANDOVERS = 512
 
 
 def retry_delay(attempts: int, config: SpoolConfig) -> float:
@@ -53,10 +60,31 @@ class Scheduler:
         self._count = count
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.writer = SpoolWriter(spool, self._handover)
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._next_scan = 0.0  # when the scan loop wakes by itself next (clock time)
 
     def wake(self) -> None:
         """New mail was spooled: look at the queue now rather than at the next poll."""
         self._wake.set()
+
+    async def put(self, entry: SpoolEntry, content: bytes) -> None:
+        """Spool a message durably (raises OSError if it could not be); delivery starts at once."""
+        await self.writer.put(entry, content)
+
+    def _handover(self, claim: Claim) -> None:
+        if len(self._deliveries) >= _MAX_HANDOVERS:
+            claim.release()  # stored: the next scan finds it
+            self.wake()
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver_new(claim))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver_new(self, claim: Claim) -> None:
+        next_attempt = await self._attempt_claimed(claim)
+        if next_attempt is not None and next_attempt < self._next_scan:
+            self.wake()  # deferred: the scan loop must not sleep past its retry
 
     def start(self) -> None:
         removed = self.spool.recover()
@@ -66,6 +94,10 @@ class Scheduler:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        await self.writer.close()
+        for task in list(self._deliveries):
+            task.cancel()  # each releases its claim; the message stays spooled
+        await asyncio.gather(*self._deliveries, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -82,6 +114,7 @@ class Scheduler:
                 log.exception("spool run failed")
                 next_due = self.clock() + _IDLE_POLL
             delay = min(_IDLE_POLL, max(0.0, next_due - self.clock()))
+            self._next_scan = self.clock() + delay
             try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -112,14 +145,18 @@ class Scheduler:
         claim = self.spool.claim(message_id)
         if claim is None:
             return None
+        return await self._attempt_claimed(claim)
+
+    async def _attempt_claimed(self, claim: Claim) -> float | None:
         try:
             return await self._deliver(claim)
         finally:
-            claim.release()
+            if not claim.removing:  # else the writer releases it once the files are gone
+                claim.release()
 
     async def _deliver(self, claim: Claim) -> float | None:
         entry = claim.entry
-        content = await asyncio.to_thread(claim.content)
+        content = claim.content() if claim.has_content else await asyncio.to_thread(claim.content)
         pending = entry.pending()
         pool = self.dsn_pool if entry.is_dsn else self.pool
         dsn_support: list[bool] = []
@@ -165,7 +202,7 @@ class Scheduler:
             outcome = await asyncio.to_thread(self.notifier.failed, entry, content, failed, remote)
             log.info("message %s: %d recipient(s) failed permanently: %s", entry.id, len(failed), outcome)
         if not still:
-            await asyncio.to_thread(claim.finish)
+            await self.writer.remove(claim)
             return None
         if not entry.delay_notified and now - entry.arrival >= self.config.delay_warning:
             entry.delay_notified = True

@@ -1,24 +1,39 @@
 """The durable spool of store-and-forward mode.
 
-Each message is two files in one directory: `<id>.eml` (the content) and `<id>.json` (the
-envelope and delivery state). Both are written to temporary names, fsynced and renamed, the
-content first and the state last, and the directory is fsynced before we answer 250: a
-message whose `.json` exists is complete; a lone `.eml` is an interrupted write (never
-acknowledged) and is removed at start-up. A worker claims a message with an exclusive,
-non-blocking flock on its `.eml` (which, unlike the state file, is never replaced while it
-lives), so several worker processes can share one spool.
+A message is one file, `<id>.msg`: a line of JSON (envelope, DSN parameters, what the
+safe-bounce rule needs, delivery state) and then the content. It is written to a temporary
+name, fsynced and renamed, and the directory is fsynced before we answer 250: a `.msg` is
+complete by construction, and anything else an interrupted write left behind was never
+acknowledged and is removed at start-up. When the delivery state changes (a deferral, a
+delay notice), it is written beside the message as `<id>.json` (fsynced, renamed), which from
+then on supersedes the line in the `.msg`; the content is never rewritten. A delivered
+message loses its `.msg` first and its `.json` last.
+
+A worker claims a message with an exclusive, non-blocking flock on its `.msg`, so several
+worker processes can share one spool. Messages that arrive together are written together
+(`SpoolWriter`, a group commit): the files of a batch are written first and fsynced after, so
+that one journal commit can cover several of them, and one directory fsync covers the renames
+of the whole batch; each message is still acknowledged only once its own file and the
+directory are durable. A message is born claimed (its writer takes the flock before the first
+byte is written) and is handed to the scheduler with its content in memory, so nothing is read
+back; start-up recovery leaves alone whatever a live process holds.
+
+Spools of the earlier two-file layout (`<id>.eml` content + `<id>.json` state) are converted
+at start-up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from scattergate.model import new_id
 
@@ -62,13 +77,21 @@ class SpoolEntry:
         return [r for r in self.recipients if r.state == PENDING]
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        """One line of JSON (json.dumps escapes every control character in strings)."""
+        # What dataclasses.asdict gives, without its deep copies (this runs for every message).
+        raw = {name: getattr(self, name) for name in _ENTRY_FIELDS}
+        raw["recipients"] = [{name: getattr(r, name) for name in _RECIPIENT_FIELDS} for r in self.recipients]
+        return json.dumps(raw, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "SpoolEntry":
         raw = json.loads(data)
         raw["recipients"] = [SpooledRecipient(**r) for r in raw["recipients"]]
         return cls(**raw)
+
+
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(SpoolEntry))
+_RECIPIENT_FIELDS = tuple(f.name for f in dataclasses.fields(SpooledRecipient))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -84,6 +107,60 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def _write_all(fd: int, parts: Sequence[bytes]) -> None:
+    written = os.writev(fd, parts)
+    rest = memoryview(b"".join(parts))[written:] if written < sum(map(len, parts)) else memoryview(b"")
+    while rest:
+        rest = rest[os.write(fd, rest):]
+
+
+def _create(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _read_header(fd: int) -> tuple[bytes, int]:
+    """The state line at the head of a `.msg`, and the offset where the content starts."""
+    parts: list[bytes] = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 65536, offset)
+        if not chunk:
+            raise ValueError("no state line")
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            parts.append(chunk[:cut])
+            return b"".join(parts), offset + cut + 1
+        parts.append(chunk)
+        offset += len(chunk)
+
+
+def _read_from(fd: int, offset: int) -> bytes:
+    size = os.fstat(fd).st_size
+    parts = []
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _locked_by_someone(path: Path) -> bool:
+    """Whether a live process holds the flock on `path` (a writer or a delivery in progress)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock if we got it
+    return False
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -95,26 +172,43 @@ def _fsync_dir(path: Path) -> None:
 class Claim:
     """An exclusive hold on one spooled message while it is being delivered."""
 
-    def __init__(self, spool: "Spool", entry: SpoolEntry, fd: int) -> None:
+    def __init__(self, spool: "Spool", entry: SpoolEntry, fd: int, *,
+                 content: bytes | None = None, offset: int = 0) -> None:
         self.spool, self.entry, self._fd = spool, entry, fd
+        self._content = content  # known when the claim comes from the writer: not read back
+        self._offset = offset  # where the content starts in the .msg
+        self._lock = threading.Lock()
+        self.removing = False  # handed to SpoolWriter.remove: the writer releases it
+
+    @property
+    def has_content(self) -> bool:
+        return self._content is not None
 
     def content(self) -> bytes:
-        return self.spool.content_path(self.entry.id).read_bytes()
+        if self._content is None:
+            self._content = _read_from(self._fd, self._offset)
+        return self._content
 
     def save(self) -> None:
+        """Write the changed delivery state (it supersedes the line in the .msg)."""
         _write_atomically(self.spool.meta_path(self.entry.id), self.entry.to_json())
 
     def finish(self) -> None:
-        """Delivery is over for every recipient: remove the message (state last, like a commit)."""
-        self.spool.content_path(self.entry.id).unlink(missing_ok=True)
+        """Delivery is over for every recipient: remove the message (state last, like a commit).
+
+        The directory is not fsynced: a crash before the removal reaches the disk can only
+        deliver the message again (at least once), never lose it. A state file left without its
+        message is removed at start-up."""
+        self.spool.message_path(self.entry.id).unlink(missing_ok=True)
         self.spool.meta_path(self.entry.id).unlink(missing_ok=True)
-        _fsync_dir(self.spool.root)
         self.release()
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = -1
+        """Drop the claim (idempotent; the loop and the writer's thread may both call it)."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)  # closing drops the flock
 
 
 class Spool:
@@ -122,59 +216,179 @@ class Spool:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def content_path(self, message_id: str) -> Path:
-        return self.root / f"{message_id}.eml"
+    def message_path(self, message_id: str) -> Path:
+        return self.root / f"{message_id}.msg"
 
     def meta_path(self, message_id: str) -> Path:
         return self.root / f"{message_id}.json"
 
+    def _temporary(self, message_id: str, suffix: str) -> Path:
+        return self.root / f".{message_id}.{suffix}.tmp"
+
     def put(self, entry: SpoolEntry, content: bytes) -> None:
         """Store durably; when this returns, the message survives a crash. Blocking."""
-        _write_atomically(self.content_path(entry.id), content)
-        try:
-            _write_atomically(self.meta_path(entry.id), entry.to_json())
-        except BaseException:
-            self.content_path(entry.id).unlink(missing_ok=True)  # never acknowledged: gone
-            raise
-        _fsync_dir(self.root)
+        (result,) = self.put_batch([(entry, content)])
+        if isinstance(result, BaseException):
+            raise result
+        result.release()
+
+    def put_batch(self, items: Sequence[tuple[SpoolEntry, bytes]]) -> list["Claim | BaseException"]:
+        """Store several messages durably, with one directory fsync for all. Blocking.
+
+        Returns, per message, either a Claim (stored; the caller owns the claim and must
+        release it) or the exception that kept it from being stored (nothing of it is left).
+        """
+        results: list[Claim | BaseException] = []
+        written: list[int] = []  # indexes of the claims in `results`
+        for entry, content in items:
+            fd = -1
+            try:
+                fd = _create(self._temporary(entry.id, "msg"))
+                # Born claimed: neither recover() nor another worker touches it from here on.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                header = entry.to_json() + b"\n"
+                _write_all(fd, (header, content))
+            except BaseException as exc:
+                self._discard(entry.id, fd)
+                results.append(exc)
+                continue
+            written.append(len(results))
+            results.append(Claim(self, entry, fd, content=content, offset=len(header)))
+        # fsync once every file of the batch is written: one journal commit can cover several.
+        # Then rename each (a .msg is whole or absent), then one directory fsync for all.
+        for stage in ("fsync", "rename"):
+            for index in list(written):
+                claim = results[index]
+                assert isinstance(claim, Claim)
+                try:
+                    if stage == "fsync":
+                        os.fsync(claim._fd)
+                    else:
+                        os.rename(self._temporary(claim.entry.id, "msg"), self.message_path(claim.entry.id))
+                except BaseException as exc:
+                    self._discard(claim.entry.id, claim._fd)
+                    claim._fd = -1
+                    results[index] = exc
+                    written.remove(index)
+        if written:
+            try:
+                _fsync_dir(self.root)
+            except BaseException as exc:
+                for index in written:  # not acknowledged: must not be delivered either
+                    claim = results[index]
+                    assert isinstance(claim, Claim)
+                    self._discard(claim.entry.id, claim._fd)
+                    claim._fd = -1
+                    results[index] = exc
+        return results
+
+    def _discard(self, message_id: str, fd: int) -> None:
+        """Remove every trace of a message that was not stored (disk full, I/O error)."""
+        for path in (self.message_path(message_id), self._temporary(message_id, "msg")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if fd >= 0:
+            os.close(fd)
 
     def ids(self) -> list[str]:
-        return sorted(p.stem for p in self.root.glob("*.json"))
+        return sorted(p.stem for p in self.root.glob("*.msg"))
 
     def __len__(self) -> int:
         return len(self.ids())
 
     def recover(self) -> int:
-        """Remove what interrupted writes left behind (never acknowledged); return how many."""
+        """Remove what interrupted writes left behind (never acknowledged); return how many.
+
+        Other workers may be writing or delivering while this runs (a worker starting late, a
+        reload): whatever a live process holds the flock on is theirs and is left alone.
+        """
         removed = 0
-        for path in self.root.iterdir():
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)
-                removed += 1
-            elif path.suffix == ".eml" and not self.meta_path(path.stem).exists():
-                path.unlink(missing_ok=True)
-                removed += 1
+        for path in sorted(self.root.iterdir()):
+            name, stem = path.name, path.stem
+            if name.startswith(".") and name.endswith(".tmp"):
+                message_id = name[1:].split(".", 1)[0]
+                # A writer holds the lock on its message (temporary or renamed); a delivery
+                # rewriting the state holds it on the message.
+                if any(_locked_by_someone(p) for p in (self._temporary(message_id, "msg"),
+                                                       self.message_path(message_id),
+                                                       self.root / f"{message_id}.eml")):
+                    continue
+            elif path.suffix == ".json":
+                # State without its message: a removal cut short (the message goes first).
+                if self.message_path(stem).exists() or (self.root / f"{stem}.eml").exists():
+                    continue
+            elif path.suffix == ".eml":  # the earlier two-file layout
+                if self.meta_path(stem).exists():
+                    self._convert(stem)
+                    continue
+                if _locked_by_someone(path):
+                    continue
+            else:
+                continue
+            path.unlink(missing_ok=True)
+            removed += 1
         return removed
+
+    def _convert(self, message_id: str) -> None:
+        """`<id>.eml` + `<id>.json` (the earlier layout) → `<id>.msg`; the `.json` stays valid."""
+        legacy = self.root / f"{message_id}.eml"
+        try:
+            fd = os.open(legacy, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            entry = SpoolEntry.from_json(self.meta_path(message_id).read_bytes())
+            (result,) = self.put_batch([(entry, _read_from(fd, 0))])
+            if isinstance(result, BaseException):
+                raise result
+            result.release()
+            legacy.unlink()
+            log.info("spool: converted %s to the one-file layout", message_id)
+        except BlockingIOError:
+            pass  # an older worker is delivering it
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("spool: cannot convert %s (%s); left in place", message_id, exc)
+        finally:
+            os.close(fd)
+
+    def _state(self, message_id: str, fd: int) -> tuple[SpoolEntry, int]:
+        """The current state (the .json if there is one, else the .msg's line) and the
+        content's offset in the .msg."""
+        header, offset = _read_header(fd)
+        try:
+            header = self.meta_path(message_id).read_bytes()
+        except FileNotFoundError:
+            pass
+        return SpoolEntry.from_json(header), offset
 
     def entries(self) -> Iterator[SpoolEntry]:
         for message_id in self.ids():
             try:
-                yield SpoolEntry.from_json(self.meta_path(message_id).read_bytes())
+                fd = os.open(self.message_path(message_id), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue  # delivered meanwhile by another worker
+            try:
+                yield self._state(message_id, fd)[0]
             except (ValueError, TypeError, KeyError) as exc:
                 log.error("spool entry %s is unreadable (%s); left in place for inspection", message_id, exc)
+            finally:
+                os.close(fd)
 
     def claim(self, message_id: str) -> Claim | None:
         """Lock a message for delivery; None when another worker holds it or it is gone."""
         try:
-            fd = os.open(self.content_path(message_id), os.O_RDONLY)
+            fd = os.open(self.message_path(message_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Re-read under the lock: the holder before us may have changed or finished it.
-            entry = SpoolEntry.from_json(self.meta_path(message_id).read_bytes())
+            # Read under the lock: the holder before us may have changed or finished it.
+            if os.fstat(fd).st_nlink == 0:
+                raise FileNotFoundError(message_id)  # finished between our open and our lock
+            entry, offset = self._state(message_id, fd)
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
             return None
@@ -182,4 +396,88 @@ class Spool:
             os.close(fd)
             log.error("spool entry %s is unreadable; skipped", message_id)
             return None
-        return Claim(self, entry, fd)
+        return Claim(self, entry, fd, offset=offset)
+
+
+class SpoolWriter:
+    """Group commit for the event loop: `put` returns once the message is durable.
+
+    Messages that arrive while a batch is being written (in a thread) form the next batch, so
+    under load each directory fsync, and often each journal commit, serves many messages,
+    while a lone message is written at once. Each stored message's claim goes to `on_stored`
+    (the scheduler), with its content in memory, whether or not its waiter is still there.
+    The removal of delivered messages rides along in the same batches (`remove`).
+    """
+
+    def __init__(self, spool: Spool, on_stored: Callable[[Claim], None], *, max_batch: int = 64) -> None:
+        self.spool = spool
+        self.on_stored = on_stored
+        self.max_batch = max_batch
+        self._writes: list[tuple[SpoolEntry, bytes, asyncio.Future[None]]] = []
+        self._removals: list[tuple[Claim, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, entry: SpoolEntry, content: bytes) -> None:
+        """Store durably (raises OSError when it could not). If the caller is cancelled
+        before its batch starts, nothing is written."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.append((entry, content, future))
+        self._kick()
+        await future
+
+    async def remove(self, claim: Claim) -> None:
+        """Delivery is over: remove the message and release its claim (`Claim.finish`)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        claim.removing = True
+        self._removals.append((claim, future))
+        self._kick()
+        await asyncio.shield(future)  # once asked, the removal happens: the claim is no longer ours
+
+    def _kick(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    def _io(self, writes: list[tuple[SpoolEntry, bytes]], removals: list[Claim]) -> tuple[list[Claim | BaseException], list[BaseException | None]]:
+        """One trip to the thread: remove what was delivered, then write a batch."""
+        removed: list[BaseException | None] = []
+        for claim in removals:
+            try:
+                claim.finish()
+                removed.append(None)
+            except Exception as exc:  # e.g. EIO: the claim is released, the message stays
+                claim.release()
+                removed.append(exc)
+        return (self.spool.put_batch(writes) if writes else []), removed
+
+    async def _flush(self) -> None:
+        try:
+            while self._writes or self._removals:
+                writes = [item for item in self._writes[: self.max_batch] if not item[2].done()]
+                del self._writes[: self.max_batch]
+                removals, self._removals = self._removals, []
+                try:
+                    stored, removed = await asyncio.to_thread(
+                        self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
+                except Exception as exc:  # _io reports per message; this is a bug guard
+                    stored, removed = [exc] * len(writes), [exc] * len(removals)
+                for (_, _, future), result in zip(writes, stored):
+                    if isinstance(result, Claim):
+                        self.on_stored(result)
+                        if not future.done():
+                            future.set_result(None)
+                    elif not future.done():
+                        future.set_exception(result)
+                for (_, future), error in zip(removals, removed):
+                    if future.done():
+                        continue
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        """Let the batch being written finish (its claims are handed over as usual)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)

@@ -32,12 +32,19 @@ log = logging.getLogger(__name__)
 # What we may do to a message: headers, recipients (never-bounce), hold, change sender (BATV).
 WANTED_ACTIONS = (mc.ACT_ADDHDRS | mc.ACT_ADDRCPT | mc.ACT_ADDRCPT_PAR | mc.ACT_DELRCPT
                   | mc.ACT_QUARANTINE | mc.ACT_CHGFROM)
-# Steps we don't need, and steps we never refuse and so need not answer: each header, the end
-# of headers and DATA. Fewer round trips per message; over TCP an unanswered packet could wait
-# for our delayed ACK (Nagle on Postfix's side, ~40 ms: ENVIRONMENT.md), so the socket loop
-# acknowledges at once (TCP_QUICKACK after every read).
+# Steps we don't need, and steps whose answer can wait. We decide only at RCPT and at end of
+# message, so every other step is negotiated "no reply": Postfix does not wait for us, and we
+# write nothing — on a loopback socket every reply is a send() and a wake-up of Postfix, which
+# under load cost more than our checks (profiled with py-spy: 30% of the milter's CPU was
+# writing replies). A refusal found at a silent step (a connection limit at Connect, a path we
+# cannot parse at MAIL) is kept and given at the next step that is answered: each RCPT, or the
+# end of the message. Over TCP an unanswered packet could wait for our delayed ACK (Nagle on
+# Postfix's side, ~40 ms: ENVIRONMENT.md), so the socket loop acknowledges at once
+# (TCP_QUICKACK after every read).
 WANTED_PROTOCOL = mc.P_NOUNKNOWN | mc.P_HDR_LEADSPC
-NO_REPLY = {mc.P_NR_HDR: mc.Header, mc.P_NR_EOH: mc.EndOfHeaders, mc.P_NR_DATA: mc.Data}
+NO_REPLY = {mc.P_NR_CONN: mc.Connect, mc.P_NR_HELO: mc.Helo, mc.P_NR_MAIL: mc.Mail,
+            mc.P_NR_DATA: mc.Data, mc.P_NR_HDR: mc.Header, mc.P_NR_EOH: mc.EndOfHeaders,
+            mc.P_NR_BODY: mc.Body, mc.P_NR_UNKN: mc.Unknown}
 
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 BAD_ADDRESS = Reply(553, "5.1.7", "Malformed address")
@@ -135,6 +142,10 @@ class MilterConnection:
         self.session: Session | None = None
         self._counted = False
         self.leading_space = False  # negotiated: header values keep their leading space
+        # Refusals found at a step Postfix expects no answer to, given at the next answered one:
+        # for the whole session (Connect, HELO) or for the current transaction (MAIL onwards).
+        self.session_refusal: mc.Response | None = None
+        self.transaction_refusal: mc.Response | None = None
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -148,21 +159,36 @@ class MilterConnection:
             self.gateway.disconnect(self.session)
         self._counted = False
         self.session = None
+        self.session_refusal = None
         self._reset_message()
 
     async def handle(self, command: mc.Command) -> list[mc.Response] | None:
         """Responses to one command ([] when the protocol wants none); None: close."""
         try:
             responses = await self._dispatch(command)
-            if self.silent and isinstance(command, self.silent):
-                return []
-            return responses
         except Exception:
             # Never a crash and never a silent accept: the client is told to try again.
             log.exception("milter: error handling %s", type(command).__name__)
-            if isinstance(command, (mc.Macros, mc.Abort, mc.OptNeg, mc.Quit, *self.silent)):
+            if isinstance(command, (mc.Macros, mc.Abort, mc.OptNeg, mc.Quit)):
                 return None  # no reply expected: close, Postfix applies milter_default_action
-            return [mc.TempfailReply(INTERNAL_ERROR)]
+            responses = [mc.TempfailReply(INTERNAL_ERROR)]
+        if self.silent and isinstance(command, self.silent):
+            self._keep_refusal(command, responses or [])
+            return []
+        return responses
+
+    def _keep_refusal(self, command: mc.Command, responses: list[mc.Response]) -> None:
+        """A silent step refused: remember it for the next step Postfix waits for."""
+        refusal = next((r for r in responses if isinstance(r, (mc.RejectReply, mc.TempfailReply))), None)
+        if refusal is None:
+            return
+        if isinstance(command, (mc.Connect, mc.Helo)):
+            self.session_refusal = self.session_refusal or refusal
+        else:
+            self.transaction_refusal = self.transaction_refusal or refusal
+
+    def _pending_refusal(self) -> mc.Response | None:
+        return self.session_refusal or self.transaction_refusal
 
     async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
         match command:
@@ -174,13 +200,13 @@ class MilterConnection:
             case mc.OptNeg(version, actions, protocol):
                 return [self._negotiate(version, actions, protocol)]
             case mc.Connect(_, family, port, address):
-                return self._connect(address if family in ("4", "6") else "unknown", port)
+                return await self._connect(address if family in ("4", "6") else "unknown", port)
             case mc.Helo(name):
                 if self.session is not None:
                     self.session.helo = name
                 return [mc.Continue()]
             case mc.Mail(path, options):
-                return self._mail(path, options)
+                return await self._mail(path, options)
             case mc.Rcpt(path, options):
                 return await self._rcpt(path, options)
             case mc.Header(name, value):
@@ -220,10 +246,10 @@ class MilterConnection:
         self.leading_space = bool(wanted & mc.P_HDR_LEADSPC)
         return mc.OptNegReply(self.actions, wanted, version=min(version, mc.VERSION))
 
-    def _connect(self, ip: str, port: int) -> list[mc.Response]:
+    async def _connect(self, ip: str, port: int) -> list[mc.Response]:
         self.close()  # a second Connect on one connection: forget the first session
         self.session = Session(client_ip=ip, client_port=port)
-        verdict = self.gateway.connect(self.session)
+        verdict = await self.gateway.connect(self.session)
         self._counted = True
         if not isinstance(verdict, Accept):
             return [mc.refusal(verdict.reply)]
@@ -233,8 +259,8 @@ class MilterConnection:
         # A SASL-authenticated client is one of ours, wherever it connects from.
         return bool(self.macros.get("{auth_authen}"))
 
-    def _mail(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
-        session = self._session()
+    async def _mail(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
+        session = await self._session()
         self._end_transaction()
         try:
             sender = parse_path(path, allow_null=True)
@@ -248,7 +274,9 @@ class MilterConnection:
         return [mc.Continue()]
 
     async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
-        session = self._session()
+        if refusal := self._pending_refusal():
+            return [refusal]
+        session = await self._session()
         envelope = session.envelope
         if envelope is None:
             return [mc.Continue()]  # the MTA enforces sequencing; nothing to decide on
@@ -267,7 +295,10 @@ class MilterConnection:
         return [mc.refusal(verdict.reply)]
 
     async def _end_of_message(self) -> list[mc.Response]:
-        session = self._session()
+        if refusal := self._pending_refusal():
+            self._end_transaction()
+            return [refusal]
+        session = await self._session()
         envelope = session.envelope
         if envelope is None:
             return [mc.Continue()]
@@ -316,12 +347,13 @@ class MilterConnection:
     def _end_transaction(self) -> None:
         if self.session is not None:
             self.session.envelope = None
+        self.transaction_refusal = None
         self._reset_message()
 
-    def _session(self) -> Session:
+    async def _session(self) -> Session:
         if self.session is None:
             # The MTA skipped Connect (e.g. negotiated away): an unknown client, untrusted.
-            self._connect("unknown", 0)
+            await self._connect("unknown", 0)
         assert self.session is not None
         return self.session
 

@@ -3,8 +3,13 @@
 Postfix asks once per SMTP stage (`check_policy_service` in smtpd_*_restrictions); we answer
 from the Gateway's verdict for that stage. At RCPT the whole RCPT phase of the Gateway runs
 (relay control, recipient table, and any check added there later: SPF, BATV on null-sender
-RCPTs, rate limits), with the client, HELO and sender Postfix reports. Other stages answer
+RCPTs, rate limits), with the client, HELO and sender Postfix reports. At CONNECT (asked
+only with `smtpd_delay_reject = no`) the connection rate limit is counted. Other stages answer
 DUNNO until a check needs them: add a handler to `PolicyService.stages`.
+
+Postfix asks once per RCPT, with a fresh request each time; the `instance` attribute (the same
+for every request of one message) lets the message rate count each message once, and keeps a
+message refused for its rate refused for its other recipients too.
 
 Never block Postfix past the budget: a request not decided in `budget` seconds gets the
 configured answer (DUNNO: let Postfix's own restrictions decide; or DEFER_IF_PERMIT).
@@ -14,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Awaitable, Callable
 
 from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
 from scattergate.frontends import policy_codec as pc
-from scattergate.model import Accept, Quarantine, Reject, Reply, Session, Verdict
+from scattergate.model import Accept, Finding, Phase, Quarantine, Reject, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,10 @@ TIMEOUT_REPLY = Reply(451, "4.4.3", "Policy check timed out, try again later")
 ERROR_REPLY = Reply(451, "4.3.0", "Policy check failed, try again later")
 
 StageHandler = Callable[[dict[str, str]], Awaitable[pc.Action]]
+
+# Messages (Postfix `instance`s) whose rate counting is remembered across their RCPT requests;
+# Postfix asks about one message's recipients within seconds, so a few thousand suffice.
+MAX_INSTANCES = 4096
 
 
 def action_for(verdict: Verdict) -> pc.Action:
@@ -45,7 +55,9 @@ class PolicyService:
         self.gateway = gateway
         self.budget = budget
         self.timeout_action = timeout_action
-        self.stages: dict[str, StageHandler] = {"RCPT": self._rcpt}
+        self.stages: dict[str, StageHandler] = {"RCPT": self._rcpt, "CONNECT": self._connect}
+        # instance -> the message findings held for the rest of that message (rate limits).
+        self._messages: OrderedDict[str, tuple[Finding, ...]] = OrderedDict()
 
     async def answer(self, request: dict[str, str]) -> pc.Action:
         if request.get("request") != "smtpd_access_policy":
@@ -86,7 +98,25 @@ class PolicyService:
             return pc.Dunno()
         session = self.session_for(request)
         envelope = self.gateway.mail(session, sender, ())
+        instance = request.get("instance", "")
+        held = self._messages.get(instance) if instance else None
+        if held is not None:  # a later RCPT of a message already counted
+            envelope.rate_counted = True
+            envelope.sender_findings.extend(held)
         verdict = await self.gateway.rcpt(session, envelope, recipient)
+        if instance and envelope.rate_counted:
+            self._messages[instance] = tuple(envelope.sender_findings)
+            self._messages.move_to_end(instance)
+            while len(self._messages) > MAX_INSTANCES:
+                self._messages.popitem(last=False)
+        return action_for(verdict)
+
+    async def _connect(self, request: dict[str, str]) -> pc.Action:
+        session = self.session_for(request)
+        findings = await self.gateway.connection_rate(session)
+        verdict = self.gateway.decider.decide(findings)
+        if not isinstance(verdict, Accept):
+            self.gateway.recorder.record(session, Phase.CONNECT, "", (), verdict)
         return action_for(verdict)
 
 

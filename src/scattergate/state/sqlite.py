@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from scattergate.state.store import DecisionRecord, QuarantineItem
 
@@ -30,12 +31,32 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (time);
 CREATE TABLE IF NOT EXISTS sent (hash TEXT PRIMARY KEY, sender TEXT NOT NULL, time REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS sent_time ON sent (time);
+CREATE TABLE IF NOT EXISTS hits (key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS hits_expires ON hits (expires);
 """
+
+# One statement per key: a fresh window when the old one is over, else add to it. The SET
+# expressions all see the row as it was, so `expires` is compared before it changes.
+_HIT = """
+INSERT INTO hits (key, count, expires) VALUES (:key, :amount, :expires)
+ON CONFLICT(key) DO UPDATE SET
+    count = CASE WHEN hits.expires <= :now THEN excluded.count ELSE hits.count + excluded.count END,
+    expires = CASE WHEN hits.expires <= :now THEN excluded.expires ELSE hits.expires END
+RETURNING count
+"""
+# Expired counters are deleted every this many hits (per process): the table stays as small
+# as the number of clients active within one window.
+_HIT_SWEEP_EVERY = 1000
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, *, keep_decisions: int = 100_000) -> None:
+    def __init__(
+        self, path: str | Path, *, keep_decisions: int = 100_000, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = Path(path)
+        # Wall clock, not monotonic: the windows are shared with the other worker processes.
+        self._clock = clock
+        self._hits = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keep = keep_decisions
         # One connection guarded by a lock: flushes run in a worker thread, reads in others.
@@ -135,6 +156,26 @@ class SqliteStore:
             row = self._db.execute("SELECT sender FROM sent WHERE hash = ? AND time >= ?",
                                    (message_hash, since)).fetchone()
         return row[0] if row else None
+
+    def hit(self, keys: Sequence[str], window: float, amount: int = 1) -> list[int]:
+        """Windowed counters; every worker process on this host shares them through the file."""
+        now = self._clock()
+        params = [{"key": k, "amount": amount, "expires": now + window, "now": now} for k in keys]
+        with self._lock:
+            self._hits += 1
+            sweep = self._hits % _HIT_SWEEP_EVERY == 0
+            if len(params) == 1 and not sweep:  # one statement is its own transaction
+                return [self._db.execute(_HIT, params[0]).fetchone()[0]]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [self._db.execute(_HIT, p).fetchone()[0] for p in params]
+                if sweep:
+                    self._db.execute("DELETE FROM hits WHERE expires <= ?", (now,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return counts
 
     def close(self) -> None:
         with self._lock:

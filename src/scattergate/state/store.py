@@ -55,4 +55,10 @@ class StateStore(Protocol):
 
     def sent_lookup(self, message_hash: str, since: float) -> str | None: ...
 
+    def hit(self, keys: Sequence[str], window: float, amount: int = 1) -> list[int]:
+        """Windowed counters (rate limits): add `amount` to each key's count and return the
+        counts after adding, in order. A key's window is fixed and starts at its first hit:
+        `window` seconds later the count starts again from zero (Postfix anvil's rule). All
+        keys of one call are counted in one round trip / transaction."""
+
     def close(self) -> None: ...

@@ -60,7 +60,7 @@ class DiskCollector(Collector):
         self.quarantine_dir = quarantine_dir
 
     def collect(self) -> Iterable[Metric]:
-        queued = sum(1 for _ in _files(self.spool_dir, ".json"))
+        queued = sum(1 for _ in _files(self.spool_dir, ".msg"))
         held = [p.stat().st_size for p in _files(self.quarantine_dir, ".eml")]
         yield GaugeMetricFamily("scattergate_queue_messages", "Messages in the store-and-forward spool", value=queued)
         yield GaugeMetricFamily("scattergate_quarantine_messages", "Messages held in the quarantine", value=len(held))

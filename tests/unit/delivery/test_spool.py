@@ -1,7 +1,10 @@
+import asyncio
+import fcntl
+import os
 from pathlib import Path
 
 from scattergate.delivery.scheduler import retry_delay
-from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
+from scattergate.delivery.spool import Claim, Spool, SpooledRecipient, SpoolEntry, SpoolWriter
 from scattergate.config import SpoolConfig
 
 
@@ -58,10 +61,157 @@ def test_recover_removes_only_unacknowledged_writes(tmp_path: Path) -> None:
 
 def test_unreadable_state_is_skipped_not_fatal(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    (tmp_path / "bad.eml").write_bytes(b"x")
-    (tmp_path / "bad.json").write_bytes(b"not json")
+    (tmp_path / "bad.msg").write_bytes(b"not json\ncontent")
+    (tmp_path / "worse.msg").write_bytes(b"no state line at all")
     assert list(spool.entries()) == []
-    assert spool.claim("bad") is None
+    assert spool.claim("bad") is None and spool.claim("worse") is None
+
+
+def test_one_file_per_message_and_a_changed_state_supersedes_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry()
+    spool.put(e, b"Subject: x\r\n\r\nbody\r\n")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{e.id}.msg"]
+    claim = spool.claim(e.id)
+    assert claim is not None
+    claim.entry.attempts, claim.entry.next_attempt = 2, 5000.0
+    claim.save()
+    claim.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{e.id}.json", f"{e.id}.msg"]
+    (loaded,) = list(spool.entries())
+    assert loaded.attempts == 2 and loaded.next_attempt == 5000.0
+    again = spool.claim(e.id)
+    assert again is not None and again.entry.attempts == 2
+    assert again.content() == b"Subject: x\r\n\r\nbody\r\n"  # read from the .msg, after the state line
+    again.finish()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_put_batch_stores_all_and_hands_out_held_claims_with_their_content(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    entries = [entry() for _ in range(5)]
+    claims = spool.put_batch([(e, f"message {n}\r\n".encode()) for n, e in enumerate(entries)])
+    assert all(isinstance(c, Claim) for c in claims)
+    assert spool.ids() == sorted(e.id for e in entries)
+    for n, claim in enumerate(claims):
+        assert isinstance(claim, Claim) and claim.has_content and claim.content() == f"message {n}\r\n".encode()
+        assert spool.claim(claim.entry.id) is None  # born claimed: no other worker takes it
+        claim.release()
+    assert all(spool.claim(e.id) is not None for e in entries)
+
+
+def test_a_failed_write_leaves_nothing_and_the_others_are_stored(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    spool = Spool(tmp_path)
+    good, bad = entry(), entry()
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:  # the second message's file
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    first, second = spool.put_batch([(good, b"a\r\n"), (bad, b"b\r\n")])
+    assert isinstance(first, Claim) and isinstance(second, OSError)
+    first.release()
+    assert [p.name for p in tmp_path.iterdir()] == [f"{good.id}.msg"]
+
+
+def test_recover_leaves_alone_what_a_live_writer_holds(tmp_path: Path) -> None:
+    """Regression: a worker starting (or reloading) while another one was writing removed the
+    other's half-written message, and with the earlier layout even the content of a message
+    about to be acknowledged."""
+    spool = Spool(tmp_path)
+    in_progress = tmp_path / ".abc123.msg.tmp"
+    in_progress.write_bytes(b"{}\npartial")
+    legacy_in_progress = tmp_path / "def456.eml"  # earlier layout: content renamed, state not yet
+    legacy_in_progress.write_bytes(b"content")
+    holders = [os.open(path, os.O_RDONLY) for path in (in_progress, legacy_in_progress)]
+    try:
+        for fd in holders:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert spool.recover() == 0
+        assert in_progress.exists() and legacy_in_progress.exists()
+    finally:
+        for fd in holders:
+            os.close(fd)
+    assert spool.recover() == 2  # the writers are gone: never acknowledged
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recover_removes_a_state_left_without_its_message(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry()
+    (tmp_path / f"{e.id}.json").write_bytes(e.to_json())  # a removal cut short after the .msg
+    assert spool.recover() == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_message_finished_while_we_waited_for_its_lock_is_not_claimed(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The .msg is opened, another worker delivers and removes it, then we get the lock: the
+    state line is still readable through our descriptor, but the message is gone."""
+    import scattergate.delivery.spool as spool_module
+
+    spool = Spool(tmp_path)
+    e = entry()
+    spool.put(e, b"x\r\n")
+    holder = spool.claim(e.id)
+    assert holder is not None
+    real_flock = fcntl.flock
+
+    def flock_after_the_holder_finished(fd: int, op: int) -> None:
+        holder.finish()
+        real_flock(fd, op)
+
+    monkeypatch.setattr(spool_module.fcntl, "flock", flock_after_the_holder_finished)
+    assert spool.claim(e.id) is None
+
+
+def test_the_earlier_two_file_layout_is_converted_at_start_up(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry(attempts=1)
+    (tmp_path / f"{e.id}.eml").write_bytes(b"Subject: old\r\n\r\nbody\r\n")
+    (tmp_path / f"{e.id}.json").write_bytes(e.to_json())
+    assert spool.recover() == 0
+    assert spool.ids() == [e.id] and not (tmp_path / f"{e.id}.eml").exists()
+    claim = spool.claim(e.id)
+    assert claim is not None and claim.entry == e
+    assert claim.content() == b"Subject: old\r\n\r\nbody\r\n"
+
+
+def test_writer_commits_concurrent_arrivals_together_and_hands_them_over() -> None:
+    async def scenario(root: Path) -> tuple[int, list[Claim], list[str]]:
+        spool = Spool(root)
+        batches = []
+        real = spool.put_batch
+
+        def counting(items):  # type: ignore[no-untyped-def]
+            batches.append(len(items))
+            return real(items)
+
+        spool.put_batch = counting  # type: ignore[method-assign]
+        handed: list[Claim] = []
+        writer = SpoolWriter(spool, handed.append)
+        entries = [entry() for _ in range(10)]
+        await asyncio.gather(*(writer.put(e, b"x\r\n") for e in entries))
+        cancelled = asyncio.create_task(writer.put(entry(), b"never\r\n"))
+        await asyncio.sleep(0)  # queued ...
+        cancelled.cancel()  # ... and given up before its batch started: nothing is written
+        await asyncio.gather(cancelled, return_exceptions=True)
+        await writer.close()
+        ids = spool.ids()
+        for claim in handed:
+            await writer.remove(claim)
+        assert spool.ids() == []
+        return len(batches), handed, ids
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        count, handed, ids = asyncio.run(scenario(Path(directory)))
+    assert count < 10  # the first alone, the rest together
+    assert len(handed) == 10 and all(c.has_content for c in handed) and len(ids) == 10
 
 
 def test_retry_intervals_double_up_to_the_cap() -> None:

@@ -11,7 +11,7 @@ from scattergate.address import parse_path
 from scattergate.config import Config
 from scattergate.frontends import milter_codec as mc
 from scattergate.frontends.milter import MilterConnection, for_postfix, needs_never_bounce, sender_verified
-from scattergate.model import Finding, Session
+from scattergate.model import Finding, Reply, Session
 from scattergate.pipeline import Gateway
 from scattergate.state.sqlite import SqliteStore
 
@@ -72,13 +72,15 @@ async def test_a_whole_transaction(gateway: Gateway) -> None:
     out = await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Connect("c", "4", 1234, "192.0.2.7"),
                      mc.Helo("client.example.net"), mc.Mail("<a@example.net>", ()))
     assert isinstance(out[0], mc.OptNegReply) and out[0].protocol & mc.P_HDR_LEADSPC
-    # Headers, end of headers and DATA are never refused: negotiated without replies.
-    assert out[0].protocol & (mc.P_NR_HDR | mc.P_NR_EOH | mc.P_NR_DATA) == mc.P_NR_HDR | mc.P_NR_EOH | mc.P_NR_DATA
-    assert out[1:] == [mc.Continue()] * 3
+    # We decide only at RCPT and end of message: every other step is negotiated without replies.
+    silent = (mc.P_NR_CONN | mc.P_NR_HELO | mc.P_NR_MAIL | mc.P_NR_DATA | mc.P_NR_HDR | mc.P_NR_EOH
+              | mc.P_NR_BODY | mc.P_NR_UNKN)
+    assert out[0].protocol & silent == silent and not out[0].protocol & mc.P_NR_RCPT
+    assert out[1:] == []
     assert await _run(conn, mc.Rcpt("<nobody@example.org>", ())) == [
         mc.RejectReply(gateway.decider.decide([Finding("recipient", "unknown", "nobody@example.org")]).reply)]
     assert await _run(conn, mc.Rcpt("<user@example.org>", ("ORCPT=rfc822;user@example.org", "NOTIFY=FAILURE")),
-                      mc.Data(), mc.Header("Subject", " hi"), mc.EndOfHeaders(), mc.Body(b"x\r\n")) == [mc.Continue()] * 2
+                      mc.Data(), mc.Header("Subject", " hi"), mc.EndOfHeaders(), mc.Body(b"x\r\n")) == [mc.Continue()]
     end = await _run(conn, mc.EndOfMessage())
     assert end[-1] == mc.Continue()
     # Unverified sender: every recipient re-added with NOTIFY=NEVER, its ORCPT kept; delete first.
@@ -92,8 +94,37 @@ async def test_bad_address_and_sequencing_never_crash(gateway: Gateway) -> None:
     conn = MilterConnection(gateway)
     out = await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Rcpt("<user@example.org>", ()),
                      mc.EndOfMessage(), mc.Mail("<not an address>", ()))
-    assert out[1:3] == [mc.Continue(), mc.Continue()]
-    assert isinstance(out[3], mc.RejectReply) and out[3].reply.code == 553
+    assert out[1:] == [mc.Continue(), mc.Continue()]  # MAIL is not answered: its refusal waits
+    refused = await _run(conn, mc.Rcpt("<user@example.org>", ()), mc.Rcpt("<user@example.org>", ()))
+    assert [type(r) for r in refused] == [mc.RejectReply] * 2 and refused[0].reply.code == 553
+    # The refusal belonged to that transaction only.
+    assert await _run(conn, mc.Mail("<a@example.net>", ()), mc.Rcpt("<user@example.org>", ())) == [mc.Continue()]
+    conn.close()
+
+
+async def test_a_refused_connection_is_answered_at_every_rcpt_and_at_end_of_message(gateway: Gateway) -> None:
+    gateway.config.server.max_connections_per_client = 1
+    first, second = MilterConnection(gateway), MilterConnection(gateway)
+    await _run(first, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Connect("c", "4", 1, "192.0.2.7"))
+    out = await _run(second, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Connect("c", "4", 2, "192.0.2.7"),
+                     mc.Helo("h"), mc.Mail("<a@example.net>", ()), mc.Rcpt("<user@example.org>", ()),
+                     mc.Mail("<a@example.net>", ()), mc.EndOfMessage())
+    assert [type(r) for r in out[1:]] == [mc.TempfailReply] * 2 and out[1].reply.code == 421
+    first.close()
+    second.close()
+
+
+async def test_an_error_at_a_silent_step_tempfails_the_next_answered_one(gateway: Gateway) -> None:
+    conn = MilterConnection(gateway)
+    await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Connect("c", "4", 1, "192.0.2.7"))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    gateway.mail = broken  # type: ignore[method-assign]
+    assert await _run(conn, mc.Mail("<a@example.net>", ())) == []
+    out = await _run(conn, mc.Rcpt("<user@example.org>", ()))
+    assert out == [mc.TempfailReply(Reply(451, "4.3.0", "Internal error, try again later"))]
     conn.close()
 
 

@@ -76,3 +76,58 @@ async def test_broken_check_defers(gateway: Gateway) -> None:
     gateway.checks[Phase.RCPT].local.append(broken)
     answer = await PolicyService(gateway).answer(_request())
     assert isinstance(answer, pc.DeferIfPermit)
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+@pytest.fixture
+async def limited(tmp_path: Path) -> AsyncIterator[Gateway]:
+    config = Config()
+    config.server.hostname = "mx.test.example"
+    config.state.data_dir = str(tmp_path)
+    config.logging.file = ""
+    config.receive.domains = ["example.org"]
+    config.auth.spf = config.auth.dkim = False
+    config.rate_limits.connections_per_client = 1
+    config.rate_limits.messages_per_client = 2
+    config.rate_limits.recipients_per_sender_domain = 5
+    for_postfix(config)
+    config.validate()
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    gw = Gateway(config, store)
+    await gw.start()
+    yield gw
+    await gw.stop()
+    store.close()
+
+
+async def test_rate_limits_count_each_message_once_by_its_instance(limited: Gateway) -> None:
+    service = PolicyService(limited)
+    # Two messages with three recipients each: two messages, not six.
+    for instance in ("a1.1", "a1.2"):
+        for rcpt in ("postmaster@example.org", "abuse@example.org", "postmaster@example.org"):
+            got = await service.answer(_request(instance=instance, recipient=rcpt, sender=f"x@{instance}.example"))
+            assert got == pc.Dunno()
+    third = await service.answer(_request(instance="a1.3", sender="x@third.example"))
+    assert isinstance(third, pc.DeferIfPermit) and third.reply.status == "4.7.1"
+    assert pc.encode(third).startswith(b"action=DEFER_IF_PERMIT 4.7.1 Too much mail")
+    # The rest of that message is deferred too, without counting it again.
+    again = await service.answer(_request(instance="a1.3", sender="x@third.example", recipient="abuse@example.org"))
+    assert isinstance(again, pc.DeferIfPermit)
+    assert limited.rate is not None and limited.rate.store.hit(["m:192.0.2.7"], 60) == [4]
+
+
+async def test_recipient_rate_per_sender_domain(limited: Gateway) -> None:
+    service = PolicyService(limited)
+    answers = [await service.answer(_request(instance="b.1", client_address=f"192.0.2.{n}",
+                                             sender="news@bulk.example")) for n in range(6)]
+    assert answers[:5] == [pc.Dunno()] * 5
+    assert isinstance(answers[5], pc.DeferIfPermit) and "recipients" in answers[5].reply.text
+
+
+async def test_connection_rate_when_postfix_asks_at_connect(limited: Gateway) -> None:
+    service = PolicyService(limited)
+    connect = {"request": "smtpd_access_policy", "protocol_state": "CONNECT", "client_address": "192.0.2.9"}
+    assert await service.answer(connect) == pc.Dunno()
+    refused = await service.answer(connect)
+    assert isinstance(refused, pc.DeferIfPermit) and refused.reply.status == "4.7.0"

@@ -142,3 +142,27 @@ def test_sentinel_hosts_and_redaction() -> None:
     assert _host_port("::1") == ("::1", 26379)
     assert redact("redis://:s3cret@10.0.0.1:6379/0") == "redis://***@10.0.0.1:6379/0"
     assert "s3cret" not in redact("redis+sentinel://u:s3cret@a:1,b:2/svc")
+
+
+def test_a_rate_window_expires_on_redis_clock_and_hits_do_not_extend_it(redis_server) -> None:  # type: ignore[no-untyped-def]
+    server: RedisServer = redis_server()
+    store = store_for(server.url)
+    assert store.hit(["m:192.0.2.7"], 60) == [1]
+    first = store.client.pttl("{scattergate}:rate:m:192.0.2.7")
+    assert 55_000 < first <= 60_000
+    assert store.hit(["m:192.0.2.7"], 60) == [2]
+    assert store.client.pttl("{scattergate}:rate:m:192.0.2.7") <= first  # fixed window: not renewed
+    # A 1 ms window: once Redis has expired the key, counting starts again.
+    store.hit(["c:192.0.2.7"], 0.001)
+    deadline = time.monotonic() + 5
+    while store.client.exists("{scattergate}:rate:c:192.0.2.7") and time.monotonic() < deadline:
+        pass
+    assert store.hit(["c:192.0.2.7"], 0.001) == [1]
+
+
+def test_rate_hits_with_redis_down_raise_store_unavailable(redis_server) -> None:  # type: ignore[no-untyped-def]
+    server: RedisServer = redis_server()
+    store = store_for(server.url)
+    server.stop()
+    with pytest.raises(StoreUnavailable):
+        store.hit(["m:192.0.2.7"], 60)

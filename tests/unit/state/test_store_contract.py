@@ -167,3 +167,42 @@ def test_sent_registry_is_shared(make_store: StoreFactory) -> None:
     first, second = make_store(), make_store()
     first.sent_add("h1", "alice@example.org", 10.0, 3600)
     assert second.sent_lookup("h1", since=0) == "alice@example.org"
+
+
+# -- rate-limit counters ---------------------------------------------------------------------
+
+def test_hits_count_per_key_within_the_window(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert [store.hit(["m:192.0.2.7"], 3600) for _ in range(3)] == [[1], [2], [3]]
+    assert store.hit(["m:192.0.2.8"], 3600) == [1]  # keys count apart
+    assert store.hit(["m:192.0.2.7"], 3600, amount=5) == [8]
+
+
+def test_one_hit_counts_several_keys_in_order(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.hit(["r:example.net"], 3600, amount=4)
+    assert store.hit(["m:192.0.2.7", "r:example.net"], 3600) == [1, 5]
+    assert store.hit([], 3600) == []
+
+
+def test_hits_are_shared_and_atomic_across_stores(make_store: StoreFactory) -> None:
+    """Two gateways (or two workers) on one state: no count is lost or given out twice."""
+    import threading
+
+    stores = [make_store(), make_store()]
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def hammer(store: StateStore) -> None:
+        for _ in range(100):
+            (count,) = store.hit(["c:198.51.100.1"], 3600)
+            with lock:
+                seen.append(count)
+
+    threads = [threading.Thread(target=hammer, args=(stores[n % 2],)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seen) == list(range(1, 401))
+    assert stores[0].hit(["c:198.51.100.1"], 3600) == [401]
