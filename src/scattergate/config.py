@@ -115,6 +115,11 @@ class SmtpAuthConfig:
     users_file: str = ""
     # Failed AUTH attempts on one connection before it is closed (421 4.7.0).
     max_failures: int = 3
+    # Failed AUTH attempts per client address (IPv6: /64) within `failures_window` seconds,
+    # counted in the state store (shared through Redis): after that, AUTH from that address
+    # gets 454 4.7.0 without a password check until the window ends. 0: no such limit.
+    failures_per_client: int = 10
+    failures_window: float = 900.0
 
 
 @dataclass(slots=True)
@@ -449,6 +454,8 @@ class Config:
             tls.server_context(settings.cert_file, settings.key_file, settings.min_version)
         if self.smtp_auth.max_failures <= 0:
             raise ConfigError(f"smtp_auth.max_failures must be positive, not {self.smtp_auth.max_failures}")
+        if self.smtp_auth.failures_per_client < 0 or self.smtp_auth.failures_window <= 0:
+            raise ConfigError("smtp_auth.failures_per_client must be >= 0 and failures_window positive")
         if self.smtp_auth.users_file:
             if not settings.cert_file:
                 raise ConfigError("smtp_auth.users_file needs tls.cert_file: AUTH is offered only over TLS")

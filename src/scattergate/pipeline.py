@@ -21,7 +21,7 @@ from typing import Sequence
 from scattergate.address import Address
 from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck, by_phase
 from scattergate.checks.limits import RecipientLimit
-from scattergate.checks.ratelimit import RateLimiter
+from scattergate.checks.ratelimit import AuthFailureLimit, RateLimiter
 from scattergate.checks.recipients import RecipientCheck, RecipientTable
 from scattergate.checks.relay import RelayCheck
 from scattergate.checks.scanners import build_scanners
@@ -91,6 +91,11 @@ class Gateway:
         )
         # Password checks run in threads; bounded, so a guessing flood cannot take every core.
         self._auth_slots = asyncio.Semaphore(2)
+        smtp_auth = config.smtp_auth
+        self.auth_failures = (
+            AuthFailureLimit(store, smtp_auth.failures_per_client, smtp_auth.failures_window)
+            if self.credentials is not None and smtp_auth.failures_per_client else None
+        )
 
         delivery = config.delivery
         self.relay: Relay | None = None
@@ -262,7 +267,17 @@ class Gateway:
         else:
             self.recorder.count("auth.failed")
             log.warning("session %s: client %s failed to authenticate", session.id, session.client_ip)
+            if self.auth_failures is not None:
+                await self.auth_failures.failed(session.client_ip)
         return ok
+
+    async def auth_locked_out(self, session: Session) -> bool:
+        """Has this client address failed AUTH too often lately (on any gateway sharing state)?"""
+        if self.auth_failures is None or not await self.auth_failures.locked_out(session.client_ip):
+            return False
+        self.recorder.count("auth.locked_out")
+        log.warning("session %s: client %s refused AUTH: too many failures lately", session.id, session.client_ip)
+        return True
 
     async def connect(self, session: Session) -> Verdict:
         """A new connection: rate, per-client and global limits. Pair every call with disconnect()."""

@@ -157,6 +157,25 @@ def test_wrong_password_is_535_and_too_many_close_the_connection(gateway, tls_co
     assert counters.get("auth.failed") == 4 and not counters.get("auth.success")
 
 
+def test_a_client_that_keeps_failing_is_locked_out_across_connections(gateway, tls_config, pki: Pki) -> None:  # type: ignore[no-untyped-def]
+    config = tls_config()
+    config.smtp_auth.failures_per_client = 2  # per client address, in the state store
+    gw = gateway(config)
+    with connect(gw.address, pki) as client:
+        client.user, client.password = USER, "wrong"
+        for _ in range(2):
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.auth("PLAIN", client.auth_plain)
+    with connect(gw.address, pki) as client:  # a new connection: the right password is not even checked
+        code, text = client.docmd("AUTH", "PLAIN " + base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode())
+        assert code == 454 and text.startswith(b"4.7.0")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
+    gw.flush()
+    counters = gw.store.counters()
+    assert counters.get("auth.failed") == 2 and counters.get("auth.locked_out") == 1 and not counters.get("auth.success")
+
+
 def test_passwords_never_reach_the_log(gateway, tls_config, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     gw = gateway(tls_config())
     caplog.set_level("DEBUG")

@@ -178,6 +178,35 @@ class _Batcher:
             self._running = False
 
 
+class AuthFailureLimit:
+    """Failed SMTP AUTH attempts per client address, counted in the state store: a password
+    guesser that reconnects after each per-connection limit, or spreads its guesses over the
+    gateways sharing Redis, is still counted, and refused before any password is checked.
+    Fails open like the rate limits: with the store down, the per-connection limit remains."""
+
+    def __init__(self, store: StateStore, limit: int, window: float, budget: float = 0.5) -> None:
+        self.store = store
+        self.limit = limit
+        self.window = window
+        self.budget = budget
+
+    async def locked_out(self, ip: str) -> bool:
+        count = await self._hit(ip, 0)  # amount 0: read the count without adding to it
+        return count is not None and count >= self.limit
+
+    async def failed(self, ip: str) -> None:
+        await self._hit(ip, 1)
+
+    async def _hit(self, ip: str, amount: int) -> int | None:
+        try:
+            async with asyncio.timeout(self.budget):
+                counts = await asyncio.to_thread(self.store.hit, [f"a:{client_key(ip)}"], self.window, amount)
+            return counts[0]
+        except Exception as exc:
+            log.warning("AUTH failure count skipped: state store %s", _describe(exc, self.budget))
+            return None
+
+
 def _describe(exc: BaseException, budget: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"gave no answer within {budget:g} s"

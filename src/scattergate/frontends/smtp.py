@@ -40,6 +40,7 @@ _AIOSMTPD_NEED_TLS = "530 Must issue a STARTTLS command first"
 NEED_TLS_REPLY = "530 5.7.0 Must issue a STARTTLS command first"
 NO_AUTH_REPLY = "502 5.5.1 AUTH not available"
 AUTH_LOCKOUT_REPLY = "421 4.7.0 Too many failed authentication attempts, closing connection"
+AUTH_LOCKED_OUT_REPLY = "454 4.7.0 Too many failed authentication attempts from your address, try again later"
 
 # Command name our reader substitutes for a command line it refuses itself (NUL, bad UTF-8,
 # a non-ASCII address without SMTPUTF8); the reply waits in GatewaySMTP._sg_refusal.
@@ -437,6 +438,13 @@ class GatewaySMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         if self.gateway.credentials is None:
             await self.push(NO_AUTH_REPLY)
+            return
+        if self.sg_session is not None and self._tls_protocol is not None \
+                and await self.gateway.auth_locked_out(self.sg_session):
+            # RFC 4954 §6: temporary failure. No password is checked, so guessing teaches nothing.
+            await self.push(AUTH_LOCKED_OUT_REPLY)
+            if self.transport is not None:
+                self.transport.close()
             return
         await super().smtp_AUTH(arg)
         if self._sg_auth_failures >= self.gateway.config.smtp_auth.max_failures and self.transport is not None:
