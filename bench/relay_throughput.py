@@ -93,7 +93,7 @@ def wait_listening(process: subprocess.Popen[str], workers: int) -> None:
         if "listening on" in line:
             ready += 1
             if ready == workers:
-                threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()  # type: ignore[union-attr]
+                threading.Thread(target=lambda: [print(l, end="", file=sys.stderr) for l in process.stderr if l.startswith("batches")], daemon=True).start()  # type: ignore[union-attr]
                 return
     raise RuntimeError("scattergate exited before listening")
 

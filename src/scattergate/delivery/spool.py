@@ -456,12 +456,19 @@ class SpoolWriter:
                 del self._writes[: self.max_batch]
                 removals, self._removals = self._removals, []
                 try:
+                    import time as _t, sys as _s
+                    _t0 = _t.perf_counter()
                     if os.environ.get("SG_INLINE"):
                         await asyncio.sleep(0)
                         stored, removed = self._io([(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
                     else:
                         stored, removed = await asyncio.to_thread(
                             self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
+                    _st = self.__dict__.setdefault("_stats", [])
+                    _st.append((len(writes), len(removals), _t.perf_counter() - _t0))
+                    if len(_st) % 300 == 0:
+                        import statistics as _S
+                        print(f"batches {len(_st)}: writes/batch {_S.mean(w for w,_,_ in _st[-300:]):.1f} removals {_S.mean(r for _,r,_ in _st[-300:]):.1f} ms/batch p50 {_S.median(d for *_,d in _st[-300:])*1000:.1f} max {max(d for *_,d in _st[-300:])*1000:.1f}", file=_s.stderr, flush=True)
                 except Exception as exc:  # _io reports per message; this is a bug guard
                     stored, removed = [exc] * len(writes), [exc] * len(removals)
                 for (_, _, future), result in zip(writes, stored):
