@@ -144,6 +144,19 @@ class AuthConfig:
 
 
 @dataclass(slots=True)
+class DnsblConfig:
+    """DNS blocklists asked at RCPT (docs/backscatter.md). Off until `zones` names one."""
+
+    # Zones to ask, e.g. ["ips.backscatterer.org"]. Empty: no third-party lookups at all.
+    zones: list[str] = field(default_factory=list)
+    # "safe": refuse only bounces and auto-replies (null sender, postmaster@, mailer-daemon@)
+    # from a listed client, and look only those up; "all": any sender.
+    mode: str = "safe"
+    # Seconds for the lookups of one transaction (all zones at once); past 80 %: temperror.
+    budget: float = 3.0
+
+
+@dataclass(slots=True)
 class SpoolConfig:
     """Store-and-forward: accept into a durable spool, deliver later with retries."""
 
@@ -338,6 +351,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     backscatter: BackscatterConfig = field(default_factory=BackscatterConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
@@ -396,6 +410,7 @@ class Config:
             if mode not in ("enforce", "score", "off"):
                 name = f"backscatter.batv_modes.{key}" if key else "backscatter.batv_mode"
                 raise ConfigError(f"{name}: unknown mode {mode!r} (enforce, score, off)")
+        self._validate_dnsbl()
         if self.spool.dsn_route:
             parse_host_port(self.spool.dsn_route, "spool.dsn_route")
         if self.state.backend not in ("sqlite", "redis"):
@@ -429,6 +444,17 @@ class Config:
         validate_scan(self.scan, self.server.data_deadline)
         self._validate_rate_limits()
         self._validate_tls()
+
+    def _validate_dnsbl(self) -> None:
+        from scattergate.checks.dnsbl import MODES, valid_zone  # cycle-free: lazy
+
+        if self.dnsbl.mode not in MODES:
+            raise ConfigError(f"dnsbl.mode: unknown mode {self.dnsbl.mode!r} (safe, all)")
+        if self.dnsbl.budget <= 0:
+            raise ConfigError(f"dnsbl.budget must be positive, not {self.dnsbl.budget}")
+        for zone in self.dnsbl.zones:
+            if not valid_zone(zone):
+                raise ConfigError(f"dnsbl.zones: not a DNS zone: {zone!r}")
 
     def _validate_rate_limits(self) -> None:
         limits = self.rate_limits

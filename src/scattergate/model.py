@@ -178,6 +178,9 @@ class Envelope:
     rcpt_dsn: list["RcptDsn"] = field(default_factory=list)
     # This transaction was counted against the client's message rate (checks/ratelimit.py).
     rate_counted: bool = False
+    # DNSBL findings for the client, looked up once per transaction (checks/dnsbl.py): a
+    # message with 50 recipients costs one lookup per zone, and a DNS outage one wait.
+    dnsbl: tuple[Finding, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from scattergate.address import Address
 from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck, by_phase
+from scattergate.checks.dnsbl import DnsblCheck
 from scattergate.checks.limits import RecipientLimit
 from scattergate.checks.ratelimit import AuthFailureLimit, RateLimiter
 from scattergate.checks.recipients import RecipientCheck, RecipientTable
@@ -139,6 +140,8 @@ class Gateway:
         self.checks[Phase.DATA].remote.extend(build_scanners(config.scan, self.hostname))
 
         self.resolver = self._setup_auth()
+        if config.dnsbl.zones:
+            self.resolver = self._setup_dnsbl(self.resolver)
         # Header fields only we may set: removed from mail that arrives from outside with them.
         scanning = any(getattr(config.scan, name).enabled for name in ("spamd", "rspamd", "clamav"))
         self.owned_fields: tuple[bytes, ...] = (b"x-scattergate-",) + (
@@ -158,18 +161,31 @@ class Gateway:
 
     def _setup_auth(self) -> Resolver | None:
         """Sender authentication: findings for the policy, and proof for the safe-bounce rule."""
-        auth, dns = self.config.auth, self.config.dns
+        auth = self.config.auth
         if not (auth.spf or auth.dkim):
             return None
-        resolver = Resolver(DnsConfig(
-            nameservers=tuple(dns.nameservers), port=dns.port, timeout=dns.timeout, lifetime=dns.lifetime,
-        ))
+        resolver = self._new_resolver()
         if auth.spf:
             spf = SpfCheck(resolver, receiver=self.hostname, budget=auth.spf_budget)
             self.checks[Phase.RCPT].remote.append(RemoteCheck("spf", spf, auth.spf_budget))
         if auth.dkim:
             dkim = DkimDmarcCheck(resolver, dmarc=auth.dmarc)
             self.checks[Phase.DATA].remote.append(RemoteCheck("dkim", dkim, auth.dkim_budget))
+        return resolver
+
+    def _new_resolver(self) -> Resolver:
+        dns = self.config.dns
+        return Resolver(DnsConfig(
+            nameservers=tuple(dns.nameservers), port=dns.port, timeout=dns.timeout, lifetime=dns.lifetime,
+        ))
+
+    def _setup_dnsbl(self, resolver: Resolver | None) -> Resolver:
+        """DNS blocklists at RCPT (docs/backscatter.md), sharing the SPF resolver and its cache."""
+        settings = self.config.dnsbl
+        resolver = resolver or self._new_resolver()
+        budget = min(settings.budget, self.config.server.rcpt_deadline)
+        check = DnsblCheck(resolver, settings.zones, mode=settings.mode, budget=budget)
+        self.checks[Phase.RCPT].remote.append(RemoteCheck("dnsbl", check, budget))
         return resolver
 
     def _setup_backscatter(self, store: StateStore) -> None:
@@ -355,6 +371,7 @@ class Gateway:
             findings += per_message + per_recipient
             verdict = self.decider.decide(findings, RCPT_OK)
         if isinstance(verdict, Accept) and checks.remote:
+            ctx.earlier = tuple(findings)
             findings += await checks.run_remote(ctx, self.config.server.rcpt_deadline)
             verdict = self.decider.decide(findings, RCPT_OK)
         if isinstance(verdict, (Accept, Quarantine)):

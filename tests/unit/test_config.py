@@ -12,6 +12,7 @@ def test_defaults_are_a_safe_local_gateway() -> None:
     assert config.server.listen == "127.0.0.1:2525"
     assert config.receive.trusted_networks == []  # relays for nobody, loopback included
     assert config.maildir == Path("scattergate-data/maildir")
+    assert config.dnsbl.zones == []  # no third-party lookups unless the admin asks
 
 
 def test_unknown_key_is_an_error_naming_the_key() -> None:
@@ -43,6 +44,9 @@ def test_wrong_types_are_errors_naming_the_key(raw: dict, key: str) -> None:
         (lambda c: setattr(c.receive, "trusted_networks", ["10.0.0.0/33"]), "trusted_networks"),
         (lambda c: setattr(c.server, "data_deadline", 900.0), "data_deadline"),
         (lambda c: setattr(c.server, "max_recipients", 0), "max_recipients"),
+        (lambda c: setattr(c.dnsbl, "mode", "strict"), "dnsbl.mode"),
+        (lambda c: setattr(c.dnsbl, "zones", ["ips backscatterer"]), "dnsbl.zones"),
+        (lambda c: setattr(c.dnsbl, "budget", 0.0), "dnsbl.budget"),
     ],
 )
 def test_invalid_values_are_errors(mutate, key: str) -> None:  # type: ignore[no-untyped-def]

@@ -25,6 +25,9 @@ class CheckContext:
     envelope: Envelope | None = None
     recipient: Address | None = None
     content: bytes | None = None
+    # Findings of this phase before the remote checks ran (e.g. batv.valid at RCPT), so a
+    # remote check can tell when its answer could not matter.
+    earlier: tuple[Finding, ...] = ()
 
 
 LocalCheck = Callable[[CheckContext], Iterable[Finding]]

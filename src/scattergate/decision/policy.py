@@ -60,6 +60,12 @@ DEFAULT_RULES: dict[str, Rule] = {
     "dkim.temperror": Rule("observe", Reply(451, "4.7.5", "DKIM temporary error: {detail}")),
     "dmarc.fail": Rule("observe", Reply(550, "5.7.1", "DMARC policy of the From domain refuses this message")),
     "dmarc.temperror": Rule("observe", Reply(451, "4.7.1", "DMARC temporary error: {detail}")),
+    # DNS blocklists (checks/dnsbl.py; off until [dnsbl] zones is set). In safe mode only
+    # bounce-like senders are looked up, so a listing refuses only those. The detail names the
+    # client and the zone so the sender's admin knows which list to ask (Postfix's wording).
+    # An outage of the list refuses nothing unless configured to.
+    "dnsbl.listed": Rule("reject", Reply(554, "5.7.1", "Service unavailable; {detail}")),
+    "dnsbl.temperror": Rule("observe", Reply(451, "4.7.1", "Service unavailable; DNSBL lookup failed ({detail})")),
     # Backscatter aimed at us: bounces and auto-replies for mail we never sent.
     "batv.invalid": Rule("reject", Reply(550, "5.7.1", "Bounce refused: invalid BATV tag ({detail}); we never sent that mail")),
     "batv.missing": Rule("reject", Reply(550, "5.7.1", "Bounce refused: our mail carries a BATV tag and this address has none")),

@@ -131,3 +131,39 @@ async def test_connection_rate_when_postfix_asks_at_connect(limited: Gateway) ->
     assert await service.answer(connect) == pc.Dunno()
     refused = await service.answer(connect)
     assert isinstance(refused, pc.DeferIfPermit) and refused.reply.status == "4.7.0"
+
+
+# -- DNSBL (safe mode) ----------------------------------------------------------------------------
+
+@pytest.fixture
+async def dnsbl_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    from tests.support.dns_server import DnsTestServer
+
+    zone = {"2.0.0.127.bl.test.": [("A", "127.0.0.2")]}
+    with DnsTestServer(zone) as dns:
+        config = Config()
+        config.server.hostname = "mx.test.example"
+        config.state.data_dir = str(tmp_path)
+        config.logging.file = ""
+        config.receive.domains = ["example.org"]
+        config.auth.spf = config.auth.dkim = False
+        config.backscatter.batv_mode = "off"  # else BATV refuses the null sender first
+        config.dnsbl.zones = ["bl.test"]
+        config.dns.nameservers, config.dns.port = ["127.0.0.1"], dns.port
+        for_postfix(config)
+        config.validate()
+        store = SqliteStore(tmp_path / "state.sqlite3")
+        gw = Gateway(config, store)
+        await gw.start()
+        yield gw
+        await gw.stop()
+        store.close()
+
+
+async def test_dnsbl_refuses_a_listed_clients_bounces_only(dnsbl_gateway: Gateway) -> None:
+    service = PolicyService(dnsbl_gateway)
+    bounce = await service.answer(_request(client_address="127.0.0.2", sender=""))
+    assert isinstance(bounce, pc.RejectAction) and bounce.reply.code == 554
+    assert pc.encode(bounce) == b"action=554 5.7.1 Service unavailable; client [127.0.0.2] listed at bl.test (127.0.0.2)\n\n"
+    assert await service.answer(_request(client_address="127.0.0.2", sender="a@example.net")) == pc.Dunno()
+    assert await service.answer(_request(client_address="127.0.0.1", sender="")) == pc.Dunno()
