@@ -229,6 +229,15 @@ def main() -> int:
             lag = sorted(r.lags)[int(0.99 * (len(r.lags) - 1))] * 1000 if r.lags else float("nan")
             print(f"| {r.row} | {r.rate:,.0f} | {r.pct(50):.1f} | {r.pct(95):.1f} | {r.pct(99):.1f} | {r.pct(100):.1f}"
                   f" | {lag:.1f} | {r.refused} | {r.failed} |")
+    if len(results) > 1:
+        print(f"\nmedians over {len(results)} rounds\n")
+        print("| target | rate msg/s | p50 ms | p95 ms | p99 ms | p99 per round |")
+        print("|---|---:|---:|---:|---:|---|")
+        for index, first in enumerate(results[0]):
+            rows = [current[index] for current in results]
+            median = {q: statistics.median(r.pct(q) for r in rows) for q in (50, 95, 99)}
+            print(f"| {first.row} | {first.rate:,.0f} | {median[50]:.1f} | {median[95]:.1f} | {median[99]:.1f}"
+                  f" | {', '.join(f'{r.pct(99):.1f}' for r in rows)} |")
     added = [c[2].pct(99) - c[0].pct(99) for c in results]
     spool_vs = [(c[3].pct(99), c[1].pct(99)) for c in results]
     print(f"\np99 added by scattergate proxy (p99 proxy − p99 sink directly): median {statistics.median(added):.1f} ms"

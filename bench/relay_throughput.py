@@ -86,16 +86,17 @@ def run_load(target: str, args: argparse.Namespace, sink: CountingSink) -> float
     return time.monotonic() - started
 
 
-def wait_listening(process: subprocess.Popen[str], workers: int) -> None:
-    assert process.stderr is not None
-    ready = 0
-    for line in process.stderr:
-        if "listening on" in line:
-            ready += 1
-            if ready == workers:
-                threading.Thread(target=lambda: [print(l, end="", file=sys.stderr) for l in process.stderr if l.startswith("batches")], daemon=True).start()  # type: ignore[union-attr]
-                return
-    raise RuntimeError("scattergate exited before listening")
+def wait_listening(log: Path, process: subprocess.Popen[bytes], workers: int, timeout: float = 60) -> None:
+    """Wait until every worker has logged "listening on" (the log goes to a file: a pipe read
+    by a thread of this process could fill up and stall the gateway's event loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text(errors="replace").count("listening on") >= workers:
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"scattergate exited before listening: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    raise RuntimeError("scattergate did not start listening")
 
 
 def check_tools() -> bool:
@@ -138,15 +139,18 @@ def scattergate_relay(work: Path, sink_port: int, *, spool: bool, workers: int,
     SPF. Yields the listening address."""
     port = free_port()
     dns = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "scattergate", "serve", "--listen", f"127.0.0.1:{port}",
-         "--relay", f"127.0.0.1:{sink_port}", "--domain", "example.org", "--dns", f"127.0.0.1:{dns.port}",
-         "--workers", str(workers), "--data-dir", str(work), *(["--spool"] if spool else []),
-         *(["--config", config] if config else [])],
-        stderr=subprocess.PIPE, text=True,
-    )
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "gateway.log"
+    with open(log, "wb") as log_file:
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "scattergate", "serve", "--listen", f"127.0.0.1:{port}",
+             "--relay", f"127.0.0.1:{sink_port}", "--domain", "example.org", "--dns", f"127.0.0.1:{dns.port}",
+             "--workers", str(workers), "--data-dir", str(work), *(["--spool"] if spool else []),
+             *(["--config", config] if config else [])],
+            stderr=log_file,
+        )
     try:
-        wait_listening(gateway, workers)
+        wait_listening(log, gateway, workers)
         yield f"127.0.0.1:{port}"
     finally:
         gateway.terminate()

@@ -82,9 +82,6 @@ class Scheduler:
         task.add_done_callback(self._deliveries.discard)
 
     async def _deliver_new(self, claim: Claim) -> None:
-        import os
-        if os.environ.get("SG_NODELIVER"):
-            await self.writer.remove(claim); return
         next_attempt = await self._attempt_claimed(claim)
         if next_attempt is not None and next_attempt < self._next_scan:
             self.wake()  # deferred: the scan loop must not sleep past its retry

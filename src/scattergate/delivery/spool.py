@@ -406,16 +406,23 @@ class SpoolWriter:
     under load each directory fsync, and often each journal commit, serves many messages,
     while a lone message is written at once. Each stored message's claim goes to `on_stored`
     (the scheduler), with its content in memory, whether or not its waiter is still there.
-    The removal of delivered messages rides along in the same batches (`remove`).
+
+    Delivered messages are removed (`remove`) by the next trip to the thread, after that
+    trip's writes; when no write comes along, after at most `removal_delay` seconds. Trips to
+    the thread cost more than the file operations themselves on a busy machine: under load
+    every trip carries several writes and several removals.
     """
 
-    def __init__(self, spool: Spool, on_stored: Callable[[Claim], None], *, max_batch: int = 64) -> None:
+    def __init__(self, spool: Spool, on_stored: Callable[[Claim], None], *,
+                 max_batch: int = 64, removal_delay: float = 0.05) -> None:
         self.spool = spool
         self.on_stored = on_stored
         self.max_batch = max_batch
+        self.removal_delay = removal_delay
         self._writes: list[tuple[SpoolEntry, bytes, asyncio.Future[None]]] = []
         self._removals: list[tuple[Claim, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._later: asyncio.TimerHandle | None = None
 
     async def put(self, entry: SpoolEntry, content: bytes) -> None:
         """Store durably (raises OSError when it could not). If the caller is cancelled
@@ -430,15 +437,21 @@ class SpoolWriter:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         claim.removing = True
         self._removals.append((claim, future))
-        self._kick()
+        if self._task is None and self._later is None:
+            self._later = asyncio.get_running_loop().call_later(self.removal_delay, self._kick)
         await asyncio.shield(future)  # once asked, the removal happens: the claim is no longer ours
 
     def _kick(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._flush())
 
-    def _io(self, writes: list[tuple[SpoolEntry, bytes]], removals: list[Claim]) -> tuple[list[Claim | BaseException], list[BaseException | None]]:
-        """One trip to the thread: remove what was delivered, then write a batch."""
+    def _io(self, writes: list[tuple[SpoolEntry, bytes]],
+            removals: list[Claim]) -> tuple[list[Claim | BaseException], list[BaseException | None]]:
+        """One trip to the thread: write a batch, then remove what was delivered."""
+        stored = self.spool.put_batch(writes) if writes else []
         removed: list[BaseException | None] = []
         for claim in removals:
             try:
@@ -447,7 +460,7 @@ class SpoolWriter:
             except Exception as exc:  # e.g. EIO: the claim is released, the message stays
                 claim.release()
                 removed.append(exc)
-        return (self.spool.put_batch(writes) if writes else []), removed
+        return stored, removed
 
     async def _flush(self) -> None:
         try:
@@ -456,19 +469,8 @@ class SpoolWriter:
                 del self._writes[: self.max_batch]
                 removals, self._removals = self._removals, []
                 try:
-                    import time as _t, sys as _s
-                    _t0 = _t.perf_counter()
-                    if os.environ.get("SG_INLINE"):
-                        await asyncio.sleep(0)
-                        stored, removed = self._io([(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
-                    else:
-                        stored, removed = await asyncio.to_thread(
-                            self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
-                    _st = self.__dict__.setdefault("_stats", [])
-                    _st.append((len(writes), len(removals), _t.perf_counter() - _t0))
-                    if len(_st) % 300 == 0:
-                        import statistics as _S
-                        print(f"batches {len(_st)}: writes/batch {_S.mean(w for w,_,_ in _st[-300:]):.1f} removals {_S.mean(r for _,r,_ in _st[-300:]):.1f} ms/batch p50 {_S.median(d for *_,d in _st[-300:])*1000:.1f} max {max(d for *_,d in _st[-300:])*1000:.1f}", file=_s.stderr, flush=True)
+                    stored, removed = await asyncio.to_thread(
+                        self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
                 except Exception as exc:  # _io reports per message; this is a bug guard
                     stored, removed = [exc] * len(writes), [exc] * len(removals)
                 for (_, _, future), result in zip(writes, stored):
@@ -485,10 +487,16 @@ class SpoolWriter:
                         future.set_result(None)
                     else:
                         future.set_exception(error)
+                if not self._writes and self._removals:
+                    break  # removals alone wait for the next write, or for removal_delay
         finally:
             self._task = None
+            if self._removals and self._later is None:
+                self._later = asyncio.get_running_loop().call_later(self.removal_delay, self._kick)
 
     async def close(self) -> None:
-        """Let the batch being written finish (its claims are handed over as usual)."""
-        while self._task is not None:
+        """Finish the trips in progress and the removals still waiting."""
+        while self._task is not None or self._removals:
+            self._kick()
+            assert self._task is not None
             await asyncio.shield(self._task)
