@@ -221,3 +221,24 @@ def test_slow_policy_check_answers_within_budget(world: World, action: str, expe
             assert b"4.4.3" in text
     finally:
         world.services.policy.timeout_action = "dunno"
+
+
+def test_postfix_sends_only_the_macros_the_milter_asked_for(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SMFIF_SETSYMLIST: Postfix would otherwise expand and send a dozen macros at each step."""
+    from scattergate.frontends import milter_codec as mc
+    from scattergate.frontends.milter import MilterConnection
+
+    seen: set[str] = set()
+    original = MilterConnection.handle
+
+    async def recording(self: MilterConnection, command: mc.Command):  # type: ignore[no-untyped-def]
+        if isinstance(command, mc.Macros):
+            seen.update(command.values)
+        return await original(self, command)
+
+    monkeypatch.setattr(MilterConnection, "handle", recording)
+    token = uuid.uuid4().hex
+    with _client(world.milter_port) as client:
+        client.sendmail("someone@example.net", ["user@example.org"], _message(token))
+    world.delivered(token)
+    assert seen and seen <= {"j", "{auth_authen}"}, sorted(seen)
