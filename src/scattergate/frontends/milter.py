@@ -47,7 +47,8 @@ WANTED_MACROS = {mc.STAGE_CONNECT: "j", mc.STAGE_HELO: "j", mc.STAGE_MAIL: "{aut
 # end of the message. Over TCP an unanswered packet could wait for our delayed ACK (Nagle on
 # Postfix's side, ~40 ms: ENVIRONMENT.md), so the socket loop acknowledges at once
 # (TCP_QUICKACK after every read).
-WANTED_PROTOCOL = mc.P_NOUNKNOWN | mc.P_HDR_LEADSPC
+# DATA and end of headers carry nothing we use: not sent at all (SMFIP_NODATA, NOEOH).
+WANTED_PROTOCOL = mc.P_NOUNKNOWN | mc.P_NODATA | mc.P_NOEOH | mc.P_HDR_LEADSPC
 NO_REPLY = {mc.P_NR_CONN: mc.Connect, mc.P_NR_HELO: mc.Helo, mc.P_NR_MAIL: mc.Mail,
             mc.P_NR_DATA: mc.Data, mc.P_NR_HDR: mc.Header, mc.P_NR_EOH: mc.EndOfHeaders,
             mc.P_NR_BODY: mc.Body, mc.P_NR_UNKN: mc.Unknown}
