@@ -145,6 +145,9 @@ def main() -> int:
     unix_path = str(work / "sg-milter.sock")
 
     def spawn(command: list[str], target: str) -> None:
+        if command[1:3] == ["-m", "scattergate"]:
+            # Metrics on, as a site would run it; each service on its own HTTP port.
+            command = [*command, "--http-listen", f"127.0.0.1:{free_port()}"]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=work)
         processes.append(process)
         wait_connectable(target, process)
