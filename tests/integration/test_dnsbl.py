@@ -18,6 +18,7 @@ from scattergate.frontends.smtp import GatewaySMTP
 from tests.support.dialogue import Dialogue
 from tests.support.dns_server import DnsTestServer
 from tests.support.gateway import GatewayThread
+from tests.system.postfix_fixtures import wait_for
 
 V6_LOOPBACK = "1." + "0." * 31  # ::1 as nibbles, reversed
 ZONE = {
@@ -117,7 +118,12 @@ def test_a_dnsbl_outage_refuses_nothing_and_is_recorded(start, dns, knob: str) -
     assert rcpt(gw, LISTED, "") == [(250, "2.1.5 OK")]
     with smtplib.SMTP(*gw.address, source_address=(LISTED, 0)) as client:
         client.sendmail("alice@example.net", ["postmaster@example.org"], b"Subject: hi\r\n\r\nhello\r\n")
-    gw.flush()
+    def recorded() -> bool:  # the decision log is written in batches: wait for this one
+        gw.flush()
+        return gw.store.counters().get("findings.dnsbl.temperror", 0) >= 1
+
+    wait_for(recorded, timeout=10, what=f"the temperror finding (counters {gw.store.counters()}, "
+                                        f"decisions {gw.store.recent_decisions(3)})")
     assert gw.store.counters()["findings.dnsbl.temperror"] == 1
     (decision,) = gw.store.recent_decisions(1)
     assert decision.verdict == "accept" and any(f.startswith("dnsbl.temperror[bl.test: ") for f in decision.findings)
