@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from typing import Any
+from typing import Any, AsyncIterator
 
 from scattergate.config import Config
 from scattergate.frontends.smtp import GatewaySMTP
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: Config) -> AsyncIterator[Gateway]:
+    """A started Gateway on the test's own event loop, no servers in front: for tests that
+    drive a front end's state machine (milter, policy) or the pipeline directly."""
+    store = open_store(config)
+    gateway = Gateway(config, store)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+        store.close()
 
 
 class ServiceThread:

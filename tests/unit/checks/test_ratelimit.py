@@ -4,19 +4,18 @@ with a pause after a failure), the policy replies, and the Gateway's use of it p
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import AsyncIterator, Sequence
 
 import pytest
 
 from scattergate.address import parse_path
 from scattergate.checks.ratelimit import RETRY_AFTER, RateLimiter, client_key
-from scattergate.config import Config, PolicyConfig, RateLimitConfig, RateLimits
+from scattergate.config import PolicyConfig, RateLimitConfig, RateLimits
 from scattergate.decision.policy import Decider
 from scattergate.model import Accept, Envelope, Finding, Session, Tempfail
 from scattergate.pipeline import Gateway
-from scattergate.state.sqlite import SqliteStore
 from scattergate.state.store import StateStore
+from tests.support.gateway import running_gateway
 
 
 class MemoryStore:
@@ -173,22 +172,11 @@ def test_policy_replies() -> None:
 # -- through the Gateway --------------------------------------------------------------------
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    config = Config()
-    config.server.hostname = "mx.test.example"
-    config.state.data_dir = str(tmp_path)
-    config.logging.file = ""
-    config.receive.domains = ["example.org"]
-    config.auth.spf = config.auth.dkim = False
-    config.rate_limits.connections_per_client = 2
-    config.rate_limits.messages_per_client = 2
-    config.validate()
-    store = SqliteStore(tmp_path / "state.sqlite3")
-    gw = Gateway(config, store)
-    await gw.start()
-    yield gw
-    await gw.stop()
-    store.close()
+async def gateway(make_config) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    config = make_config(receive={"domains": ["example.org"]},
+                         rate_limits={"connections_per_client": 2, "messages_per_client": 2})
+    async with running_gateway(config) as gw:
+        yield gw
 
 
 async def test_gateway_refuses_the_connection_over_its_rate(gateway: Gateway) -> None:

@@ -8,12 +8,11 @@ from typing import AsyncIterator
 import pytest
 
 from scattergate.address import parse_path
-from scattergate.config import Config
 from scattergate.frontends import milter_codec as mc
 from scattergate.frontends.milter import MilterConnection, for_postfix, needs_never_bounce, sender_verified
 from scattergate.model import Finding, Reply, Session
 from scattergate.pipeline import Gateway
-from scattergate.state.sqlite import SqliteStore
+from tests.support.gateway import running_gateway
 
 SENDER = parse_path("<a@mail.example.net>")
 
@@ -40,22 +39,11 @@ def test_never_bounce_spares_null_sender_and_trusted_clients() -> None:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    config = Config()
-    config.server.hostname = "mx.test.example"
-    config.state.data_dir = str(tmp_path)
-    config.logging.file = ""
-    config.receive.domains = ["example.org"]
+async def gateway(make_config, tmp_path: Path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     (tmp_path / "rcpts").write_text("user@example.org\n")
-    config.receive.recipients_file = str(tmp_path / "rcpts")
-    config.auth.spf = config.auth.dkim = False
-    for_postfix(config)
-    store = SqliteStore(tmp_path / "state.sqlite3")
-    gw = Gateway(config, store)
-    await gw.start()
-    yield gw
-    await gw.stop()
-    store.close()
+    config = make_config(receive={"domains": ["example.org"], "recipients_file": str(tmp_path / "rcpts")})
+    async with running_gateway(for_postfix(config)) as gw:
+        yield gw
 
 
 async def _run(conn: MilterConnection, *commands: mc.Command) -> list[mc.Response]:

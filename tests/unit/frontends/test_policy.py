@@ -3,37 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
 
 from scattergate.checks import CheckContext, RemoteCheck
-from scattergate.config import Config
 from scattergate.frontends import policy_codec as pc
 from scattergate.frontends.milter import for_postfix
 from scattergate.frontends.policy import PolicyService
 from scattergate.model import Finding, Phase
 from scattergate.pipeline import Gateway
-from scattergate.state.sqlite import SqliteStore
+from tests.support.gateway import running_gateway
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    config = Config()
-    config.server.hostname = "mx.test.example"
-    config.state.data_dir = str(tmp_path)
-    config.logging.file = ""
-    config.receive.domains = ["example.org"]
-    config.receive.trusted_networks = ["10.0.0.0/8"]
-    config.auth.spf = config.auth.dkim = False
-    for_postfix(config)
-    store = SqliteStore(tmp_path / "state.sqlite3")
-    gw = Gateway(config, store)
-    await gw.start()
-    yield gw
-    await gw.stop()
-    store.close()
+async def gateway(make_config) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    config = make_config(receive={"domains": ["example.org"], "trusted_networks": ["10.0.0.0/8"]})
+    async with running_gateway(for_postfix(config)) as gw:
+        yield gw
 
 
 def _request(**attrs: str) -> dict[str, str]:
@@ -81,24 +68,13 @@ async def test_broken_check_defers(gateway: Gateway) -> None:
 # -- rate limits ------------------------------------------------------------------------------
 
 @pytest.fixture
-async def limited(tmp_path: Path) -> AsyncIterator[Gateway]:
-    config = Config()
-    config.server.hostname = "mx.test.example"
-    config.state.data_dir = str(tmp_path)
-    config.logging.file = ""
-    config.receive.domains = ["example.org"]
-    config.auth.spf = config.auth.dkim = False
-    config.rate_limits.connections_per_client = 1
-    config.rate_limits.messages_per_client = 2
-    config.rate_limits.recipients_per_sender_domain = 5
-    for_postfix(config)
-    config.validate()
-    store = SqliteStore(tmp_path / "state.sqlite3")
-    gw = Gateway(config, store)
-    await gw.start()
-    yield gw
-    await gw.stop()
-    store.close()
+async def limited(make_config) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    config = make_config(
+        receive={"domains": ["example.org"]},
+        rate_limits={"connections_per_client": 1, "messages_per_client": 2, "recipients_per_sender_domain": 5},
+    )
+    async with running_gateway(for_postfix(config)) as gw:
+        yield gw
 
 
 async def test_rate_limits_count_each_message_once_by_its_instance(limited: Gateway) -> None:
@@ -136,28 +112,19 @@ async def test_connection_rate_when_postfix_asks_at_connect(limited: Gateway) ->
 # -- DNSBL (safe mode) ----------------------------------------------------------------------------
 
 @pytest.fixture
-async def dnsbl_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+async def dnsbl_gateway(make_config) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     from tests.support.dns_server import DnsTestServer
 
     zone = {"2.0.0.127.bl.test.": [("A", "127.0.0.2")]}
     with DnsTestServer(zone) as dns:
-        config = Config()
-        config.server.hostname = "mx.test.example"
-        config.state.data_dir = str(tmp_path)
-        config.logging.file = ""
-        config.receive.domains = ["example.org"]
-        config.auth.spf = config.auth.dkim = False
-        config.backscatter.batv_mode = "off"  # else BATV refuses the null sender first
-        config.dnsbl.zones = ["bl.test"]
-        config.dns.nameservers, config.dns.port = ["127.0.0.1"], dns.port
-        for_postfix(config)
-        config.validate()
-        store = SqliteStore(tmp_path / "state.sqlite3")
-        gw = Gateway(config, store)
-        await gw.start()
-        yield gw
-        await gw.stop()
-        store.close()
+        config = make_config(
+            receive={"domains": ["example.org"]},
+            backscatter={"batv_mode": "off"},  # else BATV refuses the null sender first
+            dnsbl={"zones": ["bl.test"]},
+            dns={"nameservers": ["127.0.0.1"], "port": dns.port},
+        )
+        async with running_gateway(for_postfix(config)) as gw:
+            yield gw
 
 
 async def test_dnsbl_refuses_a_listed_clients_bounces_only(dnsbl_gateway: Gateway) -> None:
