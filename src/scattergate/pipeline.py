@@ -310,14 +310,18 @@ class Gateway:
             findings.append(Finding("connection", "too_many", f"{self._active_total} connections in all"))
         elif self._active[session.client_ip] > server.max_connections_per_client:
             findings.append(Finding("connection", "too_many", f"{self._active[session.client_ip]} from this client"))
-        verdict = self.decider.decide(findings + rate)
-        if not isinstance(verdict, Accept):
-            self.recorder.record(session, Phase.CONNECT, "", (), verdict)
-        return verdict
+        return self.decide_connect(session, findings + rate)
 
     async def connection_rate(self, session: Session) -> list[Finding]:
         """The connection-rate finding alone (the policy service asks at Postfix's CONNECT)."""
         return await self.rate.at_connect(session) if self.rate is not None else []
+
+    def decide_connect(self, session: Session, findings: list[Finding]) -> Verdict:
+        """The verdict on a connection; a refusal is recorded like any decision."""
+        verdict = self.decider.decide(findings)
+        if not isinstance(verdict, Accept):
+            self.recorder.record(session, Phase.CONNECT, "", (), verdict)
+        return verdict
 
     def disconnect(self, session: Session) -> None:
         self._active[session.client_ip] -= 1

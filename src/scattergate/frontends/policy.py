@@ -25,7 +25,7 @@ from typing import Awaitable, Callable
 from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
 from scattergate.frontends import policy_codec as pc
-from scattergate.model import Accept, Finding, Phase, Quarantine, Reject, Reply, Session, Verdict
+from scattergate.model import Accept, Finding, Quarantine, Reject, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,7 @@ class PolicyService:
 
     async def _connect(self, request: dict[str, str]) -> pc.Action:
         session = self.session_for(request)
-        findings = await self.gateway.connection_rate(session)
-        verdict = self.gateway.decider.decide(findings)
-        if not isinstance(verdict, Accept):
-            self.gateway.recorder.record(session, Phase.CONNECT, "", (), verdict)
-        return action_for(verdict)
+        return action_for(self.gateway.decide_connect(session, await self.gateway.connection_rate(session)))
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
