@@ -137,6 +137,7 @@ class GatewaySMTP(SMTP):
         self._counted = False
         self._sg_login: LoginPassword | None = None  # credentials aiosmtpd decoded, to check
         self._sg_auth_failures = 0
+        self._sg_continued: list[str] = []  # lines of a multi-line reply not yet sent
 
     # aiosmtpd's constructor discovers the smtp_*/auth_* methods with dir() and
     # inspect.getmembers(), which reads every attribute of the instance — per connection, a
@@ -185,7 +186,20 @@ class GatewaySMTP(SMTP):
         await self.push(BARE_LINE_REPLY)
 
     async def push(self, status: str) -> None:  # type: ignore[override]
-        await super().push(self._sg_reply(status) if isinstance(status, str) else status)
+        line = self._sg_reply(status) if isinstance(status, str) else status
+        # aiosmtpd pushes a multi-line reply (EHLO's) a line at a time, a send() each: the
+        # continuation lines wait for the last one and leave with it, in one segment.
+        if isinstance(line, str) and line[3:4] == "-":
+            self._sg_continued.append(line)
+            return
+        if self._sg_continued:
+            continued = "\r\n".join(self._sg_continued)
+            self._sg_continued.clear()
+            if isinstance(line, str):
+                line = f"{continued}\r\n{line}"
+            else:
+                await super().push(continued)
+        await super().push(line)
 
     async def _handle_client(self) -> None:
         peer = self.session.peer if self.session else None
