@@ -1,4 +1,4 @@
-"""Before-queue relay to the downstream MTA, over pooled connections (aiosmtplib).
+"""Before-queue relay to the downstream MTA, over pooled, pipelining connections (`smtp_client`).
 
 The client waits while we relay, and gets the downstream's own verdict: 2xx only once the
 downstream has taken the message, its 5xx passed through, and a downstream that is down or
@@ -15,9 +15,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Sequence
 
-import aiosmtplib
-
 from scattergate.address import Address
+from scattergate.delivery.smtp_client import Response, SmtpClientError, SmtpConnection, encode_content
 from scattergate.model import Reply
 
 log = logging.getLogger(__name__)
@@ -77,9 +76,9 @@ def downstream_tls(mode: str, *, verify: bool, ca_file: str, server_name: str = 
 class DownstreamPool:
     """A small pool of open SMTP connections to one downstream.
 
-    A pooled connection may have been closed by the downstream while idle; a command that
-    fails on a reused connection *before DATA* is retried once on a fresh one (nothing was
-    handed over yet, so the retry cannot duplicate mail).
+    A pooled connection may have been closed by the downstream while idle; a transaction that
+    fails on a reused connection *before the content is sent* is retried once on a fresh one
+    (nothing was handed over yet, so the retry cannot duplicate mail).
     """
 
     def __init__(self, host: str, port: int, *, size: int, timeout: float, local_hostname: str,
@@ -88,43 +87,33 @@ class DownstreamPool:
         self.tls = tls
         self._timeout = timeout
         self._local_hostname = local_hostname
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[SmtpConnection] = []
         self._slots = asyncio.Semaphore(size)
 
-    async def _connect(self, *, tls: bool = True) -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            timeout=self._timeout,
-            local_hostname=self._local_hostname,
-            start_tls=False,
-        )
+    async def _connect(self, *, tls: bool = True) -> SmtpConnection:
         try:
-            await client.connect()
-        except (aiosmtplib.SMTPException, OSError) as exc:
+            client = await SmtpConnection.open(self.host, self.port, timeout=self._timeout,
+                                               local_hostname=self._local_hostname)
+        except SmtpClientError as exc:
             raise DownstreamUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         if tls and self.tls.mode != "none":
             return await self._start_tls(client)
         return client
 
-    async def _start_tls(self, client: aiosmtplib.SMTP) -> aiosmtplib.SMTP:
+    async def _start_tls(self, client: SmtpConnection) -> SmtpConnection:
         """STARTTLS on a new connection, as `tls.mode` asks; the pool only ever holds its result."""
         where = f"{self.host}:{self.port}"
-        try:
-            await client.ehlo()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            client.close()
-            raise DownstreamUnavailable(f"EHLO to {where} failed: {exc}") from exc
-        if not client.supports_extension("starttls"):
+        if not client.supports("starttls"):
             if self.tls.mode == "required":
                 client.close()
                 raise DownstreamUnavailable(f"{where} does not offer STARTTLS (delivery.tls = required)",
                                             _TLS_NOT_OFFERED)
             return client
+        assert self.tls.context is not None
         try:
-            await client.starttls(tls_context=self.tls.context, server_hostname=self.tls.server_name or self.host)
+            await client.starttls(self.tls.context, self.tls.server_name or self.host)
             return client
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except OSError as exc:  # SmtpClientError and ssl.SSLError are OSErrors
             client.close()
             if self.tls.mode == "required":
                 raise DownstreamUnavailable(f"STARTTLS with {where} failed: {exc}", _TLS_FAILED) from exc
@@ -133,7 +122,7 @@ class DownstreamPool:
             log.warning("opportunistic STARTTLS with %s failed (%s): delivering without TLS", where, exc)
         return await self._connect(tls=False)
 
-    async def acquire(self) -> tuple[aiosmtplib.SMTP, bool]:
+    async def acquire(self) -> tuple[SmtpConnection, bool]:
         """A connection, and whether it was reused from the pool."""
         await self._slots.acquire()
         try:
@@ -141,12 +130,13 @@ class DownstreamPool:
                 client = self._idle.pop()
                 if client.is_connected:
                     return client, True
+                client.close()
             return await self._connect(), False
         except BaseException:
             self._slots.release()
             raise
 
-    def release(self, client: aiosmtplib.SMTP, *, reusable: bool) -> None:
+    def release(self, client: SmtpConnection, *, reusable: bool) -> None:
         if reusable and client.is_connected:
             self._idle.append(client)
         else:
@@ -157,8 +147,9 @@ class DownstreamPool:
         idle, self._idle = self._idle, []
         for client in idle:
             try:
-                await asyncio.wait_for(client.quit(), 2)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await client.quit()
+            except (OSError, TimeoutError):
                 client.close()
 
 
@@ -171,6 +162,8 @@ class RelayResult:
 
 _DOWN = Reply(451, "4.4.1", "Downstream mail server unavailable, try again later")
 _SLOW = Reply(451, "4.4.2", "Downstream mail server did not answer in time, try again later")
+# A non-ASCII address on a message that did not come with SMTPUTF8 (intake refuses those).
+_NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 
 
 class Relay:
@@ -224,7 +217,7 @@ class Relay:
 
     async def _transaction(
         self,
-        client: aiosmtplib.SMTP,
+        client: SmtpConnection,
         sender: Address,
         recipients: Sequence[Address],
         content: bytes,
@@ -232,35 +225,32 @@ class Relay:
         smtputf8: bool,
         dsn: "DsnParams | None",
     ) -> RelayResult:
-        encoding = "utf-8" if smtputf8 else "ascii"
         options = list(mail_options)
+        if dsn is not None:
+            options += dsn_mail_options(client, dsn.ret, dsn.envid)
         try:
-            if client.is_ehlo_or_helo_needed:
-                await client.ehlo()
-            if dsn is not None:
-                options += dsn_mail_options(client, dsn.ret, dsn.envid)
-            await client.mail(str(sender), options=options, encoding=encoding)
-        except aiosmtplib.SMTPSenderRefused as exc:
-            await _reset(client)
-            return RelayResult(downstream_reply(exc.code, exc.message))
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _RetryableFailure(f"MAIL failed: {exc}") from exc
-        refused: list[tuple[str, Reply]] = []
-        for index, rcpt in enumerate(recipients):
-            rcpt_options: list[str] = []
-            if dsn is not None and index < len(dsn.recipients):
-                rcpt_options = dsn_rcpt_options(client, *dsn.recipients[index])
-            try:
-                await client.rcpt(str(rcpt), options=rcpt_options, encoding=encoding)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                refused.append((str(rcpt), downstream_reply(exc.code, exc.message)))
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                raise DownstreamUnavailable(f"RCPT failed: {exc}") from exc
+            mail = mail_argument(str(sender), options, smtputf8)
+            rcpts = [
+                rcpt_argument(str(rcpt), dsn_rcpt_options(client, *dsn.recipients[index])
+                              if dsn is not None and index < len(dsn.recipients) else [], smtputf8)
+                for index, rcpt in enumerate(recipients)
+            ]
+        except UnicodeEncodeError:
+            return RelayResult(_NEEDS_SMTPUTF8)
+        try:
+            envelope = await client.envelope(mail, rcpts, data=True)
+        except OSError as exc:  # nothing of the message has been sent yet
+            raise _RetryableFailure(f"MAIL/RCPT failed: {exc}") from exc
+        if not envelope.mail.ok:
+            await _abandon(client, envelope.data)
+            return RelayResult(downstream_reply(envelope.mail.code, envelope.mail.message))
+        refused = [(str(rcpt), downstream_reply(reply.code, reply.message))
+                   for rcpt, reply in zip(recipients, envelope.rcpts) if reply is not None and not reply.ok]
         if refused:
             # One reply must answer for every recipient. Relaying to only some of them would
             # leave us owing a bounce for the others, so nothing is relayed: if the downstream
             # refused them all permanently, so do we; otherwise the client retries later.
-            await _reset(client)
+            await _abandon(client, envelope.data)
             replies = [reply for _, reply in refused]
             if len(refused) == len(recipients) and all(r.code >= 500 for r in replies):
                 return RelayResult(replies[0], tuple(refused))
@@ -269,38 +259,37 @@ class Relay:
             if reply.code >= 500 or reply.code < 400:
                 reply = Reply(451, "4.5.3", "Some recipients refused downstream, try again later")
             return RelayResult(reply, tuple(refused))
+        if envelope.data is None or envelope.data.code != 354:
+            await _abandon(client, envelope.data)
+            data = envelope.data or Response(451, "4.4.0 no reply to DATA")
+            return RelayResult(downstream_reply(data.code, data.message))
         try:
-            response = await client.data(content)
-        except aiosmtplib.SMTPDataError as exc:
-            return RelayResult(downstream_reply(exc.code, exc.message))
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            # The connection broke after DATA was sent: the downstream may or may not have
-            # the message. 451 lets the client retry; at worst a duplicate, never a loss.
+            response = await client.content(encode_content(content))
+        except OSError as exc:
+            # The connection broke after the content was sent: the downstream may or may not
+            # have the message. 451 lets the client retry; at worst a duplicate, never a loss.
             raise DownstreamUnavailable(f"DATA failed: {exc}") from exc
+        if response.code != 250:
+            return RelayResult(downstream_reply(response.code, response.message))
         return RelayResult(downstream_reply(response.code, response.message, prefix="Ok: relayed: "))
 
     async def probe(self, recipient: Address, *, smtputf8: bool = False) -> Reply:
         """RCPT-probe one address with a null sender (Postfix-style address verification)."""
+        try:
+            rcpt = rcpt_argument(str(recipient), [], smtputf8)
+        except UnicodeEncodeError:
+            return _NEEDS_SMTPUTF8
         for attempt in (1, 2):
             client, reused = await self.pool.acquire()
             reusable = False
             try:
-                encoding = "utf-8" if smtputf8 else "ascii"
-                try:
-                    await client.mail("", encoding=encoding)
-                except aiosmtplib.SMTPSenderRefused as exc:
-                    await _reset(client)
-                    reusable = True
-                    return downstream_reply(exc.code, exc.message)
-                try:
-                    response = await client.rcpt(str(recipient), encoding=encoding)
-                    reply = downstream_reply(response.code, response.message)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    reply = downstream_reply(exc.code, exc.message)
-                await _reset(client)
+                envelope = await client.envelope(b"FROM:<>", [rcpt], data=False)
+                await client.rset()
                 reusable = True
-                return reply
-            except (aiosmtplib.SMTPException, OSError) as exc:
+                if not envelope.mail.ok or envelope.rcpts[0] is None:
+                    return downstream_reply(envelope.mail.code, envelope.mail.message)
+                return downstream_reply(envelope.rcpts[0].code, envelope.rcpts[0].message)
+            except OSError as exc:
                 if reused and attempt == 1:
                     continue
                 raise DownstreamUnavailable(f"probe failed: {exc}") from exc
@@ -327,17 +316,31 @@ class Outbound:
     orcpt: str = ""
 
 
-def dsn_mail_options(client: aiosmtplib.SMTP, ret: str, envid: str) -> list[str]:
+def dsn_mail_options(client: SmtpConnection, ret: str, envid: str) -> list[str]:
     """RET/ENVID for the downstream, only if it speaks DSN (else it would refuse MAIL)."""
-    if not client.supports_extension("dsn"):
+    if not client.supports("dsn"):
         return []
     return ([f"RET={ret}"] if ret else []) + ([f"ENVID={envid}"] if envid else [])
 
 
-def dsn_rcpt_options(client: aiosmtplib.SMTP, notify: tuple[str, ...] | None, orcpt: str) -> list[str]:
-    if not client.supports_extension("dsn"):
+def dsn_rcpt_options(client: SmtpConnection, notify: tuple[str, ...] | None, orcpt: str) -> list[str]:
+    if not client.supports("dsn"):
         return []
     return ([f"NOTIFY={','.join(notify)}"] if notify else []) + ([f"ORCPT={orcpt}"] if orcpt else [])
+
+
+def mail_argument(sender: str, options: Sequence[str], smtputf8: bool) -> bytes:
+    """`FROM:<sender> OPTIONS…` (raises UnicodeEncodeError for a non-ASCII path without SMTPUTF8)."""
+    return _path(b"FROM:", sender, options, smtputf8)
+
+
+def rcpt_argument(recipient: str, options: Sequence[str], smtputf8: bool) -> bytes:
+    return _path(b"TO:", recipient, options, smtputf8)
+
+
+def _path(prefix: bytes, address: str, options: Sequence[str], smtputf8: bool) -> bytes:
+    encoded = prefix + b"<" + address.encode("utf-8" if smtputf8 else "ascii") + b">"
+    return b" ".join([encoded, *(option.encode("ascii") for option in options)])
 
 
 async def deliver_each(
@@ -367,43 +370,44 @@ async def deliver_each(
             client, _ = await pool.acquire()
             reusable = False
             try:
-                if client.is_ehlo_or_helo_needed:
-                    await client.ehlo()
                 if dsn_support is not None:
-                    dsn_support.append(client.supports_extension("dsn"))
-                encoding = "utf-8" if smtputf8 else "ascii"
+                    dsn_support.append(client.supports("dsn"))
                 try:
-                    await client.mail(sender, options=dsn_mail_options(client, ret, envid), encoding=encoding)
-                except aiosmtplib.SMTPSenderRefused as exc:
-                    await _reset(client)
+                    mail = mail_argument(sender, dsn_mail_options(client, ret, envid), smtputf8)
+                    rcpts = [rcpt_argument(r.address, dsn_rcpt_options(client, r.notify, r.orcpt), smtputf8)
+                             for r in recipients]
+                except UnicodeEncodeError:
                     reusable = True
-                    reply = downstream_reply(exc.code, exc.message)
+                    return {r.address: _NEEDS_SMTPUTF8 for r in recipients}
+                envelope = await client.envelope(mail, rcpts, data=True)
+                if not envelope.mail.ok:
+                    await _abandon(client, envelope.data)
+                    reusable = True
+                    reply = downstream_reply(envelope.mail.code, envelope.mail.message)
                     return {r.address: reply for r in recipients}
                 accepted = []
-                for rcpt in recipients:
-                    try:
-                        await client.rcpt(
-                            rcpt.address, options=dsn_rcpt_options(client, rcpt.notify, rcpt.orcpt), encoding=encoding
-                        )
+                for rcpt, response in zip(recipients, envelope.rcpts):
+                    if response is not None and response.ok:
                         accepted.append(rcpt.address)
-                    except aiosmtplib.SMTPRecipientRefused as exc:
-                        replies[rcpt.address] = downstream_reply(exc.code, exc.message)
-                if not accepted:
-                    await _reset(client)
+                    elif response is not None:
+                        replies[rcpt.address] = downstream_reply(response.code, response.message)
+                if not accepted or envelope.data is None or envelope.data.code != 354:
+                    await _abandon(client, envelope.data)
                     reusable = True
+                    if accepted:
+                        data = envelope.data or Response(451, "4.4.0 no reply to DATA")
+                        reply = downstream_reply(data.code, data.message)
+                        replies.update((address, reply) for address in accepted)
                     return replies
-                try:
-                    response = await client.data(content)
-                    reply = downstream_reply(response.code, response.message)
-                except aiosmtplib.SMTPDataError as exc:
-                    reply = downstream_reply(exc.code, exc.message)
+                response = await client.content(encode_content(content))
+                reply = downstream_reply(response.code, response.message)
                 for address in accepted:
                     replies[address] = reply
                 reusable = True
                 return replies
             finally:
                 pool.release(client, reusable=reusable)
-    except (TimeoutError, DownstreamUnavailable, aiosmtplib.SMTPException, OSError) as exc:
+    except (TimeoutError, DownstreamUnavailable, OSError) as exc:
         log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, exc)
         failure = _SLOW if isinstance(exc, TimeoutError) else _DOWN
         if isinstance(exc, DownstreamUnavailable) and exc.reply is not None:
@@ -416,8 +420,10 @@ class _RetryableFailure(Exception):
     pass
 
 
-async def _reset(client: aiosmtplib.SMTP) -> None:
-    try:
-        await client.rset()
-    except (aiosmtplib.SMTPException, OSError):
+async def _abandon(client: SmtpConnection, data: Response | None) -> None:
+    """End a transaction that will not be completed. After a 354 the downstream waits for
+    content: only closing the connection cancels the message (it is then not reused)."""
+    if data is not None and data.code == 354:
         client.close()
+    else:
+        await client.rset()
