@@ -402,9 +402,9 @@ class Spool:
 class SpoolWriter:
     """Group commit for the event loop: `put` returns once the message is durable.
 
-    Messages that arrive while a batch is being written (in a thread) form the next batch, so
-    under load each directory fsync, and often each journal commit, serves many messages,
-    while a lone message is written at once. Each stored message's claim goes to `on_stored`
+    Up to `trips` batches are written (in threads) at once; messages that arrive while all
+    of them are in flight form the next batch, so under load each directory fsync, and often
+    each journal commit, serves many messages, while a lone message is written at once. Each stored message's claim goes to `on_stored`
     (the scheduler), with its content in memory, whether or not its waiter is still there.
 
     Delivered messages are removed (`remove`) by the next trip to the thread, after that
