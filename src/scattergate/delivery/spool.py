@@ -414,7 +414,7 @@ class SpoolWriter:
     """
 
     def __init__(self, spool: Spool, on_stored: Callable[[Claim], None], *,
-                 max_batch: int = 64, removal_delay: float = 0.05, trips: int = 1) -> None:
+                 max_batch: int = 64, removal_delay: float = 0.05, trips: int = 3) -> None:
         self.spool = spool
         self.on_stored = on_stored
         self.max_batch = max_batch

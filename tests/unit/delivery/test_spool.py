@@ -1,7 +1,13 @@
 import asyncio
+import contextlib
 import fcntl
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import pytest
 
 from scattergate.delivery.scheduler import retry_delay
 from scattergate.delivery.spool import Claim, Spool, SpooledRecipient, SpoolEntry, SpoolWriter
@@ -257,3 +263,175 @@ def test_quarantine_cleans_up_when_the_index_fails_and_reads_shared_copies(tmp_p
 
     remote = QuarantineItem("other", 1.0, "a@x.example", ("u@example.org",), "spam", 14, "/elsewhere/other.eml")
     assert quarantine.content(remote) == b"held elsewhere"
+
+
+# -- SpoolWriter trips: several group-commit trips to the thread in flight ---------------------
+
+
+class GatedSpool(Spool):
+    """A spool whose `put_batch` holds, in the writer's thread, any batch with a gated message
+    until its gate opens; it tells the loop when such a batch has reached the thread."""
+
+    def __init__(self, root: Path, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(root)
+        self.loop = loop
+        self.gates: dict[str, threading.Event] = {}
+        self.entered: dict[str, asyncio.Future[None]] = {}
+        self.batches: list[list[str]] = []  # the ids of each batch written, in order
+
+    def gate(self, e: SpoolEntry) -> threading.Event:
+        self.gates[e.id] = threading.Event()
+        self.entered[e.id] = self.loop.create_future()
+        return self.gates[e.id]
+
+    def open_all(self) -> None:
+        for gate in self.gates.values():
+            gate.set()
+
+    def _arrived(self, message_id: str) -> None:
+        if not self.entered[message_id].done():  # a test that gave up waiting cancelled it
+            self.entered[message_id].set_result(None)
+
+    def put_batch(self, items: Sequence[tuple[SpoolEntry, bytes]]) -> list[Claim | BaseException]:
+        ids = [e.id for e, _ in items]
+        for message_id in ids:
+            if message_id in self.gates:
+                self.loop.call_soon_threadsafe(self._arrived, message_id)
+                if not self.gates[message_id].wait(30):  # hang guard
+                    raise TimeoutError(f"gate of {message_id} never opened")
+        results = super().put_batch(items)
+        self.batches.append(ids)
+        return results
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting the trips handed to it (counted in the loop, as
+    they are handed over: no race with the threads)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=8)
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def gated_writer(root: Path, **options: Any) -> AsyncIterator[tuple[GatedSpool, SpoolWriter, list[Claim], CountingExecutor]]:
+    loop = asyncio.get_running_loop()
+    executor = CountingExecutor()
+    loop.set_default_executor(executor)
+    spool = GatedSpool(root, loop)
+    handed: list[Claim] = []
+    writer = SpoolWriter(spool, handed.append, **options)
+    try:
+        yield spool, writer, handed, executor
+    finally:
+        spool.open_all()  # a failed test must not leave a thread blocked
+        await asyncio.wait_for(writer.close(), 10)
+        executor.shutdown()
+        for claim in handed:
+            claim.release()
+
+
+async def settle() -> None:
+    """Let ready tasks take their next steps (a put, and any trip it starts): scheduling, not time."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_writer_puts_during_blocked_trips_take_trips_of_their_own_up_to_the_limit(tmp_path: Path) -> None:
+    # The default (what the scheduler uses) is three trips: this test is also what holds it.
+    async with gated_writer(tmp_path) as (spool, writer, handed, executor):
+        first, second, third, fourth = entry(), entry(), entry(), entry()
+        puts: dict[str, asyncio.Task[None]] = {}
+        for e in (first, second, third):
+            spool.gate(e)
+            puts[e.id] = asyncio.create_task(writer.put(e, b"x\r\n"))
+            # Each reaches the thread while the trips before it are still held there.
+            await asyncio.wait_for(spool.entered[e.id], 10)
+        puts[fourth.id] = asyncio.create_task(writer.put(fourth, b"x\r\n"))
+        await settle()
+        assert executor.submitted == 3 and not puts[fourth.id].done()  # three trips at most: it waits
+
+        spool.gates[third.id].set()  # a trip finishes: the fourth goes next, the first two still held
+        await asyncio.wait_for(asyncio.gather(puts[third.id], puts[fourth.id]), 10)
+        spool.gates[second.id].set()
+        await asyncio.wait_for(puts[second.id], 10)
+        # Durable and handed over, all before the first trip was let go.
+        assert not puts[first.id].done()
+        assert spool.ids() == sorted([second.id, third.id, fourth.id])
+        assert [c.entry.id for c in handed] == [third.id, fourth.id, second.id]
+
+        spool.gates[first.id].set()
+        await asyncio.wait_for(puts[first.id], 10)
+        assert [c.entry.id for c in handed][-1] == first.id and len(spool.ids()) == 4
+
+
+async def test_writer_with_one_trip_a_put_waits_for_the_trip_in_flight(tmp_path: Path) -> None:
+    async with gated_writer(tmp_path, trips=1) as (spool, writer, handed, executor):
+        first, second = entry(), entry()
+        spool.gate(first)
+        put_first = asyncio.create_task(writer.put(first, b"x\r\n"))
+        await asyncio.wait_for(spool.entered[first.id], 10)
+        put_second = asyncio.create_task(writer.put(second, b"x\r\n"))
+        await settle()
+        assert executor.submitted == 1 and not put_second.done()  # no second trip
+
+        spool.gates[first.id].set()
+        await asyncio.wait_for(asyncio.gather(put_first, put_second), 10)
+        # The second message went on the next trip, after the first.
+        assert spool.batches == [[first.id], [second.id]]
+        assert [c.entry.id for c in handed] == [first.id, second.id]
+
+
+async def test_writer_close_waits_for_every_trip_in_flight_and_pending_removals(tmp_path: Path) -> None:
+    # A removal delay far beyond the test: only close() can carry the removal out.
+    async with gated_writer(tmp_path, trips=3, removal_delay=3600) as (spool, writer, handed, _):
+        delivered = entry()
+        await asyncio.wait_for(writer.put(delivered, b"x\r\n"), 10)
+        (claim,) = handed
+        first, second = entry(), entry()
+        puts: list[asyncio.Task[None]] = []
+        for e in (first, second):
+            spool.gate(e)
+            puts.append(asyncio.create_task(writer.put(e, b"x\r\n")))
+            await asyncio.wait_for(spool.entered[e.id], 10)
+        removal = asyncio.create_task(writer.remove(claim))  # asked while both trips are out
+        closing = asyncio.create_task(writer.close())
+        await settle()
+        assert not closing.done()
+
+        spool.gates[first.id].set()
+        await asyncio.wait_for(puts[0], 10)
+        await settle()
+        assert not closing.done()  # the second trip is still out, and the removal still waits
+
+        spool.gates[second.id].set()
+        await asyncio.wait_for(closing, 10)
+        assert all(p.done() for p in puts) and removal.done()
+        assert spool.ids() == sorted([first.id, second.id])  # the delivered message is gone
+        assert claim._fd == -1  # and its claim was released
+
+
+@pytest.mark.parametrize("trip_in_flight", [False, True])
+async def test_writer_removes_after_the_delay_when_no_write_comes(tmp_path: Path, trip_in_flight: bool) -> None:
+    async with gated_writer(tmp_path, trips=3, removal_delay=0.01) as (spool, writer, handed, _):
+        delivered = entry()
+        await asyncio.wait_for(writer.put(delivered, b"x\r\n"), 10)
+        (claim,) = handed
+        if trip_in_flight:  # asked during a trip: the removal waits for it to finish, then the delay
+            other = entry()
+            spool.gate(other)
+            put_other = asyncio.create_task(writer.put(other, b"x\r\n"))
+            await asyncio.wait_for(spool.entered[other.id], 10)
+        removal = asyncio.create_task(writer.remove(claim))
+        if trip_in_flight:
+            await settle()
+            assert not removal.done()  # that trip took its removals before this one was asked
+            spool.gates[other.id].set()
+            await asyncio.wait_for(put_other, 10)
+        # No further write comes: the removal happens anyway, and the claim is released.
+        await asyncio.wait_for(removal, 10)
+        assert delivered.id not in spool.ids() and claim._fd == -1
