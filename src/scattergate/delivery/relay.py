@@ -367,46 +367,22 @@ async def deliver_each(
     replies: dict[str, Reply] = {}
     try:
         async with asyncio.timeout(deadline):
-            client, _ = await pool.acquire()
-            reusable = False
-            try:
-                if dsn_support is not None:
-                    dsn_support.append(client.supports("dsn"))
+            for attempt in (1, 2):
+                client, reused = await pool.acquire()
+                reusable = False
                 try:
-                    mail = mail_argument(sender, dsn_mail_options(client, ret, envid), smtputf8)
-                    rcpts = [rcpt_argument(r.address, dsn_rcpt_options(client, r.notify, r.orcpt), smtputf8)
-                             for r in recipients]
-                except UnicodeEncodeError:
-                    reusable = True
-                    return {r.address: _NEEDS_SMTPUTF8 for r in recipients}
-                envelope = await client.envelope(mail, rcpts, data=True)
-                if not envelope.mail.ok:
-                    await _abandon(client, envelope.data)
-                    reusable = True
-                    reply = downstream_reply(envelope.mail.code, envelope.mail.message)
-                    return {r.address: reply for r in recipients}
-                accepted = []
-                for rcpt, response in zip(recipients, envelope.rcpts):
-                    if response is not None and response.ok:
-                        accepted.append(rcpt.address)
-                    elif response is not None:
-                        replies[rcpt.address] = downstream_reply(response.code, response.message)
-                if not accepted or envelope.data is None or envelope.data.code != 354:
-                    await _abandon(client, envelope.data)
-                    reusable = True
-                    if accepted:
-                        data = envelope.data or Response(451, "4.4.0 no reply to DATA")
-                        reply = downstream_reply(data.code, data.message)
-                        replies.update((address, reply) for address in accepted)
+                    await _deliver_once(client, sender, recipients, content, replies, ret=ret,
+                                        envid=envid, smtputf8=smtputf8, dsn_support=dsn_support)
+                    reusable = True  # release() still drops it if it was closed (after a 354)
                     return replies
-                response = await client.content(encode_content(content))
-                reply = downstream_reply(response.code, response.message)
-                for address in accepted:
-                    replies[address] = reply
-                reusable = True
-                return replies
-            finally:
-                pool.release(client, reusable=reusable)
+                except _RetryableFailure as exc:
+                    if reused and attempt == 1:
+                        replies.clear()
+                        continue  # stale pooled connection: nothing was handed over, try a fresh one
+                    raise DownstreamUnavailable(str(exc)) from exc
+                finally:
+                    pool.release(client, reusable=reusable)
+            raise AssertionError("unreachable")
     except (TimeoutError, DownstreamUnavailable, OSError) as exc:
         log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, exc)
         failure = _SLOW if isinstance(exc, TimeoutError) else _DOWN
@@ -414,6 +390,47 @@ async def deliver_each(
             failure = exc.reply
         # Recipients refused at RCPT keep their reply: only the unanswered ones are retried.
         return {r.address: replies.get(r.address, failure) for r in recipients}
+
+
+async def _deliver_once(client: SmtpConnection, sender: str, recipients: Sequence[Outbound], content: bytes,
+                        replies: dict[str, Reply], *, ret: str, envid: str, smtputf8: bool,
+                        dsn_support: list[bool] | None) -> None:
+    """One transaction of `deliver_each`, its replies into `replies`. Raises _RetryableFailure
+    if the connection failed before the content left."""
+    try:
+        mail = mail_argument(sender, dsn_mail_options(client, ret, envid), smtputf8)
+        rcpts = [rcpt_argument(r.address, dsn_rcpt_options(client, r.notify, r.orcpt), smtputf8)
+                 for r in recipients]
+    except UnicodeEncodeError:
+        replies.update((r.address, _NEEDS_SMTPUTF8) for r in recipients)
+        return
+    try:
+        envelope = await client.envelope(mail, rcpts, data=True)
+    except OSError as exc:
+        raise _RetryableFailure(f"MAIL/RCPT failed: {exc}") from exc
+    if dsn_support is not None:
+        dsn_support[:] = [client.supports("dsn")]
+    if not envelope.mail.ok:
+        await _abandon(client, envelope.data)
+        reply = downstream_reply(envelope.mail.code, envelope.mail.message)
+        replies.update((r.address, reply) for r in recipients)
+        return
+    accepted = []
+    for rcpt, response in zip(recipients, envelope.rcpts):
+        if response is not None and response.ok:
+            accepted.append(rcpt.address)
+        elif response is not None:
+            replies[rcpt.address] = downstream_reply(response.code, response.message)
+    if not accepted or envelope.data is None or envelope.data.code != 354:
+        await _abandon(client, envelope.data)
+        if accepted:
+            data = envelope.data or Response(451, "4.4.0 no reply to DATA")
+            reply = downstream_reply(data.code, data.message)
+            replies.update((address, reply) for address in accepted)
+        return
+    response = await client.content(encode_content(content))  # a failure here is not retried
+    reply = downstream_reply(response.code, response.message)
+    replies.update((address, reply) for address in accepted)
 
 
 class _RetryableFailure(Exception):

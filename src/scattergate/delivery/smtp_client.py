@@ -110,7 +110,9 @@ class SmtpConnection:
     def is_connected(self) -> bool:
         """Open, and the downstream has not hung up (an idle pooled connection may have been
         closed by its side)."""
-        return not self._writer.is_closing() and not self._reader.at_eof()
+        # An idle connection has nothing to read: anything there is a goodbye (a 421 before
+        # the hang-up) or garbage, and the connection is no good for the next transaction.
+        return not self._writer.is_closing() and not self._reader.at_eof() and not self._reader._buffer
 
     def supports(self, keyword: str) -> bool:
         return keyword.lower() in self.extensions
@@ -137,6 +139,12 @@ class SmtpConnection:
         (reply,) = await self._exchange(_command(b"STARTTLS"), 1)
         if reply.code != 220:
             raise SmtpClientError(f"STARTTLS refused: {reply.code} {reply.message}")
+        if self._reader._buffer:
+            # Clear text after the 220 would be read as replies sent over TLS: a man in the
+            # middle could forge any of them, down to the 250 for a message the downstream
+            # refused ("STARTTLS response injection"). StreamReader has no public peek.
+            self.close()
+            raise SmtpClientError("the downstream sent more after its 220 to STARTTLS")
         async with asyncio.timeout(self.timeout):
             await self._writer.start_tls(context, server_hostname=server_hostname)
         await self.hello()
@@ -152,6 +160,12 @@ class SmtpConnection:
             return Envelope(replies[0], list(replies[1:1 + len(rcpts)]), replies[-1] if data else None)
         # One command at a time: nothing after a refused MAIL, DATA only if a recipient is in.
         (mail_reply,) = await self._exchange(commands[0], 1)
+        if mail_reply.code == 421:
+            # The downstream is closing the connection (e.g. the goodbye of an idle timeout on a
+            # pooled one): a failed connection, as when pipelining (the next read hits EOF), so
+            # the relay retries on a fresh one instead of passing this 421 on.
+            self.close()
+            raise SmtpClientError(f"the downstream is closing the connection: 421 {mail_reply.message}")
         result = Envelope(mail_reply, [None] * len(rcpts))
         if not mail_reply.ok:
             return result
@@ -218,7 +232,10 @@ class SmtpConnection:
             line = line.rstrip(b"\r\n")
             if len(line) == 3:
                 line += b" "  # "250" alone: a reply with no text
-            if not line[:3].isdigit() or line[3:4] not in (b" ", b"-") or (code and line[:3] != code):
+            # A reply is 2yz to 5yz (RFC 5321 §4.2.1); any other code is not SMTP (and our Reply
+            # cannot hold it: the relay would raise instead of answering).
+            if (not line[:3].isdigit() or line[:1] not in (b"2", b"3", b"4", b"5")
+                    or line[3:4] not in (b" ", b"-") or (code and line[:3] != code)):
                 raise SmtpClientError(f"not an SMTP reply: {line[:80]!r}")
             code = line[:3]
             lines.append(line[4:].decode("utf-8", "replace"))
