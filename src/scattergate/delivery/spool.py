@@ -402,9 +402,9 @@ class Spool:
 class SpoolWriter:
     """Group commit for the event loop: `put` returns once the message is durable.
 
-    Up to `trips` batches are written (in threads) at once; messages that arrive while all
-    of them are in flight form the next batch, so under load each directory fsync, and often
-    each journal commit, serves many messages, while a lone message is written at once. Each stored message's claim goes to `on_stored`
+    Messages that arrive while a batch is being written (in a thread) form the next batch, so
+    under load each directory fsync, and often each journal commit, serves many messages,
+    while a lone message is written at once. Each stored message's claim goes to `on_stored`
     (the scheduler), with its content in memory, whether or not its waiter is still there.
 
     Delivered messages are removed (`remove`) by the next trip to the thread, after that
@@ -414,15 +414,14 @@ class SpoolWriter:
     """
 
     def __init__(self, spool: Spool, on_stored: Callable[[Claim], None], *,
-                 max_batch: int = 64, removal_delay: float = 0.05, trips: int = 3) -> None:
+                 max_batch: int = 64, removal_delay: float = 0.05) -> None:
         self.spool = spool
         self.on_stored = on_stored
         self.max_batch = max_batch
         self.removal_delay = removal_delay
-        self.trips = trips
         self._writes: list[tuple[SpoolEntry, bytes, asyncio.Future[None]]] = []
         self._removals: list[tuple[Claim, asyncio.Future[None]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
         self._later: asyncio.TimerHandle | None = None
 
     async def put(self, entry: SpoolEntry, content: bytes) -> None:
@@ -438,7 +437,7 @@ class SpoolWriter:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         claim.removing = True
         self._removals.append((claim, future))
-        if not self._tasks and self._later is None:
+        if self._task is None and self._later is None:
             self._later = asyncio.get_running_loop().call_later(self.removal_delay, self._kick)
         await asyncio.shield(future)  # once asked, the removal happens: the claim is no longer ours
 
@@ -446,22 +445,8 @@ class SpoolWriter:
         if self._later is not None:
             self._later.cancel()
             self._later = None
-        # A new trip starts while others are in flight (up to `trips`): the kernel's journal
-        # merges concurrent fsyncs into one commit, so a message arriving during a trip waits
-        # for its own trip rather than for the one in flight to finish first.
-        if len(self._tasks) < self.trips and (self._writes or not self._tasks):
-            task = asyncio.get_running_loop().create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._trip_done)
-
-    def _trip_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if (self._writes and len(self._tasks) < self.trips) or (
-                self._removals and not self._tasks and self._later is None):
-            if self._writes:
-                self._kick()
-            else:
-                self._later = asyncio.get_running_loop().call_later(self.removal_delay, self._kick)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush())
 
     def _io(self, writes: list[tuple[SpoolEntry, bytes]],
             removals: list[Claim]) -> tuple[list[Claim | BaseException], list[BaseException | None]]:
@@ -478,35 +463,40 @@ class SpoolWriter:
         return stored, removed
 
     async def _flush(self) -> None:
-        while self._writes or self._removals:
-            writes = [item for item in self._writes[: self.max_batch] if not item[2].done()]
-            del self._writes[: self.max_batch]
-            removals, self._removals = self._removals, []
-            try:
-                stored, removed = await asyncio.to_thread(
-                    self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
-            except Exception as exc:  # _io reports per message; this is a bug guard
-                stored, removed = [exc] * len(writes), [exc] * len(removals)
-            for (_, _, future), result in zip(writes, stored):
-                if isinstance(result, Claim):
-                    self.on_stored(result)
-                    if not future.done():
+        try:
+            while self._writes or self._removals:
+                writes = [item for item in self._writes[: self.max_batch] if not item[2].done()]
+                del self._writes[: self.max_batch]
+                removals, self._removals = self._removals, []
+                try:
+                    stored, removed = await asyncio.to_thread(
+                        self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
+                except Exception as exc:  # _io reports per message; this is a bug guard
+                    stored, removed = [exc] * len(writes), [exc] * len(removals)
+                for (_, _, future), result in zip(writes, stored):
+                    if isinstance(result, Claim):
+                        self.on_stored(result)
+                        if not future.done():
+                            future.set_result(None)
+                    elif not future.done():
+                        future.set_exception(result)
+                for (_, future), error in zip(removals, removed):
+                    if future.done():
+                        continue
+                    if error is None:
                         future.set_result(None)
-                elif not future.done():
-                    future.set_exception(result)
-            for (_, future), error in zip(removals, removed):
-                if future.done():
-                    continue
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
-            if not self._writes and self._removals:
-                break  # removals alone wait for the next write, or for removal_delay
+                    else:
+                        future.set_exception(error)
+                if not self._writes and self._removals:
+                    break  # removals alone wait for the next write, or for removal_delay
+        finally:
+            self._task = None
+            if self._removals and self._later is None:
+                self._later = asyncio.get_running_loop().call_later(self.removal_delay, self._kick)
 
     async def close(self) -> None:
         """Finish the trips in progress and the removals still waiting."""
-        while self._tasks or self._removals or self._writes:
-            if not self._tasks:
-                self._kick()
-            await asyncio.shield(asyncio.gather(*self._tasks))
+        while self._task is not None or self._removals:
+            self._kick()
+            assert self._task is not None
+            await asyncio.shield(self._task)
