@@ -67,16 +67,18 @@ async def test_proxy_every_recipient_refused_is_the_downstreams_5xx_and_nothing_
         await relay.pool.close()
 
 
-async def test_proxy_refused_recipient_without_pipelining_also_closes_after_354() -> None:
-    # One command at a time, the client still sends DATA once a recipient is in: the 354
-    # must be cancelled the same way.
+async def test_proxy_refused_recipient_without_pipelining_sends_no_data_and_keeps_the_connection() -> None:
+    # One command at a time, the relay sees the refusal before DATA: it never sends DATA (so
+    # there is no 354 to cancel), resets, and the connection serves the next message.
     async with ScriptedSmtp(pipelining=False, refuse=(GHOST,)) as server:
         relay = Relay(pool_for(server))
         try:
             assert (await send(relay, "user@example.org", "ghost@example.org")).reply.code == 451
             (session,) = server.sessions
-            await asyncio.wait_for(session.ended.wait(), 5)
-            assert session.commands[-1] == b"DATA" and session.unfinished == b"" and server.messages == []
+            assert b"DATA" not in session.commands and session.commands[-1] == b"RSET"
+            assert server.messages == []
+            assert (await send(relay, "user@example.org")).reply.code == 250
+            assert len(server.sessions) == 1 and server.messages == [AS_SENT]
         finally:
             await relay.pool.close()
 

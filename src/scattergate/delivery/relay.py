@@ -238,7 +238,7 @@ class Relay:
         except UnicodeEncodeError:
             return RelayResult(_NEEDS_SMTPUTF8)
         try:
-            envelope = await client.envelope(mail, rcpts, data=True)
+            envelope = await client.envelope(mail, rcpts, data=True, all_or_nothing=True)
         except OSError as exc:  # nothing of the message has been sent yet
             raise _RetryableFailure(f"MAIL/RCPT failed: {exc}") from exc
         if not envelope.mail.ok:

@@ -149,16 +149,21 @@ class SmtpConnection:
             await self._writer.start_tls(context, server_hostname=server_hostname)
         await self.hello()
 
-    async def envelope(self, mail: bytes, rcpts: list[bytes], *, data: bool) -> Envelope:
+    async def envelope(self, mail: bytes, rcpts: list[bytes], *, data: bool,
+                       all_or_nothing: bool = False) -> Envelope:
         """Send MAIL FROM (`mail` is its argument, e.g. b"FROM:<a@b> BODY=8BITMIME"), a RCPT TO
         for each of `rcpts` (likewise) and, if `data`, DATA; all in one write if the downstream
-        pipelines. After a 354 to DATA the caller must send the content (`content`) or close."""
+        pipelines. After a 354 to DATA the caller must send the content (`content`) or close.
+        Without pipelining, DATA goes only once a recipient is accepted, or with
+        `all_or_nothing` only once every one is (then a refusal costs an RSET, not the
+        connection)."""
         commands = [_command(b"MAIL", mail), *(_command(b"RCPT", rcpt) for rcpt in rcpts)]
         if self.supports("pipelining"):
             replies = await self._exchange(b"".join(commands) + (_command(b"DATA") if data else b""),
                                            len(commands) + data)
             return Envelope(replies[0], list(replies[1:1 + len(rcpts)]), replies[-1] if data else None)
-        # One command at a time: nothing after a refused MAIL, DATA only if a recipient is in.
+        # One command at a time: nothing after a refused MAIL, DATA only if a recipient (or,
+        # all_or_nothing, every recipient) is in.
         (mail_reply,) = await self._exchange(commands[0], 1)
         if mail_reply.code == 421:
             # The downstream is closing the connection (e.g. the goodbye of an idle timeout on a
@@ -171,7 +176,8 @@ class SmtpConnection:
             return result
         for index, command in enumerate(commands[1:]):
             (result.rcpts[index],) = await self._exchange(command, 1)
-        if data and any(reply is not None and reply.ok for reply in result.rcpts):
+        accepted = [reply is not None and reply.ok for reply in result.rcpts]
+        if data and (all(accepted) if all_or_nothing else any(accepted)):
             (result.data,) = await self._exchange(_command(b"DATA"), 1)
         return result
 
