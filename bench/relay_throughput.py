@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
 import statistics
@@ -133,10 +134,11 @@ def postfix_relay(work: Path, sink_port: int) -> Iterator[PrivatePostfix]:
 
 @contextlib.contextmanager
 def scattergate_relay(work: Path, sink_port: int, *, spool: bool, workers: int,
-                      config: str | None = None) -> Iterator[str]:
+                      config: str | None = None, source: Path | None = None) -> Iterator[str]:
     """`scattergate serve --relay` (optionally `--spool`) in front of the sink, with its default
     checks on; SPF, DKIM and DMARC run against a loopback DNS server publishing the sender's
-    SPF. Yields the listening address."""
+    SPF. Yields the listening address. `source`: run the package from this `src` directory
+    (another build, for bench/ab_relay.py) instead of the installed one."""
     port = free_port()
     dns = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
     work.mkdir(parents=True, exist_ok=True)
@@ -148,6 +150,7 @@ def scattergate_relay(work: Path, sink_port: int, *, spool: bool, workers: int,
              "--workers", str(workers), "--data-dir", str(work), *(["--spool"] if spool else []),
              *(["--config", config] if config else [])],
             stderr=log_file,
+            env={**os.environ, "PYTHONPATH": str(source)} if source else None,
         )
     try:
         wait_listening(log, gateway, workers)
