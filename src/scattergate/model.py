@@ -11,6 +11,8 @@ import enum
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import format_datetime, localtime
 from typing import Any, Union
 
 from scattergate.address import Address
@@ -148,6 +150,19 @@ Verdict = Union[Accept, Quarantine, Reject, Tempfail]
 def new_id() -> str:
     """A short, unique-enough id for sessions and messages (log correlation, file names)."""
     return secrets.token_hex(6)
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def header_date() -> str:
+    """Now, as an RFC 5322 date in local time (the Received trace fields we add). The text
+    changes once a second and every message asks for it: formatted once per second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, format_datetime(localtime(datetime.fromtimestamp(second))))
+    return _date_cache[1]
 
 
 @dataclass(slots=True)

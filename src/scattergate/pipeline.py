@@ -14,7 +14,6 @@ import logging
 import socket
 import time
 from collections import Counter
-from email.utils import format_datetime, localtime
 from pathlib import Path
 from typing import Sequence
 
@@ -65,6 +64,7 @@ from scattergate.model import (
     Session,
     Tempfail,
     Verdict,
+    header_date,
 )
 from scattergate.state.store import StateStore
 
@@ -432,7 +432,7 @@ class Gateway:
         target = f"\r\n\tfor {envelope.recipients[0].bracketed()}" if len(envelope.recipients) == 1 else ""
         header = (
             f"Received: from {helo} ([{session.client_ip}])\r\n\tby {self.hostname} (scattergate)"
-            f" with {protocol} id {envelope.message_id}{target};\r\n\t{format_datetime(localtime())}\r\n"
+            f" with {protocol} id {envelope.message_id}{target};\r\n\t{header_date()}\r\n"
         )
         return header.encode("utf-8", "surrogateescape")
 

@@ -1,5 +1,8 @@
+import email.utils
+
 import pytest
 
+from scattergate import model
 from scattergate.model import Accept, Finding, Quarantine, Reject, Reply, Tempfail
 
 
@@ -41,3 +44,15 @@ def test_finding_key_and_text() -> None:
     finding = Finding("recipient", "unknown", "x@example.org", 1.5)
     assert finding.key == "recipient.unknown"
     assert str(finding) == "recipient.unknown(+1.5)[x@example.org]"
+
+
+def test_header_date_is_now_as_an_rfc5322_date_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_800_000_000.2]
+    monkeypatch.setattr(model.time, "time", lambda: now[0])
+    monkeypatch.setattr(model, "_date_cache", (-1, ""))
+    first = model.header_date()
+    assert email.utils.parsedate_to_datetime(first).timestamp() == 1_800_000_000
+    now[0] = 1_800_000_000.9  # the same second: the same text
+    assert model.header_date() is first
+    now[0] = 1_800_000_001.0  # the next second: a new one
+    assert email.utils.parsedate_to_datetime(model.header_date()).timestamp() == 1_800_000_001

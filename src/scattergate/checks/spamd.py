@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import format_datetime, localtime
 from typing import TYPE_CHECKING, Sequence
 
 from scattergate.checks import CheckContext
@@ -34,7 +33,7 @@ from scattergate.checks.scanners import (
     symbol_list,
     write_all,
 )
-from scattergate.model import Finding
+from scattergate.model import Finding, header_date
 
 if TYPE_CHECKING:
     from scattergate.config import SpamdConfig
@@ -88,7 +87,7 @@ def trace_headers(ctx: CheckContext, hostname: str) -> bytes:
     return (
         f"Return-Path: <{sender}>\r\n"
         f"Received: from {helo} ([{session.client_ip}])\r\n\tby {hostname} (scattergate)"
-        f" with {'ESMTP' if session.esmtp else 'SMTP'} id {message_id};\r\n\t{format_datetime(localtime())}\r\n"
+        f" with {'ESMTP' if session.esmtp else 'SMTP'} id {message_id};\r\n\t{header_date()}\r\n"
     ).encode("utf-8", "surrogateescape")
 
 
