@@ -303,6 +303,7 @@ def run_service(config: Config, name: str,
             loop.add_signal_handler(signum, stop.set)
         try:
             server = await start(gateway)
+            _settle_garbage_collector()
             log.info("scattergate %s listening on %s for %s", name, listening_on(server), ", ".join(gateway.domains))
             await stop.wait()
             server.close()
