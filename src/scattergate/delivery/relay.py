@@ -162,6 +162,18 @@ class RelayResult:
 
 _DOWN = Reply(451, "4.4.1", "Downstream mail server unavailable, try again later")
 _SLOW = Reply(451, "4.4.2", "Downstream mail server did not answer in time, try again later")
+
+
+def _failure_reply(exc: BaseException) -> Reply:
+    """Our 4xx for a downstream that failed: out of time, or unavailable (or the more specific
+    reply a DownstreamUnavailable carries, e.g. TLS required but not possible)."""
+    if isinstance(exc, TimeoutError):
+        return _SLOW
+    if isinstance(exc, DownstreamUnavailable) and exc.reply is not None:
+        return exc.reply
+    return _DOWN
+
+
 # A non-ASCII address on a message that did not come with SMTPUTF8 (intake refuses those).
 _NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 
@@ -184,12 +196,12 @@ class Relay:
         try:
             async with asyncio.timeout(deadline):
                 return await self._send(sender, recipients, content, mail_options, smtputf8, dsn)
-        except TimeoutError:
+        except TimeoutError as exc:
             log.warning("downstream %s:%s timed out after %.1f s", self.pool.host, self.pool.port, deadline)
-            return RelayResult(_SLOW)
+            return RelayResult(_failure_reply(exc))
         except DownstreamUnavailable as exc:
             log.warning("%s", exc)
-            return RelayResult(exc.reply or _DOWN)
+            return RelayResult(_failure_reply(exc))
 
     async def _send(
         self,
@@ -385,9 +397,7 @@ async def deliver_each(
             raise AssertionError("unreachable")
     except (TimeoutError, DownstreamUnavailable, OSError) as exc:
         log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, exc)
-        failure = _SLOW if isinstance(exc, TimeoutError) else _DOWN
-        if isinstance(exc, DownstreamUnavailable) and exc.reply is not None:
-            failure = exc.reply
+        failure = _failure_reply(exc)
         # Recipients refused at RCPT keep their reply: only the unanswered ones are retried.
         return {r.address: replies.get(r.address, failure) for r in recipients}
 
