@@ -13,13 +13,15 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from scattergate.address import Address
 from scattergate.delivery.smtp_client import Response, SmtpClientError, SmtpConnection, encode_content
 from scattergate.model import Reply
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _STATUS = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
 
@@ -136,6 +138,26 @@ class DownstreamPool:
             self._slots.release()
             raise
 
+    async def transact(self, transaction: Callable[[SmtpConnection], Awaitable[T]]) -> T:
+        """Run `transaction` on a pooled connection. If it raises _RetryableFailure (the
+        connection failed before anything was handed over) on a reused connection, which the
+        downstream may have dropped while it was idle, run it once more on a fresh one; a
+        failure that remains is DownstreamUnavailable. Other errors propagate as they are."""
+        for attempt in (1, 2):
+            client, reused = await self.acquire()
+            reusable = False
+            try:
+                result = await transaction(client)
+                reusable = True  # release() still drops it if it was closed (e.g. after a 354)
+                return result
+            except _RetryableFailure as exc:
+                if reused and attempt == 1:
+                    continue
+                raise DownstreamUnavailable(str(exc)) from exc
+            finally:
+                self.release(client, reusable=reusable)
+        raise AssertionError("unreachable")
+
     def release(self, client: SmtpConnection, *, reusable: bool) -> None:
         if reusable and client.is_connected:
             self._idle.append(client)
@@ -174,6 +196,8 @@ def _failure_reply(exc: BaseException) -> Reply:
     return _DOWN
 
 
+# DATA left unanswered (not sent: a guard, since the envelope sends it once recipients are in).
+_NO_DATA_REPLY = Response(451, "4.4.0 no reply to DATA")
 # A non-ASCII address on a message that did not come with SMTPUTF8 (intake refuses those).
 _NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 
@@ -212,20 +236,8 @@ class Relay:
         smtputf8: bool,
         dsn: "DsnParams | None",
     ) -> RelayResult:
-        for attempt in (1, 2):
-            client, reused = await self.pool.acquire()
-            reusable = False
-            try:
-                result = await self._transaction(client, sender, recipients, content, mail_options, smtputf8, dsn)
-                reusable = True  # release() still drops it if the downstream hung up
-                return result
-            except _RetryableFailure as exc:
-                if reused and attempt == 1:
-                    continue  # stale pooled connection: nothing was handed over, try a fresh one
-                raise DownstreamUnavailable(str(exc)) from exc
-            finally:
-                self.pool.release(client, reusable=reusable)
-        raise AssertionError("unreachable")
+        return await self.pool.transact(
+            lambda client: self._transaction(client, sender, recipients, content, mail_options, smtputf8, dsn))
 
     async def _transaction(
         self,
@@ -273,7 +285,7 @@ class Relay:
             return RelayResult(reply, tuple(refused))
         if envelope.data is None or envelope.data.code != 354:
             await _abandon(client, envelope.data)
-            data = envelope.data or Response(451, "4.4.0 no reply to DATA")
+            data = envelope.data or _NO_DATA_REPLY
             return RelayResult(downstream_reply(data.code, data.message))
         try:
             response = await client.content(encode_content(content))
@@ -291,23 +303,18 @@ class Relay:
             rcpt = rcpt_argument(str(recipient), [], smtputf8)
         except UnicodeEncodeError:
             return _NEEDS_SMTPUTF8
-        for attempt in (1, 2):
-            client, reused = await self.pool.acquire()
-            reusable = False
-            try:
+
+        async def ask(client: SmtpConnection) -> Reply:
+            try:  # nothing is ever handed over: any failure may be retried
                 envelope = await client.envelope(b"FROM:<>", [rcpt], data=False)
                 await client.rset()
-                reusable = True
-                if not envelope.mail.ok or envelope.rcpts[0] is None:
-                    return downstream_reply(envelope.mail.code, envelope.mail.message)
-                return downstream_reply(envelope.rcpts[0].code, envelope.rcpts[0].message)
             except OSError as exc:
-                if reused and attempt == 1:
-                    continue
-                raise DownstreamUnavailable(f"probe failed: {exc}") from exc
-            finally:
-                self.pool.release(client, reusable=reusable)
-        raise AssertionError("unreachable")
+                raise _RetryableFailure(f"probe failed: {exc}") from exc
+            if not envelope.mail.ok or envelope.rcpts[0] is None:
+                return downstream_reply(envelope.mail.code, envelope.mail.message)
+            return downstream_reply(envelope.rcpts[0].code, envelope.rcpts[0].message)
+
+        return await self.pool.transact(ask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,22 +386,10 @@ async def deliver_each(
     replies: dict[str, Reply] = {}
     try:
         async with asyncio.timeout(deadline):
-            for attempt in (1, 2):
-                client, reused = await pool.acquire()
-                reusable = False
-                try:
-                    await _deliver_once(client, sender, recipients, content, replies, ret=ret,
-                                        envid=envid, smtputf8=smtputf8, dsn_support=dsn_support)
-                    reusable = True  # release() still drops it if it was closed (after a 354)
-                    return replies
-                except _RetryableFailure as exc:
-                    if reused and attempt == 1:
-                        replies.clear()
-                        continue  # stale pooled connection: nothing was handed over, try a fresh one
-                    raise DownstreamUnavailable(str(exc)) from exc
-                finally:
-                    pool.release(client, reusable=reusable)
-            raise AssertionError("unreachable")
+            await pool.transact(lambda client: _deliver_once(
+                client, sender, recipients, content, replies, ret=ret, envid=envid, smtputf8=smtputf8,
+                dsn_support=dsn_support))
+            return replies
     except (TimeoutError, DownstreamUnavailable, OSError) as exc:
         log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, exc)
         failure = _failure_reply(exc)
@@ -407,6 +402,7 @@ async def _deliver_once(client: SmtpConnection, sender: str, recipients: Sequenc
                         dsn_support: list[bool] | None) -> None:
     """One transaction of `deliver_each`, its replies into `replies`. Raises _RetryableFailure
     if the connection failed before the content left."""
+    replies.clear()  # a retry on a fresh connection starts over
     try:
         mail = mail_argument(sender, dsn_mail_options(client, ret, envid), smtputf8)
         rcpts = [rcpt_argument(r.address, dsn_rcpt_options(client, r.notify, r.orcpt), smtputf8)
@@ -434,7 +430,7 @@ async def _deliver_once(client: SmtpConnection, sender: str, recipients: Sequenc
     if not accepted or envelope.data is None or envelope.data.code != 354:
         await _abandon(client, envelope.data)
         if accepted:
-            data = envelope.data or Response(451, "4.4.0 no reply to DATA")
+            data = envelope.data or _NO_DATA_REPLY
             reply = downstream_reply(data.code, data.message)
             replies.update((address, reply) for address in accepted)
         return
