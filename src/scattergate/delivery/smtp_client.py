@@ -112,7 +112,12 @@ class SmtpConnection:
         closed by its side)."""
         # An idle connection has nothing to read: anything there is a goodbye (a 421 before
         # the hang-up) or garbage, and the connection is no good for the next transaction.
-        return not self._writer.is_closing() and not self._reader.at_eof() and not self._reader._buffer
+        return not self._writer.is_closing() and not self._reader.at_eof() and not self._unread()
+
+    def _unread(self) -> bool:
+        """Whether the downstream sent bytes nobody asked for yet. StreamReader has no public
+        peek: this reads its buffer."""
+        return bool(self._reader._buffer)
 
     def supports(self, keyword: str) -> bool:
         return keyword.lower() in self.extensions
@@ -139,10 +144,10 @@ class SmtpConnection:
         (reply,) = await self._exchange(_command(b"STARTTLS"), 1)
         if reply.code != 220:
             raise SmtpClientError(f"STARTTLS refused: {reply.code} {reply.message}")
-        if self._reader._buffer:
+        if self._unread():
             # Clear text after the 220 would be read as replies sent over TLS: a man in the
             # middle could forge any of them, down to the 250 for a message the downstream
-            # refused ("STARTTLS response injection"). StreamReader has no public peek.
+            # refused ("STARTTLS response injection").
             self.close()
             raise SmtpClientError("the downstream sent more after its 220 to STARTTLS")
         async with asyncio.timeout(self.timeout):
