@@ -5,13 +5,13 @@ queued in spool mode — and opportunistic TLS takes what it is offered."""
 from __future__ import annotations
 
 import smtplib
-import time
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from scattergate.config import ConfigError
 from tests.conftest import require_binary
+from tests.support.polling import wait_for
 from tests.support.tls import Pki, TlsSink, make_pki, server_context
 
 MESSAGE = b"From: a@sender.example\r\nTo: user@example.org\r\nSubject: tls\r\n\r\nHello.\r\n"
@@ -117,15 +117,6 @@ def test_recipient_probes_use_tls_too(gateway, make_config, sink, pki: Pki) -> N
         client.ehlo("client.example")
         client.mail("a@sender.example")
         assert 400 <= client.rcpt("user@example.org")[0] < 500
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def spool(make_config, downstream: TlsSink, **tls: Any):  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scattergate.bounce.dsn import FailedMessage, RecipientStatus, build_dsn
 from scattergate.delivery.quarantine import Quarantine
 from scattergate.web import service as web_service
+from tests.support.polling import wait_for
 from tests.support.sink import free_port
 
 MESSAGE = b"From: a@sender.example\r\nTo: user@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -39,15 +40,6 @@ def value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
-
-
-def wait_for(condition, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture

@@ -9,25 +9,15 @@ import smtplib
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import require_binary
+from tests.support.polling import wait_for
 from tests.support.sink import SmtpSink, free_port
 
 MESSAGE = b"From: a@sender.example\r\nTo: user@example.org\r\nSubject: spooled\r\n\r\nHello.\r\n"
-
-
-def wait_for(condition, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
-    """Poll a condition until it holds or the deadline passes (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def spool_config(make_config, relay: str, **spool):  # type: ignore[no-untyped-def]
