@@ -77,15 +77,16 @@ class ServiceThread:
 
 
 class GatewayThread(ServiceThread):
-    """The SMTP front end on 127.0.0.1 (a free port)."""
+    """The SMTP front end on `host` (127.0.0.1 unless a subclass says otherwise), a free port."""
 
+    host = "127.0.0.1"
     port = 0
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     async def open_servers(self) -> list[asyncio.AbstractServer]:
-        server = await self.loop.create_server(lambda: GatewaySMTP(self.gateway), "127.0.0.1", 0)
+        server = await self.loop.create_server(lambda: GatewaySMTP(self.gateway), self.host, 0)
         self.port = server.sockets[0].getsockname()[1]
         return [server]
