@@ -197,6 +197,25 @@ def test_a_text_line_over_998_characters_is_refused_as_content(gw) -> None:  # t
     assert gw.store.counters()["findings.message.line_too_long"] == 2
 
 
+def test_commands_pipelined_after_the_final_dot_are_read_and_dots_unstuffed(gateway, make_config) -> None:  # type: ignore[no-untyped-def]
+    # RFC 2920: the client may send the next transaction right behind the final dot, in the same
+    # segment; RFC 5321 4.5.2: a leading dot on a line was doubled by the client and is removed.
+    gw = gateway(make_config(receive={"domains": ["example.org"]}))
+    first = b"Subject: one\r\n\r\n..dotted\r\n..\r\n...\r\nend\r\n"
+    with Dialogue(gw.address, timeout=10) as d:
+        d.command("EHLO client.example")
+        d.send(b"MAIL FROM:<a@sender.example>\r\nRCPT TO:<postmaster@example.org>\r\nDATA\r\n")
+        assert [d.reply()[0] for _ in range(3)] == [250, 250, 354]
+        d.send(first + b".\r\nMAIL FROM:<b@sender.example>\r\nRCPT TO:<postmaster@example.org>\r\nDATA\r\n")
+        assert [d.reply()[0] for _ in range(4)] == [250, 250, 250, 354]
+        d.send(b"Subject: two\r\n\r\nsecond\r\n.\r\nQUIT\r\n")
+        assert [d.reply()[0] for _ in range(2)] == [250, 221]
+    stored = sorted(p.read_bytes() for p in Path(gw.config.maildir).glob("**/new/*"))
+    assert len(stored) == 2
+    assert any(m.endswith(b"\r\n\r\n.dotted\r\n.\r\n..\r\nend\r\n") for m in stored), stored
+    assert any(m.endswith(b"\r\n\r\nsecond\r\n") for m in stored), stored
+
+
 @pytest.mark.parametrize(
     "headers",
     [
