@@ -44,6 +44,9 @@ class DecisionRecorder:
         self._decisions: list[DecisionRecord] = []
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        # One write at a time: a flush must not return while an earlier one (the periodic
+        # task's) still has counts on their way to the store.
+        self._flushing = asyncio.Lock()
 
     def record(
         self,
@@ -94,6 +97,11 @@ class DecisionRecorder:
             await self.flush()
 
     async def flush(self) -> None:
+        """Everything recorded so far is in the store when this returns (or its loss logged)."""
+        async with self._flushing:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
         counters, self._counters = dict(self._counters), Counter()
         decisions, self._decisions = self._decisions, []
         if not counters and not decisions:
