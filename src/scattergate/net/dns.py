@@ -85,6 +85,7 @@ class Resolver:
         self.config = config or DnsConfig()
         self._clock = clock
         self._cache: dict[tuple[str, int], _Entry] = {}
+        self._keys: dict[tuple[str, str | int], tuple[str, int]] = {}
         self._inflight: dict[tuple[str, int], asyncio.Future[_Entry]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._resolver = self._make_resolver()
@@ -149,14 +150,21 @@ class Resolver:
 
         Raises DnsNotFound or DnsTempError. Concurrent identical queries share one lookup.
         """
-        qname = _to_name(name)
-        qtype = dns.rdatatype.RdataType.make(rdtype)
-        key = (qname.to_text().lower(), int(qtype))
+        # The cache key of a name as callers spell it, remembered: parsing the name is most of
+        # the cost of a cache hit, and the same few names are asked for again and again.
+        key = self._keys.get((name, rdtype))
+        if key is None:
+            qname, qtype = _to_name(name), dns.rdatatype.RdataType.make(rdtype)
+            key = (qname.to_text().lower(), int(qtype))
+            if len(self._keys) >= _KEYS_REMEMBERED:
+                self._keys.clear()
+            self._keys[(name, rdtype)] = key
         entry = self._cache.get(key)
         if entry is not None:
             if entry.expires > self._clock():
                 return _unwrap(entry)
             del self._cache[key]
+        qname, qtype = _to_name(name), dns.rdatatype.RdataType.make(rdtype)
         fut = self._inflight.get(key)
         if fut is None:
             # A task of its own, so one caller being cancelled doesn't cancel the others.
@@ -279,6 +287,9 @@ class BlockingResolver:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+_KEYS_REMEMBERED = 4096  # spellings of names whose cache key is remembered (then forgotten at once)
+
 
 def _to_name(name: str) -> dns.name.Name:
     """An absolute DNS name, or DnsNotFound for text that can't be one (empty or long labels)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from typing import Iterator
 
@@ -115,6 +116,21 @@ async def test_positive_cache_respects_ttl_and_cap(fresh: DnsTestServer) -> None
     clock.now += 2
     await r.a("example.org")
     assert sent(fresh, "example.org", "A") == 2
+
+
+async def test_every_spelling_of_a_name_shares_one_cache_entry(fresh: DnsTestServer) -> None:
+    r = make(fresh)
+    for spelling in ["example.org", "EXAMPLE.org", "example.org.", "Example.Org."] * 2:
+        assert await r.a(spelling) == ["192.0.2.1"]
+        assert sorted(await r.txt(spelling)) == ["hello world", "v=spf1 -all"]
+    assert sent(fresh, "example.org", "A") == 1 and sent(fresh, "example.org", "TXT") == 1
+    # More spellings than the resolver remembers (4,096): answers and the cache are unchanged.
+    spellings = ["".join(letters) for letters in itertools.product(*((c, c.upper()) for c in "example.org"))]
+    for spelling in spellings:
+        for name, rdtype in ((spelling, "A"), (spelling + ".", "A"), (spelling, 1), (spelling + ".", 1)):
+            assert [r.address for r in await r.query(name, rdtype)] == ["192.0.2.1"]
+    assert len(spellings) * 4 > 4096
+    assert sent(fresh, "example.org", "A") == 1
 
 
 async def test_negative_cache_uses_soa_minimum_with_cap(fresh: DnsTestServer) -> None:
