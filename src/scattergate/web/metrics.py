@@ -15,6 +15,7 @@ lands on any one worker.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import time
@@ -28,6 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -50,6 +52,27 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class WorkerSamples(multiprocess.MultiProcessCollector):
+    """Every worker's sample files added up, as prometheus-client does it, minus the files a
+    worker is creating at that moment: they are empty until prometheus-client sizes them, and
+    reading one raised struct.error. Registering the collector reads them all, so two workers
+    starting together could kill one another (seen in a benchmark: `serve` stopped)."""
+
+    def __init__(self, path: str, registry: CollectorRegistry) -> None:
+        self._directory = path
+        super().__init__(registry, path)
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for name in glob.glob(os.path.join(self._directory, "*.db")):
+            try:
+                if os.path.getsize(name) > 0:
+                    files.append(name)
+            except FileNotFoundError:  # a dead worker's file, removed meanwhile
+                pass
+        return self.merge(files, accumulate=True)
 
 
 class DiskCollector(Collector):
@@ -105,9 +128,7 @@ class Metrics:
         self.check_seconds = Histogram("scattergate_check_duration_seconds", "Time taken by each remote check",
                                        ["check"], buckets=_LATENCY_BUCKETS, registry=own)
         if self.multiprocess:
-            from prometheus_client import multiprocess
-
-            multiprocess.MultiProcessCollector(self.registry)
+            WorkerSamples(os.environ[MULTIPROC_ENV], self.registry)
         self.registry.register(DiskCollector(spool_dir, quarantine_dir))
 
     # -- DecisionObserver ------------------------------------------------------------------
