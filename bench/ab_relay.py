@@ -2,8 +2,10 @@
 
     python bench/ab_relay.py HEAD~1 WORKTREE --mode spool --rounds 6
     python bench/ab_relay.py main my-branch --mode proxy --rounds 4 --postfix
+    python bench/ab_relay.py HEAD HEAD@3 --mode spool --postfix   # same code, 2 and 3 workers
 
-Each build (a git revision, or WORKTREE for the files as they are) is exported to a temporary
+Each build (a git revision, or WORKTREE for the files as they are, optionally `@N` for N worker
+processes instead of --workers) is exported to a temporary
 directory and run as `scattergate serve --relay` (with `--spool` in spool mode) in front of
 one smtp-sink, with the same checks and loopback DNS as bench/relay_throughput.py. Every
 round sends the same smtp-source load to each build in turn, alternating the order; with
@@ -68,7 +70,7 @@ def cpu_ticks(pids: list[int]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("builds", nargs="+", help=f"git revisions, or {WORKTREE}")
+    parser.add_argument("builds", nargs="+", help=f"git revisions, or {WORKTREE}; REV@N runs N workers")
     parser.add_argument("--mode", choices=("proxy", "spool"), default="proxy")
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--size", type=int, default=5120)
@@ -96,11 +98,12 @@ def main() -> int:
             targets: dict[str, str] = {}
             pids: dict[str, list[int]] = {"Postfix": []}
             for index, build in enumerate(args.builds):
-                source = export_source(build, work / f"build-{index}")
+                revision, _, workers = build.partition("@")
+                source = export_source(revision, work / f"build-{index}")
                 before = set(subprocess.run(["pgrep", "-f", "scattergate serve"], capture_output=True,
                                             text=True).stdout.split())
                 targets[build] = stack.enter_context(rt.scattergate_relay(
-                    work / f"gateway-{index}", sink.port, spool=args.mode == "spool", workers=args.workers,
+                    work / f"gateway-{index}", sink.port, spool=args.mode == "spool", workers=int(workers or args.workers),
                     source=source))
                 started = [int(p) for p in subprocess.run(["pgrep", "-f", "scattergate serve"], capture_output=True,
                                                           text=True).stdout.split() if p not in before]
