@@ -125,6 +125,74 @@ def test_a_failed_write_leaves_nothing_and_the_others_are_stored(tmp_path: Path,
     assert [p.name for p in tmp_path.iterdir()] == [f"{good.id}.msg"]
 
 
+def test_a_message_a_crash_cut_short_is_set_aside_never_delivered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    cut, damaged, whole = entry(), entry(), entry()
+    content = b"Subject: x\r\n\r\n" + b"line\r\n" * 100
+    for e in (cut, damaged, whole):
+        spool.put(e, content)
+    # Written under its final name: a crash can leave it shorter than its seal says, or whole
+    # in length with blocks never written (zeros), as some filesystems do.
+    path = spool.message_path(cut.id)
+    path.write_bytes(path.read_bytes()[:-40])
+    path = spool.message_path(damaged.id)
+    data = path.read_bytes()
+    path.write_bytes(data[:-40] + b"\0" * 40)
+    assert [e.id for e in spool.entries()] == sorted([damaged.id, whole.id])  # same length: seen at claim
+    assert spool.claim(damaged.id) is None
+    claim = spool.claim(whole.id)
+    assert claim is not None and claim.content() == content
+    claim.release()
+    assert spool.ids() == [whole.id]
+    assert sorted(p.name for p in (tmp_path / "corrupt").iterdir()) == sorted([f"{cut.id}.msg", f"{damaged.id}.msg"])
+
+
+def test_an_empty_or_headless_file_is_left_alone_while_its_writer_holds_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry()
+    in_progress = spool.message_path(e.id)
+    in_progress.write_bytes(b'{"sender":"a@exa')  # the first line not even complete yet
+    holder = os.open(in_progress, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert list(spool.entries()) == [] and spool.claim(e.id) is None
+        assert in_progress.exists()
+    finally:
+        os.close(holder)
+    assert list(spool.entries()) == []  # the writer is gone: a crash leftover, set aside
+    assert not in_progress.exists() and (tmp_path / "corrupt" / in_progress.name).exists()
+
+
+def test_a_writer_whose_file_was_set_aside_before_it_locked_it_reports_failure(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Between create and flock another worker may find the empty file and set it aside: the
+    writer must then not acknowledge the message (its file is no longer in the spool)."""
+    import scattergate.delivery.spool as spool_module
+
+    spool = Spool(tmp_path)
+    e = entry()
+    real_flock = fcntl.flock
+
+    def another_worker_first(fd: int, op: int) -> None:
+        monkeypatch.setattr(spool_module.fcntl, "flock", real_flock)
+        assert Spool(tmp_path).claim(e.id) is None  # empty: set aside
+        real_flock(fd, op)
+
+    monkeypatch.setattr(spool_module.fcntl, "flock", another_worker_first)
+    (result,) = spool.put_batch([(e, b"x\r\n")])
+    assert isinstance(result, OSError) and "removed before it was durable" in str(result)
+    assert spool.ids() == []
+
+
+def test_a_message_of_the_earlier_unsealed_format_is_still_delivered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    e = entry(attempts=2)
+    # Written whole under a temporary name and renamed: no seal on its state line.
+    spool.message_path(e.id).write_bytes(e.to_json() + b"\n" + b"Subject: old\r\n\r\nbody\r\n")
+    assert [x.attempts for x in spool.entries()] == [2]
+    claim = spool.claim(e.id)
+    assert claim is not None and claim.content() == b"Subject: old\r\n\r\nbody\r\n"
+
+
 def test_recover_leaves_alone_what_a_live_writer_holds(tmp_path: Path) -> None:
     """Regression: a worker starting (or reloading) while another one was writing removed the
     other's half-written message, and with the earlier layout even the content of a message
