@@ -215,8 +215,11 @@ class Claim:
     """An exclusive hold on one spooled message while it is being delivered."""
 
     def __init__(self, spool: "Spool", entry: SpoolEntry, fd: int, *,
-                 content: bytes | None = None, offset: int = 0) -> None:
+                 content: bytes | None = None, offset: int = 0, state_file: bool = False) -> None:
         self.spool, self.entry, self._fd = spool, entry, fd
+        # Whether a .json state file exists (only the claim's holder writes one): most messages
+        # never have one, and their removal skips it.
+        self._state_file = state_file
         self._content = content  # known when the claim comes from the writer: not read back
         self._offset = offset  # where the content starts in the .msg
         self._lock = threading.Lock()
@@ -234,6 +237,7 @@ class Claim:
     def save(self) -> None:
         """Write the changed delivery state (it supersedes the line in the .msg)."""
         _write_atomically(self.spool.meta_path(self.entry.id), self.entry.to_json())
+        self._state_file = True
 
     def finish(self) -> None:
         """Delivery is over for every recipient: remove the message (state last, like a commit).
@@ -242,7 +246,8 @@ class Claim:
         deliver the message again (at least once), never lose it. A state file left without its
         message is removed at start-up."""
         self.spool.message_path(self.entry.id).unlink(missing_ok=True)
-        self.spool.meta_path(self.entry.id).unlink(missing_ok=True)
+        if self._state_file:
+            self.spool.meta_path(self.entry.id).unlink(missing_ok=True)
         self.release()
 
     def release(self) -> None:
@@ -395,10 +400,11 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _state(self, message_id: str, fd: int, *, verify: bool = False) -> tuple[SpoolEntry, int, bytes | None]:
+    def _state(self, message_id: str, fd: int, *, verify: bool = False
+               ) -> tuple[SpoolEntry, int, bytes | None, bool]:
         """The current state (the .json if there is one, else the .msg's line), the content's
-        offset in the .msg and, with `verify`, the content, checked against the seal.
-        Raises Incomplete for a write that never finished."""
+        offset in the .msg, with `verify` the content, checked against the seal, and whether
+        there is a .json. Raises Incomplete for a write that never finished."""
         line, offset = _read_header(fd)
         state, seal = _unseal(line)
         content = None
@@ -411,10 +417,10 @@ class Spool:
                 if zlib.crc32(content, zlib.crc32(state)) != crc:
                     raise Incomplete("CRC mismatch")
         try:
-            state = self.meta_path(message_id).read_bytes()
+            state, state_file = self.meta_path(message_id).read_bytes(), True
         except FileNotFoundError:
-            pass
-        return SpoolEntry.from_json(state), offset, content
+            state_file = False
+        return SpoolEntry.from_json(state), offset, content, state_file
 
     def _set_aside(self, message_id: str, why: Incomplete) -> None:
         """Move a `.msg` found incomplete out of the queue, into `corrupt/` (as Postfix does
@@ -462,7 +468,7 @@ class Spool:
             # Read under the lock: the holder before us may have changed or finished it.
             if os.fstat(fd).st_nlink == 0:
                 raise FileNotFoundError(message_id)  # finished between our open and our lock
-            entry, offset, content = self._state(message_id, fd, verify=True)
+            entry, offset, content, state_file = self._state(message_id, fd, verify=True)
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
             return None
@@ -474,7 +480,7 @@ class Spool:
             os.close(fd)
             log.error("spool entry %s is unreadable; skipped", message_id)
             return None
-        return Claim(self, entry, fd, content=content, offset=offset)
+        return Claim(self, entry, fd, content=content, offset=offset, state_file=state_file)
 
 
 class SpoolWriter:

@@ -93,6 +93,16 @@ def test_one_file_per_message_and_a_changed_state_supersedes_it(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_finish_removes_a_state_file_written_by_the_same_claim(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    (claim,) = spool.put_batch([(entry(), b"x\r\n")])
+    assert isinstance(claim, Claim)
+    claim.entry.attempts = 1
+    claim.save()  # a deferral, then a delivery on the same claim
+    claim.finish()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_put_batch_stores_all_and_hands_out_held_claims_with_their_content(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     entries = [entry() for _ in range(5)]
