@@ -677,8 +677,11 @@ class _Handler:
         return "451 4.3.0 Internal error, try again later"
 
 
-# aiosmtpd reads handle_EHLO's signature for every connection (to tell its old 4-argument form
-# from the new one); inspect.signature finds a precomputed one at once.
-_Handler.handle_EHLO.__signature__ = inspect.signature(_Handler.handle_EHLO)  # type: ignore[attr-defined]
 _Handler._method_names = sorted(name for name in vars(_Handler) if name.startswith(("handle_", "auth_")))
 HANDLER = _Handler()
+# aiosmtpd reads handle_EHLO's signature for every connection (to tell its old 4-argument form
+# from the new one). For a bound method inspect.signature rebuilds it each time; a partial
+# carrying its signature is answered at once.
+_EHLO_HOOK = functools.partial(_Handler.handle_EHLO, HANDLER)
+_EHLO_HOOK.__signature__ = inspect.signature(_EHLO_HOOK)  # type: ignore[attr-defined]
+HANDLER.handle_EHLO = _EHLO_HOOK  # type: ignore[method-assign]
