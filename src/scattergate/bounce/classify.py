@@ -16,7 +16,8 @@ from email.utils import getaddresses, parseaddr
 
 from . import classify_rules as R
 from . import classify_extract as X
-from .classify_mime import Parsed, collect, header, headers, normalise, param, parse, split_original
+from .classify_mime import (Parsed, collect, has_field, header, headers, normalise, param, parse,
+                            split_original)
 
 __all__ = ["Classification", "Kind", "classify"]
 
@@ -162,6 +163,36 @@ def _subject(top: Message) -> tuple[str, bool]:
     return subject, replied
 
 
+_AUTO_FIELDS = frozenset(name.lower() for name in R.AUTO_HEADERS)
+_CHALLENGE_FIELDS = frozenset(name.lower() for name in R.CHALLENGE_HEADERS)
+
+
+def _present(top: Message, names: tuple[str, ...], lowered: frozenset[str]) -> tuple[str, ...]:
+    """`names`, or () when the message has none of them: most mail has none, and a header()
+    call per name (all returning "") is then wasted."""
+    return names if has_field(top, lowered) else ()
+
+
+# Every SYSTEM_DISPLAY match holds one of these words, case-folded.
+_DISPLAY_WORDS = ("mail", "post", "internet", "system", "microsoft", "delivery")
+
+
+def _system_sender(from_: str) -> bool:
+    """Whether the From field is one MTAs use for their reports (address or display name).
+
+    parseaddr() is a costly step for ordinary mail and rarely needed. Without "(" and ":" in the
+    field (comments and groups, where it recurses and may raise, as before) the display name it
+    returns is made of runs of the field's own characters, joined by quoted pairs at most; so if
+    no key word occurs in the field with its backslashes removed, SYSTEM_DISPLAY cannot match.
+    """
+    if "(" not in from_ and ":" not in from_:
+        plain = R.fold(from_).replace("\\", "")
+        if not any(word in plain for word in _DISPLAY_WORDS):
+            return R.SYSTEM_SENDER.search(from_) is not None
+    display, _addr = parseaddr(from_)
+    return bool(R.SYSTEM_SENDER.search(from_) or R.SYSTEM_DISPLAY.match(display or ""))
+
+
 def _unquoted(text: str) -> str:
     if ">" not in text:
         return text
@@ -190,8 +221,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
     if null_sender:
         add(Kind.BOUNCE, 2, "null-sender")
         add(Kind.AUTO_REPLY, 1, "null-sender")
-    display, _addr = parseaddr(from_)
-    system_sender = bool(R.SYSTEM_SENDER.search(from_) or R.SYSTEM_DISPLAY.match(display or ""))
+    system_sender = _system_sender(from_)
     if system_sender:
         add(Kind.BOUNCE, 2, "system-sender")
     if auto_submitted.startswith("auto-replied"):
@@ -219,7 +249,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.BOUNCE, 1, "enhanced-status-code")
 
     # Auto-replies.
-    for name in R.AUTO_HEADERS:
+    for name in _present(top, R.AUTO_HEADERS, _AUTO_FIELDS):
         value = header(top, name).lower()
         if value and value not in ("no", "false", "0"):
             add(Kind.AUTO_REPLY, 4, name)
@@ -238,7 +268,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 2, "body:away")
 
     # Challenge-response.
-    for name in R.CHALLENGE_HEADERS:
+    for name in _present(top, R.CHALLENGE_HEADERS, _CHALLENGE_FIELDS):
         if header(top, name):
             add(Kind.CHALLENGE, 4, name)
             break

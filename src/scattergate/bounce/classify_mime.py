@@ -11,6 +11,7 @@ import email
 import email.header
 import email.policy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -25,6 +26,8 @@ MAX_TEXT_PER_PART = 64 * 1024
 MAX_TEXT_TOTAL = 192 * 1024
 # The stdlib parser recurses once per multipart level; deeper input is parsed headers-only.
 _MAX_BOUNDARIES = 60
+# Attribute holding a message's field index (lower-case name -> first (name, raw value)).
+_INDEX = "_classify_first"
 
 
 @dataclass(slots=True)
@@ -50,7 +53,9 @@ def normalise(raw: bytes | str) -> bytes:
         raw = raw.encode("utf-8", "surrogateescape")
     data = bytes(raw[:MAX_BYTES])
     if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        data = data.replace(b"\r\n", b"\n")
+        if b"\r" in data:  # CR-only line ends are rare: skip the second pass over the bytes
+            data = data.replace(b"\r", b"\n")
     return data
 
 
@@ -86,11 +91,63 @@ def _parse_single_part(data: bytes) -> Message | None:
     end = data.find(b"\n\n")
     if end < 0:
         return None
-    msg = email.message_from_bytes(data[:end + 2], policy=email.policy.compat32)
-    if msg.defects or msg.get_payload() != "" or msg.get_content_maintype() in ("multipart", "message"):
+    msg = _plain_header_block(data[:end + 1].decode("ascii", "surrogateescape"))
+    if msg is None:
+        msg = email.message_from_bytes(data[:end + 2], policy=email.policy.compat32)
+        if msg.defects or msg.get_payload() != "":
+            return None
+    if _content_type(msg).partition("/")[0] in ("multipart", "message"):
         return None
     msg.set_payload(data[end + 2:].decode("ascii", "surrogateescape"))
     return msg
+
+
+# One header field as email's feed parser reads it (compat32): the name runs to the first colon
+# (RFC 5322 ftext only), the value starts after the blanks that follow it and keeps its
+# continuation lines as they are, without the final line end.
+# (`.` stops at a newline like [^\n], but `re` runs it in a tighter loop.)
+_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+):[ \t]*(.*(?:\n[ \t].*)*)\n")
+
+
+def _plain_header_block(head: str) -> Message | None:
+    """The Message email's parser builds from `head` (header lines, each ending in "\n"), for a
+    block of plain fields optionally led by an mbox "From " line; None for anything else.
+
+    Reading the fields with one pattern costs a fraction of the parser's line-by-line Python;
+    whatever the parser would treat specially (a defect, a line that is no field, a CR) is left
+    to it. The header index that header() builds is filled on the way.
+    """
+    if "\r" in head:
+        return None
+    msg = Message(policy=email.policy.compat32)
+    pos = 0
+    if head.startswith("From "):
+        pos = head.index("\n") + 1
+        msg.set_unixfrom(head[:pos - 1])
+    index: dict[str, tuple[str, object]] = {}
+    set_raw = msg.set_raw
+    for m in _FIELD.finditer(head, pos):
+        if m.start() != pos:
+            return None
+        name, value = m.groups()
+        set_raw(name, value)
+        index.setdefault(name.lower(), (name, value))
+        pos = m.end()
+    if pos != len(head):
+        return None
+    msg.__dict__[_INDEX] = index
+    return msg
+
+
+def _field_index(msg: Message) -> dict[str, tuple[str, object]]:
+    """The message's fields by lower-case name, first of each name: built once per message."""
+    index: dict[str, tuple[str, object]] | None = msg.__dict__.get(_INDEX)
+    if index is None:
+        index = {}
+        for key, raw in msg.raw_items():
+            index.setdefault(key.lower(), (key, raw))
+        msg.__dict__[_INDEX] = index
+    return index
 
 
 def header(msg: Message, name: str) -> str:
@@ -100,19 +157,22 @@ def header(msg: Message, name: str) -> str:
     message for ~30 names: index the fields once instead of scanning them per name.
     """
     try:
-        index = msg.__dict__.get("_classify_first")
-        if index is None:
-            index = {}
-            for key, raw in msg.raw_items():
-                index.setdefault(key.lower(), (key, raw))
-            msg.__dict__["_classify_first"] = index
-        found = index.get(name.lower())
+        found = _field_index(msg).get(name.lower())
         if found is None:
             return ""
         value = msg.policy.header_fetch_parse(*found)
     except Exception:
         return ""
     return _clean_header(value)
+
+
+def has_field(msg: Message, names: frozenset[str]) -> bool:
+    """Whether the message has a field with any of these (lower-case) names: lets the caller skip
+    a run of header() calls that would all return ""."""
+    try:
+        return not _field_index(msg).keys().isdisjoint(names)
+    except Exception:
+        return True  # unknown: let header() answer name by name
 
 
 def headers(msg: Message, name: str) -> list[str]:
@@ -156,19 +216,61 @@ def _chunk(data: bytes | str, charset: str | None) -> str:
 
 def content_type(msg: Message) -> str:
     try:
-        return msg.get_content_type().lower()
+        return _content_type(msg)
     except Exception:
         return "text/plain"
 
 
+def _content_type(msg: Message) -> str:
+    """msg.get_content_type().lower() from the field index (Message.get scans every field)."""
+    found = _field_index(msg).get("content-type")
+    if found is None:
+        return msg.get_default_type().lower()
+    ctype = str(msg.policy.header_fetch_parse(*found)).partition(";")[0].strip().lower()
+    return ctype if ctype.count("/") == 1 else "text/plain"
+
+
 def param(msg: Message, name: str) -> str:
     try:
-        value = msg.get_param(name)
+        value = _plain_param(msg, name)
+        if isinstance(value, _NotPlain):
+            value = msg.get_param(name)
     except Exception:
         return ""
     if isinstance(value, tuple):  # RFC 2231 triple
         value = value[2]
     return str(value or "").strip().lower()
+
+
+class _NotPlain:
+    """_plain_param's answer for a value it does not read: ask Message.get_param."""
+
+
+_NOT_PLAIN = _NotPlain()
+# Characters that give a Content-Type parameter list more than a plain reading: quoting,
+# quoted pairs, <...> values, RFC 2231 names.
+_PARAM_SPECIALS = re.compile(r'["\\<>*]')
+
+
+def _plain_param(msg: Message, name: str) -> str | None | _NotPlain:
+    """msg.get_param(name) (name in lower case) for a Content-Type without quoting or RFC 2231
+    syntax, read from the field index; _NOT_PLAIN for any other value.
+
+    get_param scans the fields twice and runs the full RFC 2231 machinery, which for such a
+    value comes down to: the first ";"-separated piece whose name (before any "=") is `name`,
+    its value stripped ("" for a bare name).
+    """
+    found = _field_index(msg).get("content-type")
+    if found is None:
+        return None
+    value = found[1]
+    if not isinstance(value, str) or not value.isascii() or _PARAM_SPECIALS.search(value):
+        return _NOT_PLAIN
+    for piece in value.split(";"):
+        key, _, val = piece.partition("=")
+        if key.strip().lower() == name:
+            return val.strip()
+    return None
 
 
 def decode_text(part: Message, limit: int = MAX_TEXT_PER_PART) -> str:
@@ -211,7 +313,21 @@ _KEY_HEADER_LINE = re.compile(
     r"^[ \t>]{0,4}(?:" + "|".join(re.escape(name) for name in sorted(_KEY_HEADERS)) + r"):",
     re.MULTILINE | re.IGNORECASE | re.ASCII,
 )
+# The same lines found from the newline before them: a pattern opening with a literal lets `re`
+# jump from newline to newline, where `^` would be tried at every character of the body.
+_KEY_HEADER_AFTER_NEWLINE = re.compile("\n" + _KEY_HEADER_LINE.pattern.removeprefix("^"),
+                                       re.IGNORECASE | re.ASCII)
 _MAX_SCAN_LINES = 4000
+
+
+def _key_header_lines(body: str) -> Iterator[int]:
+    """Start offsets of the lines _KEY_HEADER_LINE matches, in order."""
+    if ":" not in body:  # every such line has one; plain prose often has none
+        return
+    if _KEY_HEADER_LINE.match(body):
+        yield 0
+    for m in _KEY_HEADER_AFTER_NEWLINE.finditer(body):
+        yield m.start() + 1
 
 
 def split_original(body: str) -> tuple[str, Message | None]:
@@ -219,9 +335,9 @@ def split_original(body: str) -> tuple[str, Message | None]:
     lines: list[str] | None = None
     start = None
     line_no, counted_to = 0, 0
-    for m in _KEY_HEADER_LINE.finditer(body):
-        line_no += body.count("\n", counted_to, m.start())
-        counted_to = m.start()
+    for offset in _key_header_lines(body):
+        line_no += body.count("\n", counted_to, offset)
+        counted_to = offset
         if line_no >= _MAX_SCAN_LINES:
             break
         if lines is None:

@@ -163,9 +163,10 @@ CHALLENGE_BODY = re.compile(
 CONFIRM_URL = re.compile(r"https?://\S{0,200}(?:confirm|verif|challenge|approve|captcha|validate)", re.I)
 
 # Status codes. Enhanced codes per RFC 3463; SMTP reply codes per RFC 5321 §4.2.
-# Every ENHANCED match contains this; unlike ENHANCED (which opens with a look-behind) it lets
-# `re` skip ahead to candidate digits, so it is a cheap necessary condition.
-ENHANCED_HINT = re.compile(r"[245]\.\d")
+# Every ENHANCED match contains "[245].digit" (what this finds), so it is a cheap necessary
+# condition. It opens with the literal "." (the [245] is checked by the look-behind) because `re`
+# scans for a literal first character in a tight loop but tries a set like [245] at every position.
+ENHANCED_HINT = re.compile(r"\.(?<=[245]\.)\d")
 ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d]|\.\d)")
 SMTP_CODE = re.compile(
     r"(?:^[ \t<>#*:-]*|said:\s*|said\s+|error[:\s]+|response:?\s*|reply:?\s*|smtp;\s*|code:?\s*|\(\s*|\[\s*"
@@ -410,6 +411,15 @@ class Vocabulary:
             found = self._pieces[piece] = piece in self.words or piece in self.joined
         return found
 
+    def pieces_present(self, pieces: frozenset[str]) -> frozenset[str]:
+        """The members of `pieces` that are part of some word: whole words by one set
+        intersection, only the rest by a substring search (cheaper than has_piece on each)."""
+        whole = pieces & self.words
+        if len(whole) == len(pieces):
+            return whole
+        joined = self.joined
+        return whole | {piece for piece in pieces - whole if piece in joined}
+
     @property
     def joined(self) -> str:
         if self._joined is None:
@@ -439,55 +449,88 @@ def _inner_words(literal: str) -> frozenset[str]:
     return frozenset(m.group(0) for m in _WORD.finditer(literal) if m.start() > 0 and m.end() < len(literal))
 
 
+# Words nearly every English text has: indexing a literal under one of them would make it a
+# candidate for almost every message, so they are the last choice of index key.
+_COMMON_WORDS = frozenset("""
+    a about after all also am an and any are as at back be been before but by can could did do
+    for from had has have he her him his how i if in into is it its just me more my no not now of
+    on one only or our out over said she so some than that the their them then there these they
+    this time to up us was we were what when which who will with would you your
+""".split())
+
+
+def _index_key(inner: frozenset[str], ends: tuple[str, ...]) -> tuple[bool, str]:
+    """How to index a literal: (whether the key is an inner word, the key).
+
+    The key is the token least likely to be in an ordinary text: an uncommon inner word (a
+    whole word of the text: one hash probe), else an uncommon end piece (part of a word: a
+    substring search), else the longest of them.
+    """
+    tokens = [(w not in _COMMON_WORDS, True, len(w), w) for w in sorted(inner)]
+    tokens += [(w not in _COMMON_WORDS, False, len(w), w) for w in sorted(ends)]
+    _, is_word, _, key = max(tokens, key=lambda t: t[:3])
+    return is_word, key
+
+
+_Entry = tuple[frozenset[str], tuple[str, ...], str]  # inner words, end pieces left to test, literal
+
+
 class Guarded:
     """A compiled phrase pattern with a literal pre-filter.
 
     `folded` must be fold(text) (same length, same positions) and `vocabulary` the words() of
     the folded text or of a longer text it is a prefix of. A cover literal can occur only if
-    all its inner words are words of the text (literals without inner words: only if each of
-    their word pieces is part of some word of the text); when no cover literal
-    occurs the pattern cannot match. Otherwise only windows of +-width around the literal
-    occurrences are searched (merged, disjoint): the same matches as a whole-text search.
+    all its inner words are words of the text and each of its end pieces is part of some word
+    of the text; when no cover literal occurs the pattern cannot match. Otherwise only windows
+    of +-width around the literal occurrences are searched (merged, disjoint): the same
+    matches as a whole-text search.
     """
 
-    __slots__ = ("anchored", "cover", "pattern", "unanchored", "width")
+    __slots__ = ("by_piece", "by_word", "cover", "pattern", "piece_keys", "width")
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
         self.cover = literal_cover(pattern)
         self.width = _window_width(pattern) if self.cover is not None else None
         # Per literal: its inner words (whole words of the text) and its end pieces (parts of
-        # words of the text: "added" in "...added to the whitelist" may end "unadded").
-        self.anchored: dict[str, list[tuple[frozenset[str], tuple[str, ...], str]]] = {}
-        unanchored: list[tuple[tuple[str, ...], str]] = []
+        # words of the text: "added" in "...added to the whitelist" may end "unadded"),
+        # indexed by one of them so that a set operation per text picks the few literals
+        # worth testing further.
+        self.by_word: dict[str, list[_Entry]] = {}
+        self.by_piece: dict[str, list[_Entry]] = {}
         for lit in sorted(self.cover or ()):
             inner = _inner_words(lit)
             ends = tuple(sorted({w for w in _WORD.findall(lit) if w not in inner}, key=len, reverse=True))
-            if inner:
-                # Indexed by the longest inner word (usually the rarest): one set intersection
-                # per text picks the few literals worth testing further.
-                key = max(sorted(inner), key=len)
-                self.anchored.setdefault(key, []).append((inner, ends, lit))
+            if not inner and not ends:  # no word character: nothing to pre-test
+                self.by_piece.setdefault("", []).append((inner, ends, lit))
+                continue
+            is_word, key = _index_key(inner, ends)
+            if is_word:
+                self.by_word.setdefault(key, []).append((inner, ends, lit))
             else:
-                unanchored.append((ends, lit))
-        self.unanchored = tuple(unanchored)
+                rest = tuple(piece for piece in ends if piece != key)
+                self.by_piece.setdefault(key, []).append((inner, rest, lit))
+        self.piece_keys = frozenset(self.by_piece)
+
+    def _candidates(self, vocabulary: Vocabulary) -> list[str]:
+        """Cover literals that may occur in the text (a superset of those that do)."""
+        vocab = vocabulary.words
+        has_piece = vocabulary.has_piece
+        candidates: list[str] = []
+        for index, keys in ((self.by_word, self.by_word.keys() & vocab),
+                            (self.by_piece, vocabulary.pieces_present(self.piece_keys))):
+            for key in keys:
+                for inner, ends, lit in index[key]:
+                    if inner <= vocab and all(has_piece(piece) for piece in ends):
+                        candidates.append(lit)
+        return candidates
 
     def windows(self, text: str, folded: str, vocabulary: Vocabulary) -> list[tuple[int, int]] | None:
         """Disjoint (start, end) windows holding every possible match; None: search it all."""
         if self.cover is None or len(folded) != len(text):
             return None
-        vocab = vocabulary.words
-        has_piece = vocabulary.has_piece
-        candidates: list[str] = []
-        for ends, lit in self.unanchored:
-            if all(has_piece(piece) for piece in ends):
-                candidates.append(lit)
-        for key in self.anchored.keys() & vocab:
-            for inner, ends, lit in self.anchored[key]:
-                if inner <= vocab and all(has_piece(piece) for piece in ends):
-                    candidates.append(lit)
         hits: list[tuple[int, int]] = []
-        for lit in candidates:
+        for lit in self._candidates(vocabulary):
             i = folded.find(lit)
             while i >= 0:
                 hits.append((i, i + len(lit)))
