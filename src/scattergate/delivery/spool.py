@@ -2,11 +2,12 @@
 
 A message is one file, `<id>.msg`: a line of JSON (envelope, DSN parameters, what the
 safe-bounce rule needs, delivery state) sealed with the content's length and a CRC-32, and
-then the content. It is written under its final name and fsynced, and the directory is
-fsynced, before we answer 250. A `.msg` whose seal does not match (a crash during its write)
-was never acknowledged: when found it is moved to `corrupt/`, never delivered. (Writing to a temporary
-name and renaming made a `.msg` complete by construction, but the renames cost a journal
-commit per batch: a fifth of the spool's throughput.) When the delivery state changes (a deferral, a
+then the content. It is written under a temporary name, renamed, fsynced, and the directory
+is fsynced, before we answer 250. The rename comes before the fsync so that one journal
+commit covers it (renaming after the fsync cost a second commit per batch: a seventh of the
+spool's throughput); a crash can therefore leave a `.msg` cut short, which its seal tells:
+it was never acknowledged, and when found it is moved to `corrupt/`, never delivered. When
+the delivery state changes (a deferral, a
 delay notice), it is written beside the message as `<id>.json` (fsynced, renamed), which from
 then on supersedes the line in the `.msg`; the content is never rewritten. A delivered
 message loses its `.msg` first and its `.json` last.
@@ -18,9 +19,8 @@ that one journal commit can cover several of them, and one directory fsync cover
 names of the whole batch; each message is still acknowledged only once its own file and the
 directory are durable. A message is born claimed (its writer takes the flock before the first
 byte is written) and is handed to the scheduler with its content in memory, so nothing is read
-back; start-up recovery leaves alone whatever a live process holds. Between a writer's create
-and its flock, another worker may find the empty file and remove it as incomplete; the writer
-then finds its name gone after its fsync and reports a failure (451), never a 250.
+back; start-up recovery leaves alone whatever a live process holds. A `.msg` gets its name
+only once it is locked and written, so no scan of another worker finds it empty.
 
 Spools of the earlier two-file layout (`<id>.eml` content + `<id>.json` state) are converted
 at start-up.
@@ -290,14 +290,16 @@ class Spool:
         for entry, content in items:
             fd = -1
             try:
-                fd = _create(self.message_path(entry.id))
-                # Born claimed: neither a scan nor another worker reads it from here on. Blocking:
-                # one that caught the empty file before us lets go at once (or sets it aside as
-                # incomplete, which _still_named below then shows).
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                # Born claimed, under a name no scan looks at: by the time it has its real name
+                # it is locked and written (if not yet durable), so no other worker ever finds
+                # it empty. Renamed before the fsync, so one journal commit covers the create,
+                # the rename and the data (a rename after it cost a second commit per batch).
+                fd = _create(self._temporary(entry.id, "msg"))
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 state = entry.to_json()
                 header = _sealed_line(state, content)
                 _write_all(fd, (header, content))
+                os.rename(self._temporary(entry.id, "msg"), self.message_path(entry.id))
             except BaseException as exc:
                 self._discard(entry.id, fd)
                 results.append(exc)
@@ -310,6 +312,7 @@ class Spool:
             assert isinstance(claim, Claim)
             try:
                 os.fsync(claim._fd)
+                # Defence in depth: the name we are about to acknowledge is the file we wrote.
                 if not _still_named(claim._fd, self.message_path(claim.entry.id)):
                     raise OSError(f"spool file of {claim.entry.id} removed before it was durable")
             except BaseException as exc:
@@ -331,10 +334,11 @@ class Spool:
 
     def _discard(self, message_id: str, fd: int) -> None:
         """Remove every trace of a message that was not stored (disk full, I/O error)."""
-        try:
-            self.message_path(message_id).unlink(missing_ok=True)
-        except OSError:
-            pass
+        for path in (self.message_path(message_id), self._temporary(message_id, "msg")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
         if fd >= 0:
             os.close(fd)
 

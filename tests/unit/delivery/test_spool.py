@@ -173,24 +173,64 @@ def test_an_empty_or_headless_file_is_left_alone_while_its_writer_holds_it(tmp_p
     assert not in_progress.exists() and (tmp_path / "corrupt" / in_progress.name).exists()
 
 
-def test_a_writer_whose_file_was_set_aside_before_it_locked_it_reports_failure(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Between create and flock another worker may find the empty file and set it aside: the
-    writer must then not acknowledge the message (its file is no longer in the spool)."""
+def test_another_worker_never_sees_a_message_before_its_writer_holds_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Between create and flock (a thread may wait for the GIL there for milliseconds) a scan
+    of another worker must not find the file: it would take it for a crash's leftover."""
+    import scattergate.delivery.spool as spool_module
+
+    spool = Spool(tmp_path)
+    e = entry()
+    real_flock = fcntl.flock
+    seen: list[object] = []
+
+    def another_worker_scans_first(fd: int, op: int) -> None:
+        monkeypatch.setattr(spool_module.fcntl, "flock", real_flock)
+        other = Spool(tmp_path)
+        seen.extend([list(other.entries()), other.claim(e.id)])
+        real_flock(fd, op)
+
+    monkeypatch.setattr(spool_module.fcntl, "flock", another_worker_scans_first)
+    (result,) = spool.put_batch([(e, b"x\r\n")])
+    assert seen == [[], None]
+    assert isinstance(result, Claim)
+    result.release()
+    assert spool.ids() == [e.id] and not (tmp_path / "corrupt").exists()
+
+
+def test_a_worker_starting_in_that_window_costs_the_writer_a_failure_never_a_loss(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Start-up recovery removes unlocked temporary files (a crash's leftovers); one it catches
+    before its writer locked it makes that write fail (451 to the client), never a 250 for a
+    message that is not there."""
     import scattergate.delivery.spool as spool_module
 
     spool = Spool(tmp_path)
     e = entry()
     real_flock = fcntl.flock
 
-    def another_worker_first(fd: int, op: int) -> None:
+    def another_worker_starts_first(fd: int, op: int) -> None:
         monkeypatch.setattr(spool_module.fcntl, "flock", real_flock)
-        assert Spool(tmp_path).claim(e.id) is None  # empty: set aside
+        assert Spool(tmp_path).recover() == 1
         real_flock(fd, op)
 
-    monkeypatch.setattr(spool_module.fcntl, "flock", another_worker_first)
+    monkeypatch.setattr(spool_module.fcntl, "flock", another_worker_starts_first)
+    (result,) = spool.put_batch([(e, b"x\r\n")])
+    assert isinstance(result, OSError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_whose_file_lost_its_name_before_it_was_durable_reports_failure(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    spool = Spool(tmp_path)
+    e = entry()
+    real_fsync = os.fsync
+
+    def name_gone_first(fd: int) -> None:
+        spool.message_path(e.id).unlink(missing_ok=True)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", name_gone_first)
     (result,) = spool.put_batch([(e, b"x\r\n")])
     assert isinstance(result, OSError) and "removed before it was durable" in str(result)
-    assert spool.ids() == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_message_of_the_earlier_unsealed_format_is_still_delivered(tmp_path: Path) -> None:
