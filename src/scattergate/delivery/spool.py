@@ -125,15 +125,14 @@ def _create(path: Path) -> int:
 
 class Incomplete(ValueError):
     """A `.msg` whose write never finished (cut short, or blocks a crash left unwritten):
-    it was never acknowledged, so it is removed rather than delivered."""
+    it was never acknowledged, so it is set aside rather than delivered."""
 
 
 def _sealed_line(state: bytes, content: bytes) -> bytes:
     """The first line of a `.msg`: the state, a TAB (json.dumps escapes every control
     character, so the JSON never holds one), the content's length and a CRC-32 of state and
     content. The seal is what tells a whole file from one a crash interrupted, since the file
-    is written under its final name (a rename, and its journal commit, per batch is what
-    the seal saves)."""
+    has its name before it is durable (renamed before its fsync: one journal commit, not two)."""
     return b"%s\t%d %08x\n" % (state, len(content), zlib.crc32(content, zlib.crc32(state)))
 
 
