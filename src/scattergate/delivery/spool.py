@@ -192,6 +192,25 @@ def _locked_by_someone(path: Path) -> bool:
     return False
 
 
+def _start_writeback(fds: Sequence[int]) -> None:
+    """Start writing every file of a batch out before the first fsync waits for one.
+
+    With delayed allocation (ext4, XFS) a file's blocks are allocated when its writeback
+    starts, and the allocation is metadata for the next journal commit: fsyncing the files one
+    after the other then costs a commit each. Started together, one commit covers the batch
+    (in isolation, 6 files: 1.06 -> 0.58 ms). On Linux, POSIX_FADV_DONTNEED starts the
+    writeback without waiting (and drops the pages once clean: the content is kept in memory).
+    Advice only: the fsyncs that follow are what make the files durable."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    for fd in fds:
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            return
+
+
 def _still_named(fd: int, path: Path) -> bool:
     """Whether `path` is still the file open as `fd` (not removed or set aside meanwhile)."""
     try:
@@ -306,6 +325,8 @@ class Spool:
             written.append(len(results))
             results.append(Claim(self, entry, fd, content=content, offset=len(header)))
         # fsync once every file of the batch is written: one journal commit can cover several.
+        if len(written) > 1:
+            _start_writeback([results[index]._fd for index in written])  # type: ignore[union-attr]
         for index in list(written):
             claim = results[index]
             assert isinstance(claim, Claim)
