@@ -1,7 +1,7 @@
 """The SMTP front end: aiosmtpd on the wire, the Gateway pipeline behind it.
 
-aiosmtpd handles the protocol (sequencing, SIZE, line limits, dot-unstuffing); this module
-adds what a gateway needs on top, without copying its internals:
+aiosmtpd handles the protocol (command parsing and sequencing, SIZE, STARTTLS, AUTH); this
+module adds what a gateway needs on top, without copying its internals:
 - strict CRLF on command lines (a bare CR or LF is refused, so no smuggling ambiguity);
 - our own RFC 5321 path parser, so relay tricks are seen rather than normalised away;
 - connection limits before the banner;
@@ -11,7 +11,9 @@ adds what a gateway needs on top, without copying its internals:
 - NUL, invalid UTF-8 and non-ASCII addresses without SMTPUTF8 refused on the command line,
   and aiosmtpd's own replies given RFC 3463 enhanced codes without echoing client bytes;
 - STARTTLS (aiosmtpd's, with our context) and AUTH PLAIN/LOGIN only over TLS, checked off
-  the event loop, with the connection closed after too many failures.
+  the event loop, with the connection closed after too many failures;
+- the DATA content read in blocks of lines (frontends/smtp_data.py: the line and size limits
+  and dot-unstuffing), where aiosmtpd awaits once per line.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope as AioEnvelope, LoginPasswo
 from aiosmtpd.smtp import TLSSetupException
 
 from scattergate.address import Address, AddressError, parse_path
-from scattergate.model import Accept, Finding, Phase, Quarantine, RcptDsn, Reject, Reply, Session, Tempfail
 from scattergate.frontends.smtp_data import DataAccumulator, DataOutcome, read_data
+from scattergate.model import Accept, Finding, Phase, Quarantine, RcptDsn, Reject, Reply, Session, Tempfail
 from scattergate.pipeline import MAIL_OK, Gateway
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,8 @@ NEED_SMTPUTF8_REPLY = "553 5.6.7 Non-ASCII address without SMTPUTF8 refused"
 NO_SMTPUTF8_REPLY = "555 5.5.4 SMTPUTF8 is not supported"
 BAD_UTF8_ARGUMENT_REPLY = "501 5.5.4 Syntax error: invalid UTF-8 in command arguments"
 BAD_UTF8_LINE_REPLY = "500 5.5.2 Syntax error: invalid UTF-8 in command line"
-# RFC 5322 §2.1.1: at most 998 characters per line. aiosmtpd refuses longer DATA lines with a
-# bare 500 after the final dot; we refuse them as content rather than pass on (or fold) them.
+# RFC 5322 §2.1.1: at most 998 characters per line. Refused as content after the final dot
+# (aiosmtpd said a bare 500), rather than passed on or folded.
 LONG_DATA_LINE_REPLY = "550 5.6.0 Message refused: line longer than 998 characters (RFC 5322 2.1.1)"
 UNKNOWN_COMMAND_REPLY = "500 5.5.2 Error: command not recognized"
 _SIZE_REPLY = "552 5.3.4 Message size exceeds fixed maximum message size"
@@ -387,7 +389,6 @@ class GatewaySMTP(SMTP):
 
     async def _refuse_screened(self, arg: str | None) -> None:
         await self.push(self._sg_refusal)
-
 
     def _sg_refuse_content(self, outcome: DataOutcome) -> str:
         """The reply to a message refused as it was read (our checks never saw it), recorded
