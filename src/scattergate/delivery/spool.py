@@ -7,10 +7,9 @@ is fsynced, before we answer 250. The rename comes before the fsync so that one 
 commit covers it (renaming after the fsync cost a second commit per batch: a seventh of the
 spool's throughput); a crash can therefore leave a `.msg` cut short, which its seal tells:
 it was never acknowledged, and when found it is moved to `corrupt/`, never delivered. When
-the delivery state changes (a deferral, a
-delay notice), it is written beside the message as `<id>.json` (fsynced, renamed), which from
-then on supersedes the line in the `.msg`; the content is never rewritten. A delivered
-message loses its `.msg` first and its `.json` last.
+the delivery state changes (a deferral, a delay notice), it is written beside the message as
+`<id>.json` (fsynced, renamed), which from then on supersedes the line in the `.msg`; the
+content is never rewritten. A delivered message loses its `.msg` first and its `.json` last.
 
 A worker claims a message with an exclusive, non-blocking flock on its `.msg`, so several
 worker processes can share one spool. Messages that arrive together are written together
