@@ -59,6 +59,16 @@ def test_spool_accepts_while_the_downstream_is_down_and_delivers_later(gateway, 
         sink.stop()
 
 
+def test_a_delivery_is_logged_with_the_downstreams_reply(gateway, make_config, smtp_sink, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level("INFO", logger="scattergate.delivery.scheduler")
+    sink = smtp_sink()
+    gw = gateway(spool_config(make_config, sink.address))
+    message_id = send(gw.address).rsplit(" ", 1)[1]
+    assert wait_for(lambda: len(sink.messages()) == 1 and len(gw.gateway.spool) == 0)
+    assert wait_for(lambda: any(f"message {message_id}: delivered to {sink.address} for 1 recipient(s): 250"
+                                in r.getMessage() for r in caplog.records))
+
+
 def test_a_restart_resumes_the_queue(gateway, make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     config = spool_config(make_config, f"127.0.0.1:{port}")

@@ -175,11 +175,13 @@ class Scheduler:
         entry.attempts += 1
         failed = []
         relayed = []
+        delivered = []
         for rcpt in pending:
             reply = replies[rcpt.address]
             rcpt.reply = str(reply)
             if reply.code < 300:
                 rcpt.state = DELIVERED
+                delivered.append(rcpt)
                 self._count("spool.delivered")
                 if rcpt.notify and "SUCCESS" in rcpt.notify and dsn_support == [False]:
                     relayed.append(rcpt)
@@ -187,6 +189,10 @@ class Scheduler:
                 rcpt.state = FAILED
                 failed.append(rcpt)
         remote = pool.host
+        if delivered:
+            # Where it went and what the downstream said (its queue ID): an admin's trail.
+            log.info("message %s: delivered to %s:%s for %d recipient(s): %s", entry.id, pool.host,
+                     pool.port, len(delivered), delivered[0].reply)
         if relayed:
             await asyncio.to_thread(self.notifier.relayed, entry, content, relayed, remote)
         still = entry.pending()
