@@ -59,6 +59,25 @@ def test_spool_accepts_while_the_downstream_is_down_and_delivers_later(gateway, 
         sink.stop()
 
 
+def test_a_spooled_message_a_crash_damaged_is_set_aside_and_the_others_delivered(gateway, make_config, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
+
+    sink = smtp_sink()
+    config = spool_config(make_config, sink.address)
+    spool = Spool(config.data_dir / "spool")  # left by the previous run of the gateway
+    damaged, whole = (SpoolEntry("a@sender.example", [SpooledRecipient("user@example.org")], 1000.0)
+                      for _ in range(2))
+    for e in (damaged, whole):
+        spool.put(e, MESSAGE.replace(b"spooled", e.id.encode()))
+    path = spool.message_path(damaged.id)
+    data = path.read_bytes()
+    path.write_bytes(data[:-8] + b"\0" * 8)  # blocks a crash left unwritten: only the CRC tells
+    gw = gateway(config)
+    assert wait_for(lambda: len(sink.messages()) == 1 and len(gw.gateway.spool) == 0)
+    assert whole.id.encode() in sink.messages()[0]
+    assert (config.data_dir / "spool" / "corrupt" / f"{damaged.id}.msg").exists()
+
+
 def test_a_delivery_is_logged_with_the_downstreams_reply(gateway, make_config, smtp_sink, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level("INFO", logger="scattergate.delivery.scheduler")
     sink = smtp_sink()

@@ -21,7 +21,7 @@ from typing import Callable
 from scattergate.bounce.notifier import BounceNotifier
 from scattergate.config import SpoolConfig
 from scattergate.delivery.relay import DownstreamPool, Outbound, deliver_each
-from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Spool, SpoolEntry, SpoolWriter
+from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Incomplete, Spool, SpoolEntry, SpoolWriter
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Scheduler:
     async def _attempt(self, message_id: str) -> float | None:
         # Claimed on the loop itself (a non-blocking flock and a small read): a claim taken in a
         # thread whose awaiting task is cancelled would leak its lock for the process's life.
-        claim = self.spool.claim(message_id)
+        claim = self.spool.claim(message_id, read=False)  # the content is read in _deliver's thread
         if claim is None:
             return None
         return await self._attempt_claimed(claim)
@@ -156,7 +156,11 @@ class Scheduler:
 
     async def _deliver(self, claim: Claim) -> float | None:
         entry = claim.entry
-        content = claim.content() if claim.has_content else await asyncio.to_thread(claim.content)
+        try:
+            content = claim.content() if claim.has_content else await asyncio.to_thread(claim.content)
+        except Incomplete as why:  # a crash cut it short: never acknowledged, never delivered
+            self.spool.set_aside(entry.id, why)
+            return None
         pending = entry.pending()
         pool = self.dsn_pool if entry.is_dsn else self.pool
         dsn_support: list[bool] = []

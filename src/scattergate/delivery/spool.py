@@ -231,14 +231,15 @@ def _fsync_dir(path: Path) -> None:
 class Claim:
     """An exclusive hold on one spooled message while it is being delivered."""
 
-    def __init__(self, spool: "Spool", entry: SpoolEntry, fd: int, *,
-                 content: bytes | None = None, offset: int = 0, state_file: bool = False) -> None:
+    def __init__(self, spool: "Spool", entry: SpoolEntry, fd: int, *, content: bytes | None = None,
+                 offset: int = 0, seal: tuple[bytes, int] | None = None, state_file: bool = False) -> None:
         self.spool, self.entry, self._fd = spool, entry, fd
         # Whether a .json state file exists (only the claim's holder writes one): most messages
         # never have one, and their removal skips it.
         self._state_file = state_file
         self._content = content  # known when the claim comes from the writer: not read back
         self._offset = offset  # where the content starts in the .msg
+        self._seal = seal  # (the .msg's state line, its CRC-32 with the content) to check on reading
         self._lock = threading.Lock()
         self.removing = False  # handed to SpoolWriter.remove: the writer releases it
 
@@ -247,8 +248,14 @@ class Claim:
         return self._content is not None
 
     def content(self) -> bytes:
+        """The message, read on first use; raises Incomplete if it does not match its seal."""
         if self._content is None:
-            self._content = _read_from(self._fd, self._offset)
+            content = _read_from(self._fd, self._offset)
+            if self._seal is not None:
+                state, crc = self._seal
+                if zlib.crc32(content, zlib.crc32(state)) != crc:
+                    raise Incomplete("CRC mismatch")
+            self._content = content
         return self._content
 
     def save(self) -> None:
@@ -423,32 +430,27 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _state(self, message_id: str, fd: int, *, verify: bool = False
-               ) -> tuple[SpoolEntry, int, bytes | None, bool]:
+    def _state(self, message_id: str, fd: int) -> tuple[SpoolEntry, int, tuple[bytes, int] | None, bool]:
         """The current state (the .json if there is one, else the .msg's line), the content's
-        offset in the .msg, with `verify` the content, checked against the seal, and whether
-        there is a .json. Raises Incomplete for a write that never finished."""
+        offset in the .msg, what to check the content against (None for an unsealed file) and
+        whether there is a .json. Raises Incomplete for a file cut short."""
         line, offset = _read_header(fd)
         state, seal = _unseal(line)
-        content = None
+        check = None
         if seal is not None:
             length, crc = seal
             if os.fstat(fd).st_size != offset + length:
                 raise Incomplete("content cut short")
-            if verify:
-                content = _read_from(fd, offset)
-                if zlib.crc32(content, zlib.crc32(state)) != crc:
-                    raise Incomplete("CRC mismatch")
+            check = (state, crc)
         try:
             state, state_file = self.meta_path(message_id).read_bytes(), True
         except FileNotFoundError:
             state_file = False
-        return SpoolEntry.from_json(state), offset, content, state_file
+        return SpoolEntry.from_json(state), offset, check, state_file
 
-    def _set_aside(self, message_id: str, why: Incomplete) -> None:
+    def set_aside(self, message_id: str, why: Incomplete) -> None:
         """Move a `.msg` found incomplete out of the queue, into `corrupt/` (as Postfix does
-        with damaged queue files), while its flock is held, so no writer is on it. A writer
-        that had created it but not yet locked it notices: its file no longer has its name."""
+        with damaged queue files). The caller holds its flock, so no writer is on it."""
         corrupt = self.root / "corrupt"
         corrupt.mkdir(exist_ok=True)
         for path in (self.message_path(message_id), self.meta_path(message_id)):
@@ -478,10 +480,13 @@ class Spool:
             finally:
                 os.close(fd)
 
-    def claim(self, message_id: str) -> Claim | None:
+    def claim(self, message_id: str, *, read: bool = True) -> Claim | None:
         """Lock a message for delivery; None when another worker holds it or it is gone.
-        The content is read and checked against its seal (a fresh message's writer hands its
-        claim over with the content instead: it is never read back)."""
+
+        With `read`, the content is read and checked against its seal now. The scheduler claims
+        on the event loop and passes read=False: `Claim.content()` then reads and checks it in a
+        thread, where a large message does not stall the loop. (A fresh message's writer hands
+        its claim over with the content: it is never read back.)"""
         try:
             fd = os.open(self.message_path(message_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -491,19 +496,27 @@ class Spool:
             # Read under the lock: the holder before us may have changed or finished it.
             if os.fstat(fd).st_nlink == 0:
                 raise FileNotFoundError(message_id)  # finished between our open and our lock
-            entry, offset, content, state_file = self._state(message_id, fd, verify=True)
+            entry, offset, seal, state_file = self._state(message_id, fd)
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
             return None
         except Incomplete as why:
-            self._set_aside(message_id, why)
+            self.set_aside(message_id, why)
             os.close(fd)
             return None
         except (ValueError, TypeError, KeyError):
             os.close(fd)
             log.error("spool entry %s is unreadable; skipped", message_id)
             return None
-        return Claim(self, entry, fd, content=content, offset=offset, state_file=state_file)
+        claim = Claim(self, entry, fd, offset=offset, seal=seal, state_file=state_file)
+        if read:
+            try:
+                claim.content()
+            except Incomplete as why:
+                self.set_aside(message_id, why)
+                claim.release()
+                return None
+        return claim
 
 
 class SpoolWriter:

@@ -157,6 +157,25 @@ def test_a_message_a_crash_cut_short_is_set_aside_never_delivered(tmp_path: Path
     assert sorted(p.name for p in (tmp_path / "corrupt").iterdir()) == sorted([f"{cut.id}.msg", f"{damaged.id}.msg"])
 
 
+def test_a_claim_without_reading_checks_the_seal_when_the_content_is_read(tmp_path: Path) -> None:
+    from scattergate.delivery.spool import Incomplete
+
+    spool = Spool(tmp_path)
+    damaged, whole = entry(), entry()
+    for e in (damaged, whole):
+        spool.put(e, b"Subject: x\r\n\r\nbody\r\n")
+    path = spool.message_path(damaged.id)
+    data = path.read_bytes()
+    path.write_bytes(data[:-6] + b"\0" * 6)  # same length: only the CRC tells
+    claim = spool.claim(damaged.id, read=False)
+    assert claim is not None and not claim.has_content
+    with pytest.raises(Incomplete):
+        claim.content()
+    claim.release()
+    good = spool.claim(whole.id, read=False)
+    assert good is not None and good.content() == b"Subject: x\r\n\r\nbody\r\n"
+
+
 def test_an_empty_or_headless_file_is_left_alone_while_its_writer_holds_it(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     e = entry()
