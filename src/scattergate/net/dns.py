@@ -154,8 +154,7 @@ class Resolver:
         # the cost of a cache hit, and the same few names are asked for again and again.
         key = self._keys.get((name, rdtype))
         if key is None:
-            qname, qtype = _to_name(name), dns.rdatatype.RdataType.make(rdtype)
-            key = (qname.to_text().lower(), int(qtype))
+            key = _cache_key(_to_name(name), dns.rdatatype.RdataType.make(rdtype))
             if len(self._keys) >= _KEYS_REMEMBERED:
                 self._keys.clear()
             self._keys[(name, rdtype)] = key
@@ -164,18 +163,18 @@ class Resolver:
             if entry.expires > self._clock():
                 return _unwrap(entry)
             del self._cache[key]
-        qname, qtype = _to_name(name), dns.rdatatype.RdataType.make(rdtype)
         fut = self._inflight.get(key)
         if fut is None:
             # A task of its own, so one caller being cancelled doesn't cancel the others.
-            fut = asyncio.ensure_future(self._lookup(qname, qtype))
+            fut = asyncio.ensure_future(
+                self._lookup(key, _to_name(name), dns.rdatatype.RdataType.make(rdtype)))
             self._inflight[key] = fut
             fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
         entry = await asyncio.shield(fut)
         return _unwrap(entry)
 
-    async def _lookup(self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> _Entry:
-        key = (qname.to_text().lower(), int(qtype))
+    async def _lookup(self, key: tuple[str, int], qname: dns.name.Name,
+                      qtype: dns.rdatatype.RdataType) -> _Entry:
         entry = await self._fetch(qname, qtype)
         if self.config.cache_size > 0 and entry.expires > self._clock():
             if len(self._cache) >= self.config.cache_size:
@@ -289,6 +288,10 @@ class BlockingResolver:
 # --- helpers --------------------------------------------------------------------------------------
 
 _KEYS_REMEMBERED = 4096  # spellings of names whose cache key is remembered (then forgotten at once)
+
+
+def _cache_key(qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> tuple[str, int]:
+    return qname.to_text().lower(), int(qtype)
 
 
 def _to_name(name: str) -> dns.name.Name:
