@@ -192,23 +192,33 @@ def test_an_empty_or_headless_file_is_left_alone_while_its_writer_holds_it(tmp_p
     assert not in_progress.exists() and (tmp_path / "corrupt" / in_progress.name).exists()
 
 
-def test_another_worker_never_sees_a_message_before_its_writer_holds_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Between create and flock (a thread may wait for the GIL there for milliseconds) a scan
-    of another worker must not find the file: it would take it for a crash's leftover."""
+@pytest.fixture
+def before_the_next_flock(monkeypatch):  # type: ignore[no-untyped-def]
+    """before_the_next_flock(action): the spool's next flock runs `action` first (what another
+    worker does in that moment), then locks as usual; later flocks are untouched."""
     import scattergate.delivery.spool as spool_module
 
+    real_flock = fcntl.flock
+
+    def arrange(action: Callable[[], object]) -> None:
+        def flock(fd: int, op: int) -> None:
+            monkeypatch.setattr(spool_module.fcntl, "flock", real_flock)
+            action()
+            real_flock(fd, op)
+
+        monkeypatch.setattr(spool_module.fcntl, "flock", flock)
+
+    return arrange
+
+
+def test_another_worker_never_sees_a_message_before_its_writer_holds_it(tmp_path: Path, before_the_next_flock) -> None:  # type: ignore[no-untyped-def]
+    """Between create and flock (a thread may wait for the GIL there for milliseconds) a scan
+    of another worker must not find the file: it would take it for a crash's leftover."""
     spool = Spool(tmp_path)
     e = entry()
-    real_flock = fcntl.flock
     seen: list[object] = []
-
-    def another_worker_scans_first(fd: int, op: int) -> None:
-        monkeypatch.setattr(spool_module.fcntl, "flock", real_flock)
-        other = Spool(tmp_path)
-        seen.extend([list(other.entries()), other.claim(e.id)])
-        real_flock(fd, op)
-
-    monkeypatch.setattr(spool_module.fcntl, "flock", another_worker_scans_first)
+    other = Spool(tmp_path)
+    before_the_next_flock(lambda: seen.extend([list(other.entries()), other.claim(e.id)]))
     (result,) = spool.put_batch([(e, b"x\r\n")])
     assert seen == [[], None]
     assert isinstance(result, Claim)
@@ -216,23 +226,16 @@ def test_another_worker_never_sees_a_message_before_its_writer_holds_it(tmp_path
     assert spool.ids() == [e.id] and not (tmp_path / "corrupt").exists()
 
 
-def test_a_worker_starting_in_that_window_costs_the_writer_a_failure_never_a_loss(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_starting_in_that_window_costs_the_writer_a_failure_never_a_loss(tmp_path: Path, before_the_next_flock) -> None:  # type: ignore[no-untyped-def]
     """Start-up recovery removes unlocked temporary files (a crash's leftovers); one it catches
     before its writer locked it makes that write fail (451 to the client), never a 250 for a
     message that is not there."""
-    import scattergate.delivery.spool as spool_module
-
     spool = Spool(tmp_path)
     e = entry()
-    real_flock = fcntl.flock
-
-    def another_worker_starts_first(fd: int, op: int) -> None:
-        monkeypatch.setattr(spool_module.fcntl, "flock", real_flock)
-        assert Spool(tmp_path).recover() == 1
-        real_flock(fd, op)
-
-    monkeypatch.setattr(spool_module.fcntl, "flock", another_worker_starts_first)
+    recovered: list[int] = []
+    before_the_next_flock(lambda: recovered.append(Spool(tmp_path).recover()))
     (result,) = spool.put_batch([(e, b"x\r\n")])
+    assert recovered == [1]
     assert isinstance(result, OSError)
     assert list(tmp_path.iterdir()) == []
 
@@ -291,23 +294,15 @@ def test_recover_removes_a_state_left_without_its_message(tmp_path: Path) -> Non
     assert spool.recover() == 1 and list(tmp_path.iterdir()) == []
 
 
-def test_a_message_finished_while_we_waited_for_its_lock_is_not_claimed(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_message_finished_while_we_waited_for_its_lock_is_not_claimed(tmp_path: Path, before_the_next_flock) -> None:  # type: ignore[no-untyped-def]
     """The .msg is opened, another worker delivers and removes it, then we get the lock: the
     state line is still readable through our descriptor, but the message is gone."""
-    import scattergate.delivery.spool as spool_module
-
     spool = Spool(tmp_path)
     e = entry()
     spool.put(e, b"x\r\n")
     holder = spool.claim(e.id)
     assert holder is not None
-    real_flock = fcntl.flock
-
-    def flock_after_the_holder_finished(fd: int, op: int) -> None:
-        holder.finish()
-        real_flock(fd, op)
-
-    monkeypatch.setattr(spool_module.fcntl, "flock", flock_after_the_holder_finished)
+    before_the_next_flock(holder.finish)
     assert spool.claim(e.id) is None
 
 
