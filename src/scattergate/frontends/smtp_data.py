@@ -57,8 +57,7 @@ class DataAccumulator:
             if cut < 0:
                 self.overlong(block)
                 return
-            self.overlong(block[: cut + 2])
-            self.mid_line = False
+            self.overlong(block[: cut + 2])  # ends in CRLF: no longer mid-line
             block = block[cut + 2:]
         if block.endswith(_LONE_DOT) and (len(block) == 3 or block.endswith(_TERMINATOR)):
             self.done = True
@@ -75,7 +74,7 @@ class DataAccumulator:
         self.size = size
 
     def overlong(self, fragment: bytes) -> None:
-        """Part of a line longer than the reader's limit, read without its CRLF."""
+        """Part of a line longer than the reader's limit (its CRLF too, when it is the end)."""
         if self.outcome is DataOutcome.NOMINAL:
             self.outcome = DataOutcome.TOO_LONG
             self._blocks.clear()
