@@ -40,7 +40,7 @@ from scattergate.checks.backscatter import (
     SentRegistry,
     outbound_message_id,
 )
-from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck, sender_verification
+from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck
 from scattergate.decision.headers import render_headers, strip_fields, strip_forged_results
 from scattergate.delivery.quarantine import Quarantine as QuarantineStore
 from scattergate.delivery.scheduler import Scheduler
@@ -50,6 +50,7 @@ from scattergate.rewrite import token
 from scattergate.rewrite.keys import BatvKeyring, load_batv_keyring, load_or_create_site_secret
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
+from scattergate.decision.sender_proof import envelope_proof
 from scattergate.delivery import maildir
 from scattergate.delivery.relay import DownstreamPool, DsnParams, Relay, downstream_tls
 from scattergate.model import (
@@ -490,7 +491,7 @@ class Gateway:
     ) -> Verdict:
         """Store-and-forward: durable (fsynced) before the 250; the scheduler delivers it."""
         assert self.spool is not None and self.scheduler is not None
-        spf_result, dkim_aligned = sender_verification(envelope)
+        proof = envelope_proof(envelope)
         entry = SpoolEntry(
             id=envelope.message_id,
             sender=str(sender),
@@ -504,8 +505,8 @@ class Gateway:
             ret=envelope.ret,
             envid=envelope.envid,
             mail_options=_relay_options(envelope.mail_options),
-            spf_result=spf_result,
-            dkim_aligned=dkim_aligned,
+            spf_result=proof.spf_result,
+            dkim_aligned=proof.dkim_aligned,
             content_verdict=content_verdict(verdict.findings),
         )
         try:

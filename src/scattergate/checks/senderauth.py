@@ -1,8 +1,8 @@
 """Sender authentication in the pipeline: SPF at the first RCPT, DKIM and DMARC at end of DATA.
 
 The results are findings for the policy table *and* are kept on the envelope, because the
-safe-bounce rule later needs to know whether the sender was proven genuine: SPF `pass` for
-the MAIL FROM domain, or a valid DKIM signature aligned with it.
+safe-bounce rule later needs to know whether the sender was proven genuine (the one rule:
+decision/sender_proof.py, which reads envelope.spf and envelope.dkim).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import email.utils
 import re
 import time
 
-from scattergate.bounce.policy import dkim_aligned
 from scattergate.checks import CheckContext
 from scattergate.checks.dkim import verify_dkim
-from scattergate.checks.dmarc import check_dmarc, organizational_domain
+from scattergate.checks.dmarc import check_dmarc
 from scattergate.checks.spf import SpfResult, check_spf
-from scattergate.model import Envelope, Finding
+from scattergate.model import Finding
 from scattergate.net.dns import Resolver
 
 _FROM = re.compile(rb"^From:[ \t]*(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -102,15 +101,3 @@ def header_from_domain(message: bytes) -> str:
     if len(addresses) != 1 or "@" not in addresses[0][1]:
         return ""
     return addresses[0][1].rpartition("@")[2].lower().rstrip(".")
-
-
-def sender_verification(envelope: Envelope) -> tuple[str | None, bool]:
-    """(SPF result for the MAIL FROM identity, whether an aligned DKIM signature passed)."""
-    sender = str(envelope.sender)
-    domain = sender.rpartition("@")[2].lower()
-    spf = envelope.spf
-    spf_result = spf.result if spf is not None and spf.identity == "mailfrom" else None
-    aligned = bool(domain) and any(
-        r.result == "pass" and dkim_aligned(domain, r.domain, organizational_domain) for r in envelope.dkim
-    )
-    return spf_result, aligned

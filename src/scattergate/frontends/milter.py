@@ -19,11 +19,11 @@ from typing import Awaitable, Callable, Iterable, Sequence
 
 from scattergate.address import Address, AddressError, parse_path
 from scattergate.checks.backscatter import outbound_message_id
-from scattergate.checks.dmarc import aligned
 from scattergate.config import Config
 from scattergate.decision.headers import render_headers
+from scattergate.decision.sender_proof import envelope_proof
 from scattergate.frontends import milter_codec as mc
-from scattergate.model import Accept, Envelope, Finding, Quarantine, RcptDsn, Reply, Session, Verdict
+from scattergate.model import Accept, Envelope, Quarantine, RcptDsn, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
 from scattergate.rewrite import token
 
@@ -76,47 +76,20 @@ def batv_signer(gateway: Gateway) -> SenderRewriter | None:
 
 # -- the never-bounce predicate (pure) ---------------------------------------------------------
 
-def sender_verified(sender: Address, findings: Iterable[Finding]) -> bool:
-    """True when the findings prove the MAIL FROM domain genuine: an SPF pass for it, or a
-    DKIM pass whose d= aligns (relaxed) with it. Only then may a DSN go back to the sender."""
-    if sender.is_null:
-        return False
-    domain = sender.domain.lower()
-    for finding in findings:
-        if finding.result != "pass":
-            continue
-        if finding.check == "spf":
-            checked = _detail_value(finding.detail, "smtp.mailfrom")
-            if checked.rpartition("@")[2].lower() == domain:
-                return True
-        elif finding.check == "dkim":
-            signer = _detail_value(finding.detail, "d")
-            if signer and aligned(signer, domain, strict=False):
-                return True
-    return False
-
-
-def needs_never_bounce(session: Session, sender: Address, findings: Iterable[Finding]) -> bool:
+def needs_never_bounce(session: Session, envelope: Envelope) -> bool:
     """Should Postfix be told never to send a DSN for this message?
 
     Not for the null sender (Postfix never bounces a bounce anyway), not for our own trusted
-    clients (they are not forged, and must learn of failures), not for a verified sender."""
-    if sender.is_null or session.trusted:
+    clients (they are not forged, and must learn of failures), not for a sender the one
+    sender-proof rule (decision/sender_proof.py) finds genuine."""
+    if envelope.sender.is_null or session.trusted:
         return False
-    return not sender_verified(sender, findings)
+    return not envelope_proof(envelope).proven
 
 
 def _params(options: Iterable[str]) -> dict[str, str]:
     """ESMTP parameters of MAIL/RCPT as Postfix passes them ("NOTIFY=NEVER", "BODY=8BITMIME")."""
     return {k.upper(): v for k, _, v in (o.partition("=") for o in options)}
-
-
-def _detail_value(detail: str, name: str) -> str:
-    for token in detail.replace(";", " ").split():
-        key, eq, value = token.partition("=")
-        if eq and key == name:
-            return value
-    return ""
 
 
 def never_bounce_edits(recipients: Sequence[tuple[str, tuple[str, ...]]]) -> list[mc.Response]:
@@ -343,7 +316,7 @@ class MilterConnection:
         if isinstance(verdict, Quarantine) and self.actions & mc.ACT_QUARANTINE:
             edits.append(mc.QuarantineMessage(f"scattergate {envelope.message_id}"))
         if (self.never_bounce and self.actions & mc.ACT_ADDRCPT_PAR and self.actions & mc.ACT_DELRCPT
-                and needs_never_bounce(session, envelope.sender, verdict.findings)):
+                and needs_never_bounce(session, envelope)):
             edits.extend(never_bounce_edits(recipients))
         if self.rewrite_sender is not None and session.trusted and self.actions & mc.ACT_CHGFROM:
             new_sender = self.rewrite_sender(session, envelope)
