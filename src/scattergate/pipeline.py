@@ -33,26 +33,20 @@ from scattergate.credentials import Credentials, load_credentials
 from scattergate.net.tls import server_context
 from scattergate.bounce.notifier import BounceNotifier
 from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
-from scattergate.checks.backscatter import (
-    BackscatterCheck,
-    BatvGuard,
-    BatvSettings,
-    SentRegistry,
-    outbound_message_id,
-)
+from scattergate.checks.backscatter import BackscatterCheck, BatvGuard
 from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck
 from scattergate.decision.headers import render_headers, strip_fields, strip_forged_results
 from scattergate.delivery.quarantine import Quarantine as QuarantineStore
 from scattergate.delivery.scheduler import Scheduler
 from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
 from scattergate.net.dns import DnsConfig, Resolver
-from scattergate.rewrite import token
 from scattergate.rewrite.keys import BatvKeyring, load_batv_keyring, load_or_create_site_secret
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
 from scattergate.decision.sender_proof import envelope_proof
 from scattergate.delivery import maildir
 from scattergate.delivery.relay import DownstreamPool, DsnParams, Relay, downstream_tls
+from scattergate.outbound import BatvSettings, OutboundMarker, SentRegistry
 from scattergate.model import (
     Accept,
     Envelope,
@@ -150,6 +144,7 @@ class Gateway:
         )
         self.batv: BatvGuard | None = None
         self.registry: SentRegistry | None = None
+        self.outbound: OutboundMarker | None = None  # marks our users' mail (outbound.py)
         if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
             self._setup_backscatter(store)
         self.quarantine = QuarantineStore(config.data_dir / "quarantine", store)
@@ -200,10 +195,12 @@ class Gateway:
             else BatvKeyring.from_mapping({"0": self.site_secret}, current="0")
         )
         domains = frozenset(d.lower() for d in (settings.batv_domains or self.domains))
-        self.batv = BatvGuard(BatvSettings(
+        batv_settings = BatvSettings(
             keyring, domains, settings.batv_mode, {k.lower(): v for k, v in settings.batv_modes.items()},
-        ))
+        )
+        self.batv = BatvGuard(batv_settings)
         self.registry = SentRegistry(store, keep_days=settings.registry_days)
+        self.outbound = OutboundMarker(batv_settings, self.registry, self.site_secret)
         if settings.mode != "off":
             check = BackscatterCheck(self.registry, self.site_secret)
             self.checks[Phase.DATA].remote.append(RemoteCheck("backscatter", check, 10.0))
@@ -446,9 +443,9 @@ class Gateway:
             content = strip_fields(content, self.owned_fields)
         message = self.added_headers(session, envelope, verdict) + content
         sender = envelope.sender
-        if session.trusted and self.batv is not None:
+        if session.trusted and self.outbound is not None:
             try:
-                sender, message = await self._outbound(envelope, message)
+                sender, message = await self.outbound.mark(envelope.sender, message)
             except OSError as exc:  # the state store (e.g. Redis) is down: its bounces would lack proof
                 log.error("cannot remember outbound message: %s", exc)
                 return Tempfail(Reply(451, "4.3.0", "Cannot record the message now, try again later"), verdict.findings)
@@ -474,17 +471,6 @@ class Gateway:
             outcome = Finding("delivery", "relayed" if reply.code < 300 else "refused", str(reply))
             return _verdict_for(reply, findings + (outcome,))
         return await self._write_maildir(self.config.maildir, envelope, message, verdict, budget)
-
-    async def _outbound(self, envelope: Envelope, message: bytes) -> tuple[Address, bytes]:
-        """Our users' mail: BATV-sign the envelope sender, carry the token, remember the ID,
-        so the genuine bounces for it can prove they are ours."""
-        assert self.batv is not None and self.registry is not None
-        message_id = outbound_message_id(message)
-        if message_id:
-            await self.registry.remember(message_id, str(envelope.sender))
-            mark = f"{token.HEADER}: {token.make(self.site_secret, message_id)}\r\n".encode()
-            message = mark + message
-        return self.batv.sign(envelope.sender), message
 
     async def _spool(
         self, session: Session, envelope: Envelope, sender: Address, message: bytes, verdict: Verdict, budget: float

@@ -18,14 +18,12 @@ import socket
 from typing import Awaitable, Callable, Iterable, Sequence
 
 from scattergate.address import Address, AddressError, parse_path
-from scattergate.checks.backscatter import outbound_message_id
 from scattergate.config import Config
 from scattergate.decision.headers import render_headers
 from scattergate.decision.sender_proof import envelope_proof
 from scattergate.frontends import milter_codec as mc
 from scattergate.model import Accept, Envelope, Quarantine, RcptDsn, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
-from scattergate.rewrite import token
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +60,14 @@ SenderRewriter = Callable[[Session, Envelope], str | None]
 
 
 def batv_signer(gateway: Gateway) -> SenderRewriter | None:
-    """The Gateway's BATV signing as a SenderRewriter (None when the Gateway has none)."""
-    guard = getattr(gateway, "batv", None)
-    if guard is None:
+    """The Gateway's outbound BATV signing (outbound.py) as a SenderRewriter (None when the
+    Gateway marks no outbound mail)."""
+    outbound = getattr(gateway, "outbound", None)
+    if outbound is None:
         return None
 
     def sign(session: Session, envelope: Envelope) -> str | None:
-        signed = guard.sign(envelope.sender)
+        signed = outbound.sign(envelope.sender)
         return str(signed) if signed != envelope.sender else None
 
     return sign
@@ -298,13 +297,11 @@ class MilterConnection:
     async def _remember_outbound(self, envelope: Envelope, content: bytes) -> list[mc.Response]:
         """Our user's mail: remember its Message-ID and carry the token, so that genuine
         bounces for it can prove they are ours (as `serve` does for its outbound mail)."""
-        registry = getattr(self.gateway, "registry", None)
-        secret = getattr(self.gateway, "site_secret", None)
-        message_id = outbound_message_id(content)
-        if registry is None or secret is None or not message_id or not self.actions & mc.ACT_ADDHDRS:
+        outbound = getattr(self.gateway, "outbound", None)
+        if outbound is None or not self.actions & mc.ACT_ADDHDRS:
             return []
-        await registry.remember(message_id, str(envelope.sender))
-        return [mc.InsertHeader(0, token.HEADER, token.make(secret, message_id))]
+        header = await outbound.remember(envelope.sender, content)
+        return [mc.InsertHeader(0, *header)] if header is not None else []
 
     def _edits(self, session: Session, envelope: Envelope, verdict: Verdict,
                recipients: list[tuple[str, tuple[str, ...]]]) -> list[mc.Response]:
