@@ -8,6 +8,7 @@ from typing import Sequence
 
 from scattergate import __version__, passwd_cli, quarantine_cli, tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
+from scattergate.config_check import StartError, preflight, validate
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -204,10 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(args: argparse.Namespace) -> Config:
+def load_config(args: argparse.Namespace, *, probe_listen: bool = True) -> Config:
+    """The configuration `args` name, validated, and everything it names opened (config_check):
+    a problem is a ConfigError naming the setting, before anything starts."""
     overrides = getattr(args, "overrides", apply_overrides)
     config = overrides(load(args.config), args)
-    config.validate()
+    validate(config)
+    for warning in preflight(config, args.command, probe_listen=probe_listen):
+        print(f"scattergate: warning: {warning}", file=sys.stderr)
     return config
 
 
@@ -236,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from scattergate.serve import serve
 
-            return serve(config, reload=lambda: load_config(args))
+            # A reload must not probe the addresses the running gateway holds.
+            return serve(config, reload=lambda: load_config(args, probe_listen=False))
         if args.command == "check-config":
             from scattergate.config import to_toml
 
@@ -257,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"scattergate: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"scattergate: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"scattergate: {exc}", file=sys.stderr)
         return 1

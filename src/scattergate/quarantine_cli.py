@@ -14,6 +14,7 @@ import time
 
 from scattergate.config import Config, ConfigError, load
 from scattergate.state.store import QuarantineItem
+from scattergate.config_check import validate
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,7 +43,7 @@ def config_of(args: argparse.Namespace) -> Config:
     config = load(args.config)
     if args.data_dir is not None:
         config.state.data_dir = args.data_dir
-    config.validate()
+    validate(config)
     return config
 
 

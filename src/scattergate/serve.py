@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import json
 import logging
@@ -26,6 +27,7 @@ from scattergate.state.sqlite import SqliteStore
 from scattergate.state.store import StateStore
 from scattergate.web import service as web_service
 from scattergate.web.service import WebSetup
+from scattergate.config_check import StartError, listen_error, validate
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,13 @@ def bind(listen: str, *, reuse_port: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        # The operator's words, not a bare [Errno]: which setting, which address, why.
+        problem = f"server.listen: cannot listen on {listen}: {listen_error(exc)}"
+        raise (StartError if exc.errno == errno.EADDRINUSE else ConfigError)(problem) from None
     return sock
 
 
@@ -148,7 +156,7 @@ def _reload(reload: Callable[[], Config], running: Config, store: StateStore,
     """SIGHUP: build a Gateway from the re-read configuration; retire the old one when idle."""
     try:
         config = reload()
-        config.validate()
+        validate(config)
         if config.server.listen != running.server.listen or config.state != running.state:
             log.warning("reload: listen address and state settings change only with a restart")
             config.server.listen, config.state = running.server.listen, running.state

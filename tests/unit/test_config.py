@@ -4,11 +4,12 @@ import pytest
 
 from scattergate.cli import build_parser, load_config
 from scattergate.config import Config, ConfigError, from_dict, load, parse_host_port
+from scattergate.config_check import validate
 
 
 def test_defaults_are_a_safe_local_gateway() -> None:
     config = Config()
-    config.validate()
+    validate(config)
     assert config.server.listen == "127.0.0.1:2525"
     assert config.receive.trusted_networks == []  # relays for nobody, loopback included
     assert config.maildir == Path("scattergate-data/maildir")
@@ -53,7 +54,7 @@ def test_invalid_values_are_errors(mutate, key: str) -> None:  # type: ignore[no
     config = Config()
     mutate(config)
     with pytest.raises(ConfigError, match=key):
-        config.validate()
+        validate(config)
 
 
 def test_toml_file_and_cli_overrides(tmp_path: Path) -> None:

@@ -21,14 +21,13 @@ import asyncio
 import contextlib
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from scattergate.checks import CheckContext, RemoteCheck
+from scattergate.config import ConfigError, ScanConfig, ScannerConfig, parse_host_port
 from scattergate.decision.headers import RENDERERS
 from scattergate.model import Finding
 
-if TYPE_CHECKING:
-    from scattergate.config import ScanConfig, ScannerConfig
 
 SCANNERS = ("clamav", "spamd", "rspamd")
 ON_FAILURE = ("tempfail", "accept")
@@ -55,7 +54,6 @@ class SocketAddress:
 
 def parse_address(text: str, key: str = "address") -> SocketAddress:
     """'unix:/run/clamav/clamd.ctl' or 'HOST:PORT' ('[::1]:783')."""
-    from scattergate.config import ConfigError, parse_host_port
 
     if text.startswith("unix:"):
         path = text[len("unix:"):]
@@ -142,7 +140,7 @@ def oversize(name: str, size: int, cap: int) -> Finding:
     return Finding(name, "oversize", f"{size} bytes, above max_size {cap}")
 
 
-def build_scanners(config: "ScanConfig", hostname: str) -> list[RemoteCheck]:
+def build_scanners(config: ScanConfig, hostname: str) -> list[RemoteCheck]:
     """The enabled scanners as remote checks of the DATA phase (run concurrently by the runner)."""
     from scattergate.checks import clamav, rspamd, spamd
 
@@ -156,9 +154,7 @@ def build_scanners(config: "ScanConfig", hostname: str) -> list[RemoteCheck]:
     return checks
 
 
-def validate_scan(config: "ScanConfig", data_deadline: float) -> None:
-    from scattergate.config import ConfigError
-
+def validate_scan(config: ScanConfig, data_deadline: float) -> None:
     for name in SCANNERS:
         settings: ScannerConfig = getattr(config, name)
         key = f"scan.{name}"
