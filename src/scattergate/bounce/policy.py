@@ -16,11 +16,12 @@ Everything else is suppressed; the caller quarantines/drops and logs
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from scattergate.decision.sender_proof import SenderProof, sender_domain
+from scattergate.model import Finding
 
 CLEAN = "clean"
 DsnKind = Literal["failure", "delay", "success"]
@@ -31,6 +32,17 @@ _NOTIFY_KEYWORD = {"failure": "FAILURE", "delay": "DELAY", "success": "SUCCESS"}
 class BounceDecision:
     allowed: bool
     reason: str  # "ok" when allowed, else why not (e.g. "null-sender")
+
+
+def content_verdict(findings: Sequence[Finding]) -> str:
+    """What the content checks judged, for this rule: "virus", "spam" or "clean". Kept with a
+    spooled message, because the bounce is decided long after the findings are gone."""
+    results = {f.result for f in findings}
+    if "virus" in results:
+        return "virus"
+    if results & {"spam", "reject", "tag"}:
+        return "spam"
+    return "clean"
 
 
 def is_null_sender(sender: str) -> bool:

@@ -18,7 +18,6 @@ from typing import Sequence
 from scattergate.address import Address, AddressError, parse_path
 from scattergate.bounce.classify import Kind, classify
 from scattergate.checks import CheckContext
-from scattergate.decision.headers import RENDERERS
 from scattergate.model import Envelope, Finding
 from scattergate.outbound import BatvSettings, SentRegistry
 from scattergate.rewrite import batv, token
@@ -114,5 +113,3 @@ def backscatter_header(hostname: str, findings: Sequence[Finding]) -> list[tuple
         if f.check == "backscatter"
     ]
 
-
-RENDERERS.append(backscatter_header)

@@ -25,7 +25,6 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from scattergate.checks import CheckContext, RemoteCheck
 from scattergate.config import ConfigError, ScanConfig, ScannerConfig, parse_host_port
-from scattergate.decision.headers import RENDERERS
 from scattergate.model import Finding
 
 
@@ -140,20 +139,6 @@ def oversize(name: str, size: int, cap: int) -> Finding:
     return Finding(name, "oversize", f"{size} bytes, above max_size {cap}")
 
 
-def build_scanners(config: ScanConfig, hostname: str) -> list[RemoteCheck]:
-    """The enabled scanners as remote checks of the DATA phase (run concurrently by the runner)."""
-    from scattergate.checks import clamav, rspamd, spamd
-
-    checks: list[RemoteCheck] = []
-    if config.clamav.enabled:
-        checks.append(scanner_check("clamav", clamav.ClamdScanner(config.clamav).scan, config.clamav))
-    if config.spamd.enabled:
-        checks.append(scanner_check("spamd", spamd.SpamdScanner(config.spamd, hostname).scan, config.spamd))
-    if config.rspamd.enabled:
-        checks.append(scanner_check("rspamd", rspamd.RspamdScanner(config.rspamd, hostname).scan, config.rspamd))
-    return checks
-
-
 def validate_scan(config: ScanConfig, data_deadline: float) -> None:
     for name in SCANNERS:
         settings: ScannerConfig = getattr(config, name)
@@ -221,6 +206,3 @@ def render_scan_headers(hostname: str, findings: Sequence[Finding]) -> list[tupl
         headers.insert(0, ("X-Spam-Flag", "YES"))
     return headers
 
-
-if render_scan_headers not in RENDERERS:
-    RENDERERS.append(render_scan_headers)

@@ -19,7 +19,6 @@ from typing import Awaitable, Callable, Iterable, Sequence
 
 from scattergate.address import Address, AddressError, parse_path
 from scattergate.config import Config
-from scattergate.decision.headers import render_headers
 from scattergate.decision.sender_proof import envelope_proof
 from scattergate.frontends import milter_codec as mc
 from scattergate.model import Accept, Envelope, Quarantine, RcptDsn, Reply, Session, Verdict
@@ -308,7 +307,7 @@ class MilterConnection:
         edits: list[mc.Response] = []
         if self.actions & mc.ACT_ADDHDRS:
             # No Received header of ours: Postfix adds its own. Results go on top.
-            for name, value in reversed(render_headers(self.gateway.hostname, verdict.findings)):
+            for name, value in reversed(self.gateway.result_headers(verdict.findings)):
                 edits.append(mc.InsertHeader(0, name, value))
         if isinstance(verdict, Quarantine) and self.actions & mc.ACT_QUARANTINE:
             edits.append(mc.QuarantineMessage(f"scattergate {envelope.message_id}"))

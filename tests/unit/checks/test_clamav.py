@@ -12,7 +12,8 @@ import pytest
 from scattergate.address import Address
 from scattergate.checks import CheckContext
 from scattergate.checks.clamav import ClamdScanner, encode_instream, parse_reply
-from scattergate.checks.scanners import ScanError, build_scanners, parse_address, scanner_check
+from scattergate.assembly import build_scanners
+from scattergate.checks.scanners import ScanError, parse_address, scanner_check
 from scattergate.cli import apply_overrides, build_parser
 from scattergate.config import ClamavConfig, Config, ConfigError, from_dict
 from scattergate.decision.policy import Decider
