@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from scattergate.bounce.notifier import BounceNotifier
-from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
+from scattergate.bounce.dsn_rate import DsnRateLimiter, Rate
 from scattergate.checks import PhaseChecks, RemoteCheck, by_phase
 from scattergate.checks import clamav, rspamd, spamd
 from scattergate.checks.backscatter import BackscatterCheck, BatvGuard, backscatter_header

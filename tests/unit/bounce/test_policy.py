@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scattergate.bounce.policy import BounceDecision, may_bounce
-from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
+from scattergate.bounce.dsn_rate import DsnRateLimiter, Rate
 
 VERIFIED = dict(content_verdict="clean", spf_result="pass", dkim_aligned_pass=False, notify=None)
 

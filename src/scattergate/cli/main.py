@@ -6,7 +6,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from scattergate import __version__, passwd_cli, quarantine_cli, tools
+from scattergate import __version__
+from scattergate.cli import passwd as passwd_cli
+from scattergate.cli import quarantine as quarantine_cli
+from scattergate.cli import tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
 from scattergate.config_check import StartError, preflight, validate
 
@@ -233,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return audit(args)
     if args.command == "check-postfix":
-        from scattergate.postfix_audit import main as check_postfix
+        from scattergate.cli.check_postfix import main as check_postfix
 
         return check_postfix(args.config_dir, args.postconf_output)
     try:
