@@ -288,4 +288,6 @@ def listen_error(exc: OSError) -> str:
         return "no interface of this host has that address"
     if exc.errno == errno.EACCES:
         return "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
-    return exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
+        return exc.strerror or str(exc)
+    return os.strerror(exc.errno)  # asyncio's own wording repeats the address and the errno

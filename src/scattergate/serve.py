@@ -27,7 +27,7 @@ from scattergate.state.sqlite import SqliteStore
 from scattergate.state.store import StateStore
 from scattergate.web import service as web_service
 from scattergate.web.service import WebSetup
-from scattergate.config_check import StartError, listen_error, validate
+from scattergate.config_check import LISTEN_SETTINGS, StartError, listen_error, validate
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +274,18 @@ async def start_stream_server(listen: str, callback: StreamCallback, *, socket_m
     """Listen on a TCP or unix socket. A unix socket gets `socket_mode` (Postfix's daemons
     run as 'postfix' and must be able to connect)."""
     kind, where, port = parse_listen(listen)
-    if kind == "unix":
-        path = Path(where)
-        if path.is_socket():
-            path.unlink()  # left behind by a previous run
-        server = await asyncio.start_unix_server(callback, path=str(path), backlog=1024)
-        os.chmod(path, socket_mode)
-        return server
-    return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
+    try:
+        if kind == "unix":
+            path = Path(where)
+            if path.is_socket():
+                path.unlink()  # left behind by a previous run
+            server = await asyncio.start_unix_server(callback, path=str(path), backlog=1024)
+            os.chmod(path, socket_mode)
+            return server
+        return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
+    except OSError as exc:
+        # asyncio words it "[Errno 98] error while attempting to bind ...": say it plainly.
+        raise StartError(f"cannot listen on {listen}: {listen_error(exc)}") from None
 
 
 def listening_on(server: asyncio.AbstractServer) -> str:
@@ -310,7 +314,11 @@ def run_service(config: Config, name: str,
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, stop.set)
         try:
-            server = await start(gateway)
+            try:
+                server = await start(gateway)
+            except StartError as exc:
+                setting = next(iter(LISTEN_SETTINGS.get(name, ("listen",))))
+                raise StartError(f"{setting}: {exc}") from None
             _settle_garbage_collector()
             log.info("scattergate %s listening on %s for %s", name, listening_on(server), ", ".join(gateway.domains))
             await stop.wait()

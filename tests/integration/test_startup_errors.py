@@ -104,3 +104,19 @@ def test_the_systemd_unit_checks_exactly_what_it_serves() -> None:
     check, serve = lines["ExecStartPre"].split(), lines["ExecStart"].split()
     assert check[1] == "check-config" and serve[1] == "serve"
     assert check[0] == serve[0] and check[2:] == serve[2:]
+
+
+@pytest.mark.parametrize("command", ["milter", "policy"])
+def test_a_postfix_side_service_whose_address_is_taken_says_so(tmp_path: Path, command: str) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "scattergate", command, "--listen", f"inet:127.0.0.1:{port}",
+                                 "--data-dir", "d", "--http-listen", ""],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "[Errno" not in result.stderr, result.stderr
+    assert f"postfix.{command}_listen: cannot listen on inet:127.0.0.1:{port}: Address already in use" in result.stderr
