@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -67,7 +68,7 @@ class GatewayParts:
     renderers: tuple[HeaderRenderer, ...] = RENDERERS
     # Header fields only we may set: removed from mail that arrives from outside with them.
     owned_fields: tuple[bytes, ...] = (b"x-scattergate-",)
-    tls_context: object | None = None
+    tls_context: ssl.SSLContext | None = None
     credentials: Credentials | None = None
     auth_failures: AuthFailureLimit | None = None
     relay: Relay | None = None

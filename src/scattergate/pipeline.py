@@ -1,8 +1,10 @@
 """The gateway pipeline: checks by SMTP phase → findings → decision → verdict → delivery.
 
-Front ends (SMTP now; milter and policy later) translate their wire format into calls on
-`Gateway` and its verdicts back into replies. They never deliver: only this module hands an
-accepted message to delivery, and only after the decision layer said so.
+Front ends (smtp, milter, policy) translate their wire format into calls on `Gateway` and its
+verdicts back into replies. They never deliver: only this module hands an accepted message to
+delivery, and only after the decision layer said so. What the Gateway runs with (checks per
+phase, decider, delivery, outbound marking) is built by assembly.py; what delivery reports is
+turned into the client's verdict by decision/outcomes.py.
 """
 
 from __future__ import annotations
