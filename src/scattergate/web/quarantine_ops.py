@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
-import ipaddress
 import logging
 import socket
 import time
@@ -31,6 +30,7 @@ from scattergate.delivery.quarantine import Quarantine
 from scattergate.delivery.relay import downstream_reply
 from scattergate.model import Finding, Reply
 from scattergate.state.store import DecisionRecord, QuarantineItem, StateStore
+from scattergate.web.auth import loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +172,7 @@ def _same_listener(target: tuple[str, int], listen: str) -> bool:
         return False
     if host in ("0.0.0.0", "::", "") or host == target[0]:
         return True
-    return _loopback(host) and _loopback(target[0])
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return loopback_host(host) and loopback_host(target[0])
 
 
 async def _inject(
