@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Callable
 
 from scattergate.admin_cli import common_args, config_of, confirm
 from scattergate.config import ConfigError
@@ -79,7 +80,7 @@ def _print_list(messages: list[QueuedMessage], as_json: bool) -> None:
         if as_json:
             print(json.dumps(m.to_json(now)))
         else:
-            error = m.last_error or "-"
+            error = " ".join(m.last_error.split()) or "-"  # one line, one column: the downstream's text
             print(f"{m.id}\t{_age(now - m.arrival)}\t<{m.sender}>\t{','.join(m.recipients)}\t"
                   f"{_next_try(m, now)}\t{error}")
     if not as_json:
@@ -91,7 +92,7 @@ def _targets(spool: Spool, message_id: str) -> list[str]:
     return spool.ids() if message_id == ALL else [message_id]
 
 
-def _each(spool: Spool, message_id: str, verb: str, act, wait: float) -> int:  # type: ignore[no-untyped-def]
+def _each(spool: Spool, message_id: str, verb: str, act: Callable[..., None], wait: float) -> int:
     """Apply `act` to one message or to ALL; report each; exit 1 if any failed."""
     failed = 0
     for target in _targets(spool, message_id):
