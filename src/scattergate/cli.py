@@ -209,6 +209,9 @@ def load_config(args: argparse.Namespace) -> Config:
     overrides = getattr(args, "overrides", apply_overrides)
     config = overrides(load(args.config), args)
     config.validate()
+    from scattergate.rewrite.dkim_sign import load_signer
+
+    load_signer(config.dkim_signing.key_table)  # key files: refused before any worker starts
     return config
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import dkim
+import pytest
 
 from tests.support.dkim_keys import dns_txt, key_record, make_key
 from tests.support.dns_server import DnsTestServer
@@ -77,13 +78,14 @@ def test_outbound_mail_is_signed_when_asked(gateway, make_config, smtp_sink, tmp
         assert dkim.verify(sent, dnsfunc=dns_txt(dns.port))
 
 
-def test_serve_refuses_a_key_others_can_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["serve", "--workers", "2"], ["check-config"]])
+def test_a_key_others_can_read_is_a_configuration_error(tmp_path: Path, command: list[str]) -> None:
     key, _ = make_key(tmp_path / "keys", "mail")
     key.chmod(0o640)
     (tmp_path / "KeyTable").write_text(f"mail example.org:sel:{key}\n")
     (tmp_path / "sg.toml").write_text(f'[server]\nlisten = "127.0.0.1:0"\n[http]\nlisten = ""\n'
                                       f'[dkim_signing]\nkey_table = "{tmp_path / "KeyTable"}"\n')
-    result = subprocess.run([sys.executable, "-m", "scattergate", "serve", "--config", "sg.toml", "--data-dir", "d"],
+    result = subprocess.run([sys.executable, "-m", "scattergate", *command, "--config", "sg.toml", "--data-dir", "d"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"configuration error: DKIM private key {key} has mode 0640" in result.stderr
