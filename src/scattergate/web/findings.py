@@ -61,6 +61,7 @@ EXPLAINED: dict[str, str] = {
     "session.timeout": "The client was too slow and was cut off (421).",
     "session.too_many_commands": "The client sent too many commands without sending mail (421).",
     "delivery.relayed": "Relayed to the downstream server inside the SMTP dialogue.",
+    "delivery.refused": "The downstream server refused or could not take the message; its reply went back to the client.",
     "clamav.virus": "ClamAV found a virus.",
     "clamav.clean": "ClamAV found nothing.",
     "spamd.spam": "SpamAssassin scored the message as spam.",
