@@ -41,7 +41,7 @@ header{background:#2c3e50;color:#fff;padding:8px 16px;display:flex;gap:16px;alig
 header a{color:#fff}header .zone{margin-left:auto;font-size:12px;opacity:.8}
 main{padding:12px 16px}table{border-collapse:collapse;width:100%;margin:8px 0}
 th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
-td.f,.f{font-family:monospace;font-size:12px;word-break:break-all}.reject{color:#c0392b}
+td.t{white-space:nowrap}td.f,.f{font-family:monospace;font-size:12px;word-break:break-all}.reject{color:#c0392b}
 .tempfail{color:#d35400}.accept{color:#27ae60}.quarantine{color:#2980b9}
 .note{background:#eef;padding:6px 10px;border-radius:4px}.err{background:#fee}
 form.inline{display:inline}table.h th{width:14em}
@@ -208,7 +208,7 @@ class Dashboard:
         for item in items:
             rows.append(
                 f'<tr id="q-{html.escape(item.id)}"><td><a href="/quarantine/{quote(item.id)}">{html.escape(item.id)}</a></td>'
-                f"<td>{_when(item.time)}</td><td>&lt;{html.escape(item.sender)}&gt;</td>"
+                f'<td class="t">{_when(item.time)}</td><td>&lt;{html.escape(item.sender)}&gt;</td>'
                 f"<td>{html.escape(', '.join(item.recipients))}</td><td>{item.size}</td>"
                 f"<td>{_reason(item.reason)}</td><td>{self._actions(request, item.id)}</td></tr>"
             )
@@ -318,7 +318,7 @@ def _decision_table(records: Sequence[DecisionRecord]) -> str:
         held = _held_id(r)
         message = f'<a class="held" href="/quarantine/{quote(held)}">{html.escape(held)}</a>' if held else ""
         rows.append(
-            f'<tr class="decision"><td>{_when(r.time)}</td><td>{html.escape(r.phase)}</td>'
+            f'<tr class="decision"><td class="t">{_when(r.time)}</td><td>{html.escape(r.phase)}</td>'
             f'<td class="{html.escape(r.verdict)}">{html.escape(r.verdict)}</td><td>{html.escape(r.client)}</td>'
             f"<td>&lt;{html.escape(r.sender)}&gt;</td><td>{html.escape(', '.join(r.recipients))}</td>"
             f"<td>{html.escape(r.reply)}</td><td>{_findings(r.findings)}</td><td>{message}</td></tr>"

@@ -126,13 +126,13 @@ def counter_total(counters: dict[str, int], name: str) -> int:
 
 def svg_chart(title: str, starts: Sequence[float], series: Sequence[Series], *, width: int = 720,
               height: int = 220) -> str:
+    """Grouped bars, one group per hour: small counts stay readable (lines of equal small
+    values would lie on top of one another)."""
     left, right, top, bottom = 40, 10, 40, 38
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max([1, *(v for s in series for v in s.values)])
-    n = max(1, len(starts) - 1)
-
-    def x(i: int) -> float:
-        return left + plot_w * i / n
+    slot = plot_w / max(1, len(starts))
+    bar = slot / (len(series) + 1)
 
     def y(v: float) -> float:
         return top + plot_h * (1 - v / peak)
@@ -151,21 +151,24 @@ def svg_chart(title: str, starts: Sequence[float], series: Sequence[Series], *, 
         parts.append(f'<text x="{left - 4}" y="{y(value) + 3:.1f}" font-size="10" text-anchor="end">{label}</text>')
     for i in range(0, len(starts), 3):
         local = time.localtime(starts[i])
-        label = time.strftime("%H:00", local)
-        parts.append(f'<line x1="{x(i):.1f}" y1="{top + plot_h}" x2="{x(i):.1f}" y2="{top + plot_h + 4}" stroke="#999"/>')
-        parts.append(f'<text class="tick" x="{x(i):.1f}" y="{top + plot_h + 15}" font-size="10" '
-                     f'text-anchor="middle">{label}</text>')
+        x = left + slot * i
+        parts.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#999"/>')
+        parts.append(f'<text class="tick" x="{x:.1f}" y="{top + plot_h + 15}" font-size="10" '
+                     f'text-anchor="middle">{time.strftime("%H:00", local)}</text>')
         if i == 0 or local.tm_hour < 3:  # the date where a day starts
-            parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 27}" font-size="9" fill="#666" '
+            parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 27}" font-size="9" fill="#666" '
                          f'text-anchor="middle">{time.strftime("%b %d", local)}</text>')
     if starts:
         parts.append(f'<text class="zone" x="{left + plot_w}" y="{height - 2}" font-size="10" fill="#666" '
                      f'text-anchor="end">hour starting, {html.escape(zone_name(starts[-1]))}</text>')
     legend_x = left
-    for s in series:
-        points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(s.values))
-        parts.append(f'<polyline fill="none" stroke="{s.color}" stroke-width="2" points="{points}">'
-                     f'<title>{html.escape(s.name)}: {sum(s.values)}</title></polyline>')
+    for k, s in enumerate(series):
+        for i, v in enumerate(s.values):
+            if v:
+                hour = time.strftime("%H:00", time.localtime(starts[i]))
+                parts.append(f'<rect x="{left + slot * i + bar * (k + 0.5):.1f}" y="{y(v):.1f}" width="{bar:.1f}" '
+                             f'height="{top + plot_h - y(v):.1f}" fill="{s.color}">'
+                             f"<title>{html.escape(s.name)}, {hour}: {v}</title></rect>")
         label = f"{s.name} ({sum(s.values)})"
         parts.append(f'<rect x="{legend_x}" y="22" width="10" height="10" fill="{s.color}"/>'
                      f'<text x="{legend_x + 14}" y="31" font-size="11">{html.escape(label)}</text>')
