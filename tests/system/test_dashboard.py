@@ -172,6 +172,7 @@ def test_dashboard_totals_links_message_page_release_and_logout(browser: Browser
     expect(page.locator("h1")).to_have_text(f"Message {held_id}")
     expect(page.locator("#headers")).to_contain_text("multipart/report")
     expect(page.locator("#body")).to_contain_text("550 5.1.1 no such user")
+    expect(page.locator("#body")).to_contain_text("Final-Recipient: rfc822; x@remote.example")
     expect(page.locator("tr.decision")).to_contain_text("backscatter.unsolicited")
     shot(page, "dashboard-held-bounce.png")
 

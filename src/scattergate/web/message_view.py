@@ -53,16 +53,36 @@ def _payload(part: Message) -> bytes:
     return raw.encode("utf-8", "replace") if isinstance(raw, str) else b""
 
 
+def _leaves(part: Message) -> list[Message]:
+    """The parts that carry content, in order. A delivery-status part is one leaf: the parser
+    splits it into header blocks, which are its text (the per-recipient status of a bounce)."""
+    if part.get_content_type() == "message/delivery-status" or not part.is_multipart():
+        return [part]
+    found: list[Message] = []
+    for child in part.get_payload():
+        if len(found) >= MAX_PARTS:
+            break
+        found.extend(_leaves(child))
+    return found
+
+
+def _delivery_status(part: Message) -> bytes:
+    blocks = part.get_payload()
+    if isinstance(blocks, list):
+        return "\n".join(block.as_string() for block in blocks).encode("utf-8", "replace")
+    return _payload(part)
+
+
 def text_view(content: bytes) -> MessageView:
     message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(content)
     parts: list[Part] = []
     texts: list[str] = []
     plain_seen = False
-    leaves = [p for p in message.walk() if not p.is_multipart()][:MAX_PARTS]
+    leaves = _leaves(message)[:MAX_PARTS]
     has_plain = any(p.get_content_type() == "text/plain" for p in leaves)
     for part in leaves:
         ctype = part.get_content_type()
-        data = _payload(part)
+        data = _delivery_status(part) if ctype == "message/delivery-status" else _payload(part)
         # Text parts are shown; HTML only when there is no plain text (as its escaped source).
         show = ctype == "text/plain" or (ctype == "text/html" and not has_plain) or (
             ctype.startswith("message/") or ctype == "text/rfc822-headers")

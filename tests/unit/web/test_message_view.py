@@ -37,3 +37,13 @@ def test_broken_charset_and_encoding_do_not_fail_and_size_is_bounded() -> None:
     huge = b"Content-Type: text/plain\r\n\r\n" + b"x" * (MAX_TEXT + 10)
     view = text_view(huge)
     assert view.truncated and len(view.text) == MAX_TEXT
+
+
+def test_a_bounce_shows_its_delivery_status_per_recipient() -> None:
+    content = (b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+               b"--b\r\nContent-Type: text/plain\r\n\r\nCould not deliver.\r\n"
+               b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"
+               b"Final-Recipient: rfc822; x@remote.example\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n")
+    view = text_view(content)
+    assert [p.content_type for p in view.parts] == ["text/plain", "message/delivery-status"]
+    assert "Final-Recipient: rfc822; x@remote.example" in view.text and "Status: 5.1.1" in view.text
