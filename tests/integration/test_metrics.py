@@ -10,20 +10,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scattergate.bounce.dsn import FailedMessage, RecipientStatus, build_dsn
 from scattergate.delivery.quarantine import Quarantine
 from scattergate.web import service as web_service
+from tests.support.backscatter_mail import send_unsolicited_bounce
 from tests.support.polling import wait_for
 from tests.support.sink import free_port
 
 MESSAGE = b"From: a@sender.example\r\nTo: user@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
-OUTSIDE = ("127.0.0.2", 0)
 
 
 def scrape(port: int) -> str:
@@ -79,32 +77,10 @@ def test_sessions_decisions_reasons_and_check_latency(site) -> None:  # type: ig
 
 def test_backscatter_refused_is_counted_by_finding(site) -> None:  # type: ignore[no-untyped-def]
     gw, port = site
-    original = b"From: user@example.org\r\nTo: x@remote.example\r\nMessage-ID: <never@example.org>\r\n\r\nx\r\n"
-    failed = FailedMessage(
-        sender="user@example.org", original=original,
-        recipients=[RecipientStatus("x@remote.example", "5.1.1", diagnostic="550 5.1.1 no such user")],
-        reporting_mta="mx.remote.example", arrival=datetime.now(timezone.utc),
-    )
-    bounce = build_dsn(failed, now=datetime.now(timezone.utc)).data
-    with smtplib.SMTP(*gw.address, source_address=OUTSIDE) as client:
-        client.ehlo("mx.remote.example")
-        client.mail("")
-        code, _ = client.rcpt("user@example.org")
-        if code == 250:
-            code, _ = client.data(bounce)
-        assert code == 550
+    code, _ = send_unsolicited_bounce(gw.address)
+    assert code == 550
     text = scrape(port)
     assert value(text, "scattergate_backscatter_refused_total") == 1
-
-
-def unsolicited_bounce() -> bytes:
-    original = b"From: user@example.org\r\nTo: x@remote.example\r\nMessage-ID: <never@example.org>\r\n\r\nx\r\n"
-    failed = FailedMessage(
-        sender="user@example.org", original=original,
-        recipients=[RecipientStatus("x@remote.example", "5.1.1", diagnostic="550 5.1.1 no such user")],
-        reporting_mta="mx.remote.example", arrival=datetime.now(timezone.utc),
-    )
-    return build_dsn(failed, now=datetime.now(timezone.utc)).data
 
 
 def test_backscatter_quarantined_is_counted_apart_from_refused(gateway, make_config, smtp_sink) -> None:  # type: ignore[no-untyped-def]
@@ -115,11 +91,7 @@ def test_backscatter_quarantined_is_counted_apart_from_refused(gateway, make_con
     web = gw.call(web_service.start(config, gw.gateway, gw.store))
     assert web is not None
     try:
-        with smtplib.SMTP(*gw.address, source_address=OUTSIDE) as client:
-            client.ehlo("mx.remote.example")
-            client.mail("")
-            assert client.rcpt("user@example.org")[0] == 250
-            code, reply = client.data(unsolicited_bounce())
+        code, reply = send_unsolicited_bounce(gw.address)
         assert code == 250 and b"held as" in reply
         text = scrape(web.port)
         assert value(text, "scattergate_backscatter_quarantined_total", finding="backscatter.unsolicited") == 1

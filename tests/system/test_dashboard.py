@@ -13,17 +13,16 @@ from __future__ import annotations
 import os
 import smtplib
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from scattergate.bounce.dsn import FailedMessage, RecipientStatus, build_dsn
 from scattergate.delivery.quarantine import Quarantine
 from scattergate.web import service as web_service
 from scattergate.web.charts import zone_name
 from tests.conftest import IN_CI, require_binary
+from tests.support.backscatter_mail import OUTSIDE, send_unsolicited_bounce
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -35,24 +34,12 @@ except ImportError:  # pragma: no cover - the test extras install it
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TOKEN = "dashboard-test-token-0123456789"
-OUTSIDE = ("127.0.0.2", 0)  # not a trusted network: a stranger's server
 HELD = (b"From: Victim <victim9@soft.example>\r\nTo: nobody9@example.org\r\nSubject: quarterly report\r\n"
         b"Message-ID: <report-9@soft.example>\r\n\r\nPlease find the report attached.\r\n")
 HOSTILE = (b"From: x@junk.example\r\nTo: nobody9@example.org\r\nSubject: open me\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: text/html; charset=utf-8\r\n\r\n"
            b'<script>document.title="pwned"</script><img src="http://tracker.example/pixel.gif">'
            b"<p>Click <a href=\"http://phish.example/\">here</a></p>\r\n")
-
-
-def unsolicited_bounce() -> bytes:
-    """A well-formed DSN for a message we never sent: backscatter."""
-    original = b"From: user@example.org\r\nTo: x@remote.example\r\nMessage-ID: <never@example.org>\r\n\r\nx\r\n"
-    failed = FailedMessage(
-        sender="user@example.org", original=original,
-        recipients=[RecipientStatus("x@remote.example", "5.1.1", diagnostic="550 5.1.1 no such user")],
-        reporting_mta="mx.remote.example", arrival=datetime.now(timezone.utc),
-    )
-    return build_dsn(failed, now=datetime.now(timezone.utc)).data
 
 
 @pytest.fixture
@@ -114,12 +101,8 @@ def send_traffic(gw) -> None:  # type: ignore[no-untyped-def]
         client.ehlo("spammer.example")
         client.mail("forged@victim.example")
         assert client.rcpt("target@elsewhere.example")[0] == 554
-    with smtplib.SMTP(*gw.address, source_address=OUTSIDE) as client:
-        client.ehlo("mx.remote.example")
-        client.mail("")
-        assert client.rcpt("user@example.org")[0] == 250
-        code, reply = client.data(unsolicited_bounce())
-        assert code == 250 and b"held as" in reply
+    code, reply = send_unsolicited_bounce(gw.address)
+    assert code == 250 and b"held as" in reply
 
     async def count() -> None:  # as the milter counts a recipient it gave NOTIFY=NEVER
         gw.gateway.recorder.count("dsn.suppressed")
