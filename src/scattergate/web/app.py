@@ -184,7 +184,7 @@ class Dashboard:
         elif verdict:
             records = [r for r in records if r.verdict == verdict]
         links = " ".join(f'<a href="/decisions?verdict={v}">{v}</a>'
-                         for v in ("reject", "tempfail", "quarantine", "accept", "backscatter"))
+                         for v in ("reject", "tempfail", "quarantine", "accept", "backscatter", "release", "delete"))
         body = f'<p>Show: <a href="/decisions">all</a> {links}</p>' + _decision_table(records[:200])
         return self._page(request, "Latest decisions", body)
 

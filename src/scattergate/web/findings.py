@@ -62,6 +62,8 @@ EXPLAINED: dict[str, str] = {
     "session.too_many_commands": "The client sent too many commands without sending mail (421).",
     "delivery.relayed": "Relayed to the downstream server inside the SMTP dialogue.",
     "delivery.refused": "The downstream server refused or could not take the message; its reply went back to the client.",
+    "quarantine.released": "An operator let the held message out (NOTIFY=NEVER, or into the local Maildir).",
+    "quarantine.deleted": "An operator deleted the held message.",
     "clamav.virus": "ClamAV found a virus.",
     "clamav.clean": "ClamAV found nothing.",
     "spamd.spam": "SpamAssassin scored the message as spam.",
