@@ -214,7 +214,7 @@ class StateConfig:
 @dataclass(slots=True)
 class LoggingConfig:
     level: str = "info"
-    # Log file inside data_dir; empty: stderr only.
+    # Log file, relative to data_dir or absolute; empty: stderr only.
     file: str = "scattergate.log"
     # "text" (one readable line per event) or "json" (one JSON object per line, for log
     # shippers; decision lines carry every field of the decision).

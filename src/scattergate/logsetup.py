@@ -124,8 +124,9 @@ def setup_logging(config: Config) -> None:
     """Send log lines to stderr, the log file (inside data_dir) and syslog, as configured."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.logging.file:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(ReopeningFileHandler(config.data_dir / config.logging.file))
+        path = config.data_dir / config.logging.file  # relative to data_dir, or absolute
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(ReopeningFileHandler(path))
     syslog = _syslog_handler(config) if config.logging.syslog else None
     logging.basicConfig(level=config.logging.level.upper(), format=TEXT_FORMAT, handlers=handlers, force=True)
     if config.logging.format == "json":
