@@ -17,6 +17,7 @@ import logging.handlers
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from scattergate.config import Config, ConfigError, parse_host_port
@@ -139,7 +140,8 @@ def setup_logging(config: Config) -> None:
         logging.getLogger().addHandler(syslog)
     # aiosmtpd logs every command at INFO; our decision line says what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    for signum in REOPEN_SIGNALS:
-        # Installed before any worker forks, so a rotation signal never meets the default
-        # action (terminate) in a process that has not set up its own handlers yet.
-        signal.signal(signum, request_reopen)
+    if threading.current_thread() is threading.main_thread():  # signals are the main thread's
+        for signum in REOPEN_SIGNALS:
+            # Installed before any worker forks, so a rotation signal never meets the default
+            # action (terminate) in a process that has not set up its own handlers yet.
+            signal.signal(signum, request_reopen)
