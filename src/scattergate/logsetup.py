@@ -87,9 +87,16 @@ def syslog_address(text: str) -> str | tuple[str, int]:
 
 
 def validate(config: Config) -> None:
-    """The [logging] settings that config.validate() cannot check by type alone."""
+    """The [logging] settings that config.validate() cannot check by type alone. Like
+    check-config's other checks, it opens what it names: a syslog socket must be listening."""
     if config.logging.syslog:
-        syslog_address(config.logging.syslog)
+        address = syslog_address(config.logging.syslog)
+        if isinstance(address, str):
+            try:
+                _probe_unix_socket(address)  # SysLogHandler would ignore it and fail on every line
+            except OSError as exc:
+                raise ConfigError(f"logging.syslog: cannot connect to {config.logging.syslog}: "
+                                  f"{exc.strerror or exc}") from None
     if config.logging.syslog_facility not in logging.handlers.SysLogHandler.facility_names:
         raise ConfigError(f"logging.syslog_facility: unknown facility {config.logging.syslog_facility!r} "
                           "(mail, daemon, local0 ... local7, ...)")
@@ -111,8 +118,6 @@ def _syslog_handler(config: Config) -> logging.Handler:
     address = syslog_address(config.logging.syslog)
     facility = logging.handlers.SysLogHandler.facility_names[config.logging.syslog_facility]
     try:
-        if isinstance(address, str):
-            _probe_unix_socket(address)  # SysLogHandler would ignore it and fail on every line
         handler = logging.handlers.SysLogHandler(address=address, facility=facility, socktype=socket.SOCK_DGRAM
                                                  if not isinstance(address, str) else None)
     except OSError as exc:

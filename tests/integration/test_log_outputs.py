@@ -139,6 +139,13 @@ def test_an_unreachable_syslog_socket_is_a_clear_configuration_error(tmp_path: P
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_refuses_a_syslog_socket_nobody_listens_on(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "scattergate", "check-config", "--syslog", "unix:/nonexistent/log"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "logging.syslog: cannot connect to unix:/nonexistent/log" in result.stderr
+
+
 def test_an_unknown_syslog_facility_is_refused_by_check_config(tmp_path: Path) -> None:
     (tmp_path / "sg.toml").write_text('[logging]\nsyslog = "127.0.0.1:514"\nsyslog_facility = "mial"\n')
     result = subprocess.run([sys.executable, "-m", "scattergate", "check-config", "--config", "sg.toml"],
