@@ -226,11 +226,15 @@ class StateConfig:
 @dataclass(slots=True)
 class LoggingConfig:
     level: str = "info"
-    # Log file inside data_dir; empty: stderr only.
+    # Log file, relative to data_dir or absolute; empty: stderr only.
     file: str = "scattergate.log"
     # "text" (one readable line per event) or "json" (one JSON object per line, for log
     # shippers; decision lines carry every field of the decision).
     format: str = "text"
+    # Also send every line to syslog: "/dev/log" (the local syslog daemon's socket), another
+    # unix socket path, or HOST:PORT (syslog over UDP). Empty: no syslog.
+    syslog: str = ""
+    syslog_facility: str = "mail"
 
 
 @dataclass(slots=True)
@@ -447,6 +451,9 @@ class Config:
             http_host, _ = parse_host_port(self.http.listen, "http.listen")
             if not self.http.token_file and not _is_loopback(http_host):
                 raise ConfigError(f"http.listen: {self.http.listen} is not loopback: set http.token_file")
+        from scattergate.logsetup import validate as validate_logging  # cycle-free: lazy
+
+        validate_logging(self)
         if self.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"logging.level: unknown level {self.logging.level!r}")
         from scattergate.decision.policy import validate_policy  # cycle-free: lazy
