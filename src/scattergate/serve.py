@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from scattergate.config import Config, ConfigError, parse_host_port
-from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.frontends.smtp import gateway_connection
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
@@ -68,8 +68,6 @@ def setup_logging(config: Config) -> None:
     if config.logging.format == "json":
         for handler in handlers:
             handler.setFormatter(JsonFormatter())
-    # aiosmtpd logs every command at INFO; our decision line says what matters.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def bind(listen: str, *, reuse_port: bool) -> socket.socket:
@@ -116,7 +114,7 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
     sock.listen(1024)
     sock.setblocking(False)
     current = [gateway]  # what new connections are served by; swapped on reload
-    server = await loop.create_server(lambda: GatewaySMTP(current[0]), sock=sock)
+    server = await loop.create_server(lambda: gateway_connection(current[0]), sock=sock)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

@@ -6,29 +6,32 @@ import asyncio
 from typing import Any, Callable
 
 import aiosmtplib
-import pytest
 
 from scattergate.config import Config
-from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.frontends.smtp import gateway_connection
 from tests.support.gateway import running_gateway
 
 
 async def test_a_multi_line_ehlo_reply_leaves_in_one_write(
-        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+        make_config: Callable[..., Config]) -> None:
     async with running_gateway(make_config()) as gateway:
-        server = await asyncio.get_running_loop().create_server(lambda: GatewaySMTP(gateway), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        # Every write the server side makes (aiosmtpd writes through a StreamWriter; the
-        # client's own writes are told apart by their local port).
+        # Every write the server side makes, as the transport is asked for it.
         writes: list[bytes] = []
-        real_write = asyncio.StreamWriter.write
 
-        def recording_write(self: asyncio.StreamWriter, data: Any) -> None:
-            if self.get_extra_info("sockname")[1] == port:
-                writes.append(bytes(data))
-            real_write(self, data)
+        def recording_connection() -> asyncio.Protocol:
+            connection = gateway_connection(gateway)
+            made = connection.connection_made
 
-        monkeypatch.setattr(asyncio.StreamWriter, "write", recording_write)
+            def connection_made(transport: Any) -> None:
+                real_write = transport.write
+                transport.write = lambda data: (writes.append(bytes(data)), real_write(data))[1]
+                made(transport)
+
+            connection.connection_made = connection_made  # type: ignore[method-assign]
+            return connection
+
+        server = await asyncio.get_running_loop().create_server(recording_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, local_hostname="client.example.net",
                                  start_tls=False, timeout=10)
         try:
