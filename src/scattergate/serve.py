@@ -1,7 +1,8 @@
 """`scattergate serve`: sockets, worker processes, signals, graceful shutdown.
 
 One asyncio process saturates one core, so `workers = N` starts N processes listening on the
-same port with SO_REUSEPORT and lets the kernel spread connections between them.
+same port with SO_REUSEPORT and lets the kernel spread connections between them; the default,
+`workers = "auto"`, starts one per core.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     setup_logging(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     web_setup = web_service.prepare(config)  # before fork: token, shared secret, metrics mode
-    workers = config.server.workers
+    workers = config.server.process_count()
     if workers == 1:
         sock = bind(config.server.listen, reuse_port=False)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
