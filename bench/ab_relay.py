@@ -92,7 +92,7 @@ def main() -> int:
                 rt.run_load(targets[row].address, warm_up, sink)
             for round_ in range(args.rounds):
                 for row in (rows if round_ % 2 == 0 else rows[::-1]):
-                    seconds, cost = rt.measure(targets[row], load, sink)
+                    _, seconds, cost = rt.measure(targets[row], load, sink)
                     rates[row].append(args.messages / seconds)
                     cpu[row].append(cost)
                     print(f"round {round_ + 1}: {row}: {rates[row][-1]:,.0f} msg/s, {cost:.2f} ms CPU/msg", flush=True)

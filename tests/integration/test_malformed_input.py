@@ -141,7 +141,7 @@ def test_invalid_utf8_in_an_address_is_501_even_with_smtputf8(gw) -> None:  # ty
 
 
 def test_a_bad_helo_name_never_stops_decisions_from_being_recorded(gw) -> None:  # type: ignore[no-untyped-def]
-    # aiosmtpd would keep undecodable octets as surrogates, which SQLite refuses: one such
+    # A server that kept undecodable octets as surrogates (aiosmtpd did) would hand SQLite what it refuses: one such
     # session would have cost the decisions of every session flushed with it.
     with Dialogue(gw.address, timeout=10) as d:
         assert d.command(b"EHLO \xff\xfe")[0] == 501
@@ -152,7 +152,7 @@ def test_a_bad_helo_name_never_stops_decisions_from_being_recorded(gw) -> None: 
     assert any(r.helo == "client.example" for r in gw.store.recent_decisions(20))
 
 
-def test_aiosmtpd_replies_get_enhanced_codes_and_echo_nothing(gw) -> None:  # type: ignore[no-untyped-def]
+def test_protocol_refusals_get_enhanced_codes_and_echo_nothing(gw) -> None:  # type: ignore[no-untyped-def]
     with session(gw) as d:
         for line in ("RCPT TO:<postmaster@example.org>", "DATA", "MAIL FROM:<a@sender.example> FOO=BAR",
                      "MAIL FROM:<a@sender.example> BODY=9BIT", "MAIL FROM:<a@sender.example> SMTPUTF8=yes",
