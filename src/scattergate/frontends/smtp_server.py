@@ -129,7 +129,8 @@ class SmtpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.machine.receive_data(b"")
         self._wake_up()
-        return True  # we close, once the last reply is out
+        # We close, once the last reply is out; over TLS asyncio closes at once regardless.
+        return not self.machine.tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

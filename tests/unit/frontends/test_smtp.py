@@ -57,3 +57,54 @@ async def test_a_multi_line_ehlo_reply_leaves_in_one_write(
             client.close()
             server.close()
             await server.wait_closed()
+
+
+async def test_a_client_that_pipelines_without_reading_is_paused_not_buffered(
+        make_config: Callable[..., Config]) -> None:
+    # Backpressure: 2 MB of pipelined NOOPs from a client that reads no reply. Once the replies
+    # back up, the server stops reading instead of holding the rest; every reply still arrives
+    # once the client reads.
+    from scattergate.frontends import smtp_server
+
+    config = make_config(server={"max_commands": 400_000})
+    async with running_gateway(config) as gateway:
+        connections: list[Any] = []
+        peak = [0]
+
+        def factory() -> asyncio.Protocol:
+            connection = gateway_connection(gateway)
+            received = connection.data_received
+
+            def data_received(data: bytes) -> None:
+                received(data)
+                peak[0] = max(peak[0], connection.machine.buffered)
+
+            connection.data_received = data_received  # type: ignore[method-assign]
+            connections.append(connection)
+            return connection
+
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reader.readline()  # the banner
+            count = 350_000
+            writer.write(b"NOOP\r\n" * count)
+            for _ in range(1_000_000):  # bounded: yield to the server until it stops reading
+                if connections[0]._reading_paused:
+                    break
+                await asyncio.sleep(0)
+            assert connections[0]._reading_paused
+            replies = 0
+            async with asyncio.timeout(120):
+                while replies < count:
+                    line = await reader.readline()
+                    assert line == b"250 2.0.0 OK\r\n", line
+                    replies += 1
+            await writer.drain()
+            # At most one read (256 KiB) beyond the high-water mark was ever held.
+            assert peak[0] <= smtp_server._HIGH_WATER + 256 * 1024, peak
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
