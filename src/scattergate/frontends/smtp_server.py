@@ -264,6 +264,8 @@ class SmtpConnection(asyncio.Protocol):
                 self._hang_up(timed_out=False)
                 return
             elif kind is sp.Quit or kind is sp.Closed:
+                if kind is sp.Closed and event.in_data:  # type: ignore[union-attr]
+                    self.log.info("connection closed during DATA")
                 self._write(machine.take_output())
                 self._close()
                 return
