@@ -1,6 +1,6 @@
 """RFC 5321 envelope addresses: a strict, pure parser.
 
-We parse the path ourselves (instead of the header parser aiosmtpd uses) because the relay
+We parse the path ourselves (instead of the stdlib e-mail header parser) because the relay
 checks must *see* the classic relay tricks — source routes, quoted local parts holding '@',
 percent hacks, bang paths, IP literals — rather than have them silently normalised away.
 """

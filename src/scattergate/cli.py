@@ -37,7 +37,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify-recipients", dest="verify_recipients", action="store_false", default=None,
                    help="do not probe the downstream for unknown recipients")
     p.add_argument("--data-dir", metavar="DIR", help="state (SQLite) and logs (default ./scattergate-data)")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the port")
+    p.add_argument("--workers", type=_workers, metavar="N|auto",
+                   help="worker processes sharing the port (default: auto, one per core)")
     p.add_argument("--max-message-size", type=int, metavar="BYTES")
     p.add_argument("--max-recipients", type=int, metavar="N")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -103,6 +104,16 @@ def _postfix_side_args(p: argparse.ArgumentParser, listen_help: str) -> None:
 def _syslog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--syslog", nargs="?", const="/dev/log", metavar="ADDRESS",
                    help="also log to syslog: /dev/log (the default), a unix socket path or HOST:PORT (UDP)")
+
+
+def _workers(text: str) -> int | str:
+    """--workers: a positive number, or "auto" (one per core)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _http_arg(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -26,7 +27,9 @@ class ServerConfig:
     listen: str = "127.0.0.1:2525"
     # The name we give in the banner, EHLO reply and Received headers. Empty: the host name.
     hostname: str = ""
-    workers: int = 1
+    # Worker processes sharing the port (SO_REUSEPORT): "auto" is one per core this process
+    # may run on, as nginx's worker_processes auto; one Python process saturates one core.
+    workers: int | typing.Literal["auto"] = "auto"
     max_connections: int = 1000
     max_connections_per_client: int = 20
     max_message_size: int = 25 * 1024 * 1024
@@ -57,6 +60,13 @@ class ServerConfig:
     # Budget for the checks of one RCPT (e.g. downstream recipient verification).
     rcpt_deadline: float = 20.0
     smtputf8: bool = True
+
+    def process_count(self) -> int:
+        """`workers` as a number: "auto" is the cores this process may run on (a container's
+        or taskset's share, not the whole machine's)."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.workers
 
 
 @dataclass(slots=True)
@@ -385,7 +395,7 @@ class Config:
             except ValueError:
                 raise ConfigError(f"receive.trusted_networks: not a network: {net!r}") from None
         positive = {
-            "server.workers": self.server.workers,
+            "server.workers": self.server.process_count(),
             "server.max_connections": self.server.max_connections,
             "server.max_connections_per_client": self.server.max_connections_per_client,
             "server.max_recipients": self.server.max_recipients,
@@ -589,7 +599,17 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a table")
         return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported type")  # no optional fields: defaults instead
+        # A number or a keyword (`workers = "auto"`); no optional fields: defaults instead.
+        members = typing.get_args(hint)
+        words = [a for m in members if typing.get_origin(m) is typing.Literal for a in typing.get_args(m)]
+        others = [m for m in members if typing.get_origin(m) is not typing.Literal]
+        if not words or len(others) != 1:
+            raise ConfigError(f"{key}: unsupported type")
+        if isinstance(value, str):
+            if value not in words:
+                raise ConfigError(f"{key}: expected {' or '.join(map(repr, words))} or a number, got {value!r}")
+            return value
+        return _coerce(others[0], value, key)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")

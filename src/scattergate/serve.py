@@ -1,7 +1,8 @@
 """`scattergate serve`: sockets, worker processes, signals, graceful shutdown.
 
 One asyncio process saturates one core, so `workers = N` starts N processes listening on the
-same port with SO_REUSEPORT and lets the kernel spread connections between them.
+same port with SO_REUSEPORT and lets the kernel spread connections between them; the default,
+`workers = "auto"`, starts one per core.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from scattergate.config import Config, ConfigError, parse_host_port
-from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.frontends.smtp import gateway_connection
 from scattergate.logsetup import request_reopen, setup_logging
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
@@ -77,7 +78,7 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
     sock.listen(1024)
     sock.setblocking(False)
     current = [gateway]  # what new connections are served by; swapped on reload
-    server = await loop.create_server(lambda: GatewaySMTP(current[0]), sock=sock)
+    server = await loop.create_server(lambda: gateway_connection(current[0]), sock=sock)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -136,7 +137,7 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     setup_logging(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     web_setup = web_service.prepare(config)  # before fork: token, shared secret, metrics mode
-    workers = config.server.workers
+    workers = config.server.process_count()
     if workers == 1:
         sock = bind(config.server.listen, reuse_port=False)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
