@@ -58,7 +58,8 @@ def setup_logging(config: Config) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.logging.file:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(config.data_dir / config.logging.file))
+        # A client's bytes that are not UTF-8 are escaped, never the reason a line is lost.
+        handlers.append(logging.FileHandler(config.data_dir / config.logging.file, errors="backslashreplace"))
     logging.basicConfig(
         level=config.logging.level.upper(),
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
@@ -262,18 +263,40 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
     return "inet", host, port
 
 
-async def start_stream_server(listen: str, callback: StreamCallback, *, socket_mode: int = 0o660) -> asyncio.AbstractServer:
-    """Listen on a TCP or unix socket. A unix socket gets `socket_mode` (Postfix's daemons
-    run as 'postfix' and must be able to connect)."""
+async def start_stream_server(listen: str, callback: StreamCallback, *, socket_mode: int = 0o660,
+                              socket_group: str = "") -> asyncio.AbstractServer:
+    """Listen on a TCP or unix socket. A unix socket gets `socket_mode` and `socket_group`
+    at every start (Postfix's daemons run as 'postfix' and must be able to connect; a chgrp
+    by hand would be lost at the next restart). A missing directory is created (0755: the
+    chrooted smtpd must reach the socket in it)."""
     kind, where, port = parse_listen(listen)
     if kind == "unix":
         path = Path(where)
+        gid = _group_id(socket_group) if socket_group else -1
+        try:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
         if path.is_socket():
             path.unlink()  # left behind by a previous run
-        server = await asyncio.start_unix_server(callback, path=str(path), backlog=1024)
+        try:
+            server = await asyncio.start_unix_server(callback, path=str(path), backlog=1024)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on unix:{path}: {exc.strerror}") from None
         os.chmod(path, socket_mode)
+        if gid != -1:
+            os.chown(path, -1, gid)
         return server
     return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
+
+
+def _group_id(name: str) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"postfix.socket_group: no group named {name!r}") from None
 
 
 def listening_on(server: asyncio.AbstractServer) -> str:
