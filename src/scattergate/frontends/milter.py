@@ -27,7 +27,8 @@ from scattergate.decision.headers import render_headers
 from scattergate.frontends import milter_codec as mc
 from scattergate.frontends.postfix_side import PostfixTrust, adapt, for_postfix
 from scattergate.logfmt import SessionLog, fields
-from scattergate.model import Accept, Envelope, Finding, Phase, Quarantine, RcptDsn, Reply, Session, Verdict
+from scattergate.model import (Accept, Envelope, Finding, Phase, Quarantine, RcptDsn, Reject, Reply, Session,
+                               Tempfail, Verdict)
 from scattergate.pipeline import Gateway
 from scattergate.rewrite import token
 
@@ -193,6 +194,7 @@ class MilterConnection:
 
     def _reset_message(self) -> None:
         self.recipients: list[tuple[str, tuple[str, ...]]] = []  # as Postfix gave them
+        self.mail_path = ""  # MAIL FROM as Postfix gave it (for the record of a refusal)
         self._drop_content()
         self.size = self.header_size = 0
         self.oversize: Finding | None = None  # why the content was dropped, said at end of message
@@ -260,6 +262,16 @@ class MilterConnection:
 
     def _pending_refusal(self) -> mc.Response | None:
         return self.session_refusal or self.transaction_refusal
+
+    def _give(self, refusal: mc.Response, phase: Phase, recipients: Sequence[str]) -> list[mc.Response]:
+        """A refusal the Gateway did not decide at this step (kept from a silent one, or an
+        address we cannot parse), recorded like any decision: one line, one record each."""
+        reply = getattr(refusal, "reply", None)
+        if self.session is not None and reply is not None:
+            verdict = (Reject if isinstance(refusal, mc.RejectReply) else Tempfail)(
+                reply, (Finding("milter", "refused", f"{reply.code} {reply.status}"),))
+            self.gateway.recorder.record(self.session, phase, self.mail_path, recipients, verdict)
+        return [refusal]
 
     async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
         match command:
@@ -338,6 +350,7 @@ class MilterConnection:
     async def _mail(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
         session = await self._session()
         self._end_transaction()
+        self.mail_path = path
         try:
             sender = parse_path(path, allow_null=True)
         except AddressError:
@@ -351,7 +364,7 @@ class MilterConnection:
 
     async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
         if refusal := self._pending_refusal():
-            return [refusal]
+            return self._give(refusal, Phase.RCPT, (path,))
         session = await self._session()
         envelope = session.envelope
         if envelope is None:
@@ -359,7 +372,7 @@ class MilterConnection:
         try:
             recipient = parse_path(path)
         except AddressError:
-            return [mc.RejectReply(BAD_ADDRESS)]
+            return self._give(mc.RejectReply(BAD_ADDRESS), Phase.RCPT, (path,))
         params = _params(options)
         notify = frozenset(params["NOTIFY"].upper().split(",")) if "NOTIFY" in params else None
         dsn = RcptDsn(notify, params.get("ORCPT", ""))
@@ -373,8 +386,9 @@ class MilterConnection:
 
     async def _end_of_message(self) -> list[mc.Response]:
         if refusal := self._pending_refusal():
+            given = self._give(refusal, Phase.DATA, [path for path, _ in self.recipients])
             self._end_transaction()
-            return [refusal]
+            return given
         session = await self._session()
         envelope = session.envelope
         if envelope is None:
