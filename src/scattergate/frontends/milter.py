@@ -202,7 +202,7 @@ class MilterConnection:
     def _drop_content(self) -> None:
         self.headers: list[bytes] = []
         self.body: list[bytes] = []
-        if getattr(self, "held", 0):
+        if self.held:
             self.memory.give(self.held)
         self.held = 0
 

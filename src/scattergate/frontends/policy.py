@@ -26,6 +26,7 @@ from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
 from scattergate.frontends import policy_codec as pc
 from scattergate.frontends.postfix_side import PostfixTrust, adapt, for_policy_service
+from scattergate.logfmt import fields
 from scattergate.model import Accept, Finding, Quarantine, Reject, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
 
@@ -78,8 +79,9 @@ class PolicyService:
             async with asyncio.timeout(self.budget):
                 return await handle(request)
         except TimeoutError:
-            log.warning("policy: no decision within %.3g s for %s -> %s: %s",
-                        self.budget, request.get("sender"), request.get("recipient"), self.timeout_action)
+            log.warning("policy: no decision within %.3g s: %s", self.budget,
+                        fields(sender=request.get("sender"), recipient=request.get("recipient"),
+                               action=self.timeout_action))
             if self.timeout_action == "defer_if_permit":
                 return pc.DeferIfPermit(TIMEOUT_REPLY)
             return pc.Dunno()
@@ -103,7 +105,8 @@ class PolicyService:
             recipient = parse_path(f"<{request.get('recipient', '')}>")
         except AddressError as exc:
             # Postfix checked the syntax already; our stricter parser is no reason to block.
-            log.info("policy: cannot parse %r / %r: %s", request.get("sender"), request.get("recipient"), exc)
+            log.info("policy: cannot parse the addresses (%s): %s", exc,
+                     fields(sender=request.get("sender"), recipient=request.get("recipient")))
             return pc.Dunno()
         session = self.session_for(request)
         envelope = self.gateway.mail(session, sender, ())
