@@ -26,16 +26,18 @@ import sys
 import time
 import urllib.request
 import uuid
+from email.message import Message
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from scattergate.postfix_audit import parse_postconf
 from tests.conftest import require_binary
 from tests.support.dns_server import DnsTestServer
 from tests.support.postfix import PrivatePostfix
 from tests.support.sink import SmtpSink, free_port
-from tests.system.postfix_fixtures import wait_for, world_dir
+from tests.system.postfix_fixtures import sink_dump_with, wait_for, world_dir
 
 pytestmark = pytest.mark.system
 
@@ -49,21 +51,6 @@ def doc_blocks(text: str) -> dict[str, str]:
     """The fenced blocks of the page marked `<!-- doc-test: NAME -->`, by name."""
     found = re.findall(r"<!-- doc-test: (\S+) -->\n```[^\n]*\n(.*?)\n```", text, re.S)
     return dict(found)
-
-
-def main_cf_settings(block: str) -> dict[str, str]:
-    """`name = value` lines of a main.cf block (comments dropped, continuation lines joined)."""
-    settings: dict[str, str] = {}
-    name = ""
-    for line in block.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0].isspace():
-            settings[name] += " " + line.strip()
-            continue
-        name, _, value = (part.strip() for part in line.partition("="))
-        settings[name] = value
-    return settings
 
 
 class World:
@@ -80,8 +67,8 @@ class World:
             client.ehlo("mail.example.net")
         return client
 
-    def delivered(self, token: str) -> tuple[dict[str, list[str]], bytes]:
-        return wait_for(lambda: _dump_with(self.sink.directory, token), timeout=60, what=f"delivery of {token}")
+    def delivered(self, token: str) -> tuple[dict[str, list[str]], Message]:
+        return wait_for(lambda: sink_dump_with(self.sink.directory, token), timeout=60, what=f"delivery of {token}")
 
     def queue_empty(self) -> bool:
         listing = subprocess.run(["postqueue", "-c", str(self.postfix.config_dir), "-p"],
@@ -91,20 +78,6 @@ class World:
     def milter_log(self) -> str:
         path = self.data_dir / "scattergate.log"
         return path.read_text(errors="replace") if path.exists() else ""
-
-
-def _dump_with(directory: Path, token: str) -> tuple[dict[str, list[str]], bytes] | None:
-    for path in sorted(directory.rglob("*")) if directory.exists() else []:
-        data = path.read_bytes() if path.is_file() else b""
-        if token.encode() in data:
-            envelope: dict[str, list[str]] = {}
-            for line in data.decode("utf-8", "replace").splitlines():
-                match = re.match(r"(X-[A-Za-z-]+): ?(.*)", line)
-                if not match:
-                    break
-                envelope.setdefault(match.group(1), []).append(match.group(2))
-            return envelope, data
-    return None
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -162,7 +135,7 @@ def world() -> Iterator[World]:
             processes.append(process)
             _wait_listening(milter_port if argv[1] == "milter" else socketmap_port, process)
 
-        settings = main_cf_settings(local(blocks["main.cf"]))
+        settings = parse_postconf(local(blocks["main.cf"]))  # main.cf syntax, as postconf prints it
         settings.update({  # the lab around the page (see the module docstring)
             "default_transport": "smtp",
             "relayhost": f"[127.0.0.1]:{sink.port}",
@@ -290,7 +263,7 @@ def test_failure_after_acceptance_bounces_only_to_a_proven_sender(world: World) 
     # The proven sender gets its DSN (through the SRS reverse path of its rewritten sender).
     envelope, dsn = world.delivered(proven_token)
     assert _mail_from(envelope) == "" and envelope["X-Rcpt-Args"][0].split()[0] == f"<real@{SPF_DOMAIN}>"
-    assert b"Status: 5." in dsn
+    assert "Status: 5." in dsn.as_string()
     # Once Postfix has nothing left to do, both messages have failed and the forged sender
     # has received nothing.
     wait_for(world.queue_empty, timeout=60, what="an empty Postfix queue")

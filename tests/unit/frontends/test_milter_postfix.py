@@ -18,6 +18,7 @@ from scattergate.pipeline import Gateway
 from scattergate.rewrite import srs
 from scattergate.rewrite.keys import SrsSecrets
 from tests.support.gateway import running_gateway
+from tests.unit.frontends.test_milter import _run
 
 ALL = (mc.OptNeg(6, 0x1FF, 0x1FFFFF),)
 BOUNCE = (b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
@@ -37,15 +38,6 @@ async def gateway(make_config, tmp_path: Path) -> AsyncIterator[Gateway]:  # typ
                          server={"max_message_size": 4096, "max_header_size": 1024})
     async with running_gateway(for_postfix(config)) as gw:
         yield adapt(gw, config)
-
-
-async def _run(conn: MilterConnection, *commands: mc.Command) -> list[mc.Response]:
-    out: list[mc.Response] = []
-    for command in commands:
-        responses = await conn.handle(command)
-        assert responses is not None
-        out += responses
-    return out
 
 
 def _message(headers: dict[str, str], body: bytes = b"hello\r\n") -> list[mc.Command]:
