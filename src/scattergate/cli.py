@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from scattergate import __version__, passwd_cli, quarantine_cli, tools
+from scattergate import __version__, passwd_cli, quarantine_cli, queue_cli, tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
 
 
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parser(sub)
     tools.register(sub)
     quarantine_cli.register(sub)
+    queue_cli.register(sub)
     passwd_cli.register(sub)
     return parser
 
@@ -224,6 +225,9 @@ def load_config(args: argparse.Namespace) -> Config:
     overrides = getattr(args, "overrides", apply_overrides)
     config = overrides(load(args.config), args)
     config.validate()
+    from scattergate.rewrite.dkim_sign import load_signer
+
+    load_signer(config.dkim_signing.key_table)  # key files: refused before any worker starts
     return config
 
 
@@ -237,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tools.run(args)
     if args.command == "quarantine":
         return quarantine_cli.run(args)
+    if args.command == "queue":
+        return queue_cli.run(args)
     if args.command == "passwd":
         return passwd_cli.run(args)
     if args.command == "audit":

@@ -199,6 +199,18 @@ class BackscatterConfig:
 
 
 @dataclass(slots=True)
+class DkimSigningConfig:
+    """DKIM signatures on mail we send (docs/configuration.md): our DSNs always once a key
+    table is set; our users' outbound mail when `outbound` is on."""
+
+    # OpenDKIM KeyTable format, "NAME DOMAIN:SELECTOR:/path/to/key" per line; key files mode
+    # 0600. Empty: nothing is signed.
+    key_table: str = ""
+    # Also sign mail from trusted clients (receive.trusted_networks, SMTP AUTH) in `serve` mode.
+    outbound: bool = False
+
+
+@dataclass(slots=True)
 class StateConfig:
     data_dir: str = "scattergate-data"
     # How often buffered counters and decisions are written to the state store.
@@ -365,6 +377,7 @@ class Config:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     smtp_auth: SmtpAuthConfig = field(default_factory=SmtpAuthConfig)
+    dkim_signing: DkimSigningConfig = field(default_factory=DkimSigningConfig)
 
     def validate(self) -> None:
         """Check values whose type is right but whose content is not; raise ConfigError."""
