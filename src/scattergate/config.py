@@ -259,7 +259,7 @@ class PostfixConfig:
     # service in master.cf) whose clients are our own users, like SASL clients.
     trusted_daemon_names: list[str] = field(default_factory=lambda: ["ORIGINATING"])
     # Milter: message bytes all connections together may hold in memory; past it a message
-    # is refused with 451 4.3.1 rather than buffered (each one is also capped by
+    # is refused with 451 4.3.0 rather than buffered (each one is also capped by
     # server.max_message_size and server.max_header_size).
     milter_memory_limit: int = 256 * 1024 * 1024
     # Re-add the recipients of mail from unverified senders with NOTIFY=NEVER (milter).

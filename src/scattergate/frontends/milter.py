@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
 import socket
@@ -320,16 +321,11 @@ class MilterConnection:
     def _negotiate(self, version: int, actions: int, protocol: int) -> mc.Response:
         if version < 6 and not actions & mc.ACT_ADDRCPT_PAR:
             log.warning("milter: MTA speaks milter protocol %d: no NOTIFY=NEVER (needs Postfix >= 3.0)", version)
-        self.actions = actions & WANTED_ACTIONS
-        if self.never_bounce and not self.actions & mc.ACT_ADDRCPT_PAR:
+        if self.never_bounce and not actions & WANTED_ACTIONS & mc.ACT_ADDRCPT_PAR:
             log.warning("milter: MTA cannot add recipients with parameters: never-bounce is off")
-        wanted = WANTED_PROTOCOL & protocol
-        if self.want_no_reply:
-            wanted |= sum(flag for flag in NO_REPLY if flag & protocol)
-            self.silent = tuple(NO_REPLY[flag] for flag in NO_REPLY if flag & wanted)
-        self.leading_space = bool(wanted & mc.P_HDR_LEADSPC)
-        macros = WANTED_MACROS if self.actions & mc.ACT_SETSYMLIST else {}
-        return mc.OptNegReply(self.actions, wanted, macros, version=min(version, mc.VERSION))
+        reply, self.silent = _negotiation(version, actions, protocol, self.want_no_reply)
+        self.actions, self.leading_space = reply.actions, bool(reply.protocol & mc.P_HDR_LEADSPC)
+        return reply
 
     async def _connect(self, ip: str, port: int, hostname: str = "") -> list[mc.Response]:
         self.close()  # a second Connect on one connection: forget the first session
@@ -464,6 +460,20 @@ class MilterConnection:
             await self._connect("unknown", 0)
         assert self.session is not None
         return self.session
+
+
+@functools.lru_cache(maxsize=64)
+def _negotiation(version: int, actions: int, protocol: int, no_reply: bool) -> tuple[mc.OptNegReply, tuple[type, ...]]:
+    """Our answer to the MTA's offer, and the commands it will then send without waiting for
+    a reply. The same offer comes on every connection (one per SMTP session): computed once."""
+    actions &= WANTED_ACTIONS
+    wanted = WANTED_PROTOCOL & protocol
+    silent: tuple[type, ...] = ()
+    if no_reply:
+        wanted |= sum(flag for flag in NO_REPLY if flag & protocol)
+        silent = tuple(NO_REPLY[flag] for flag in NO_REPLY if flag & wanted)
+    macros = WANTED_MACROS if actions & mc.ACT_SETSYMLIST else {}
+    return mc.OptNegReply(actions, wanted, macros, version=min(version, mc.VERSION)), silent
 
 
 def _local_submission(hostname: str, ip: str, port: int) -> bool:
