@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import gc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -277,15 +279,22 @@ async def start_stream_server(listen: str, callback: StreamCallback, *, socket_m
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
-        if path.is_socket():
-            path.unlink()  # left behind by a previous run
+        if path.exists() and not path.is_socket():
+            raise OSError(errno.EEXIST, f"cannot listen on unix:{path}: a file that is not a socket is in the way")
+        # Bound under a private name, given its mode and group, then renamed into place: no
+        # client ever finds the socket with the wrong permissions. The rename also replaces a
+        # socket a previous run left behind.
+        private = path.with_name(f".{path.name}.{os.getpid()}")
+        private.unlink(missing_ok=True)
         try:
-            server = await asyncio.start_unix_server(callback, path=str(path), backlog=1024)
+            server = await asyncio.start_unix_server(callback, path=str(private), backlog=1024)
+            os.chmod(private, socket_mode)
+            if gid != -1:
+                os.chown(private, -1, gid)
+            os.replace(private, path)
         except OSError as exc:
+            private.unlink(missing_ok=True)
             raise OSError(exc.errno, f"cannot listen on unix:{path}: {exc.strerror}") from None
-        os.chmod(path, socket_mode)
-        if gid != -1:
-            os.chown(path, -1, gid)
         return server
     return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
 
@@ -303,7 +312,10 @@ def listening_on(server: asyncio.AbstractServer) -> str:
     name = server.sockets[0].getsockname()
     if isinstance(name, tuple):
         return f"inet:{name[0]}:{name[1]}"
-    return f"unix:{name}"
+    # A unix socket was bound under its private name (start_stream_server), then renamed.
+    bound = Path(name)
+    public = re.fullmatch(r"\.(.+)\.\d+", bound.name)
+    return f"unix:{bound.with_name(public.group(1)) if public else bound}"
 
 
 def run_service(config: Config, name: str,
