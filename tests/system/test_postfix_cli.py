@@ -128,7 +128,7 @@ def test_an_impossible_socket_path_is_named_without_a_traceback(root: Path) -> N
     (root / "file").write_text("not a directory")
     result = subprocess.run(
         [sys.executable, "-m", "scattergate", "milter", "--listen", f"unix:{root}/file/milter.sock",
-         "--data-dir", str(root / "data"), "--http-listen", ""],
+         "--domain", "example.org", "--data-dir", str(root / "data"), "--http-listen", ""],
         capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert f"{root}/file" in result.stderr and "Traceback" not in result.stderr, result.stderr

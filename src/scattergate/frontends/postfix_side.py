@@ -22,7 +22,7 @@ from scattergate.address import Address
 from scattergate.checks.recipients import RecipientCheck
 from scattergate.checks.relay import RelayCheck
 from scattergate.checks.srs import SrsRecipientCheck
-from scattergate.config import Config
+from scattergate.config import Config, ConfigError
 from scattergate.model import Phase, Session
 from scattergate.rewrite.keys import load_srs_secrets
 
@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def for_postfix(config: Config) -> Config:
-    """Settings every Postfix-side service implies (explicit policy entries win)."""
+    """Settings every Postfix-side service implies (explicit policy entries win).
+
+    `[receive] domains` is required: a recipient outside them that Postfix passes on makes the
+    client one of ours, so without them every client would be (signed, never refused as
+    backscatter)."""
+    if not config.receive.domains:
+        raise ConfigError("receive.domains (--domain) must list every domain Postfix receives mail for")
     # Postfix routes outbound mail: a trusted client's mail to other domains has a route.
     config.policy.actions.setdefault("relay.no_route", "accept")
     return config

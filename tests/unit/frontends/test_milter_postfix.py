@@ -156,3 +156,11 @@ async def test_all_connections_together_are_bounded(gateway: Gateway) -> None:
     assert memory.used == 0
     first.close()
     second.close()
+
+
+def test_the_domains_postfix_receives_for_are_required() -> None:
+    """Without them every recipient would look outbound and every client like one of ours."""
+    from scattergate.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="receive.domains"):
+        for_postfix(Config())
