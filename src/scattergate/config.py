@@ -265,8 +265,17 @@ class PostfixConfig:
     milter_listen: str = "inet:127.0.0.1:8895"
     policy_listen: str = "inet:127.0.0.1:10041"
     socketmap_listen: str = "inet:127.0.0.1:10044"
-    # Mode of a unix socket: Postfix's daemons (user 'postfix') must be able to connect.
+    # Mode and group of a unix socket: Postfix's daemons (user 'postfix') must be able to
+    # connect, after every restart ("" keeps the group of the process).
     socket_mode: int = 0o660
+    socket_group: str = ""
+    # Milter: values of Postfix's {daemon_name} macro (milter_macro_daemon_name, set per
+    # service in master.cf) whose clients are our own users, like SASL clients.
+    trusted_daemon_names: list[str] = field(default_factory=lambda: ["ORIGINATING"])
+    # Milter: message bytes all connections together may hold in memory; past it a message
+    # is refused with 451 4.3.0 rather than buffered (each one is also capped by
+    # server.max_message_size and server.max_header_size).
+    milter_memory_limit: int = 256 * 1024 * 1024
     # Re-add the recipients of mail from unverified senders with NOTIFY=NEVER (milter).
     never_bounce: bool = True
     # Milter: answer only RCPT and end of message; every other step is negotiated no-reply.
@@ -525,6 +534,11 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return Path(self.state.data_dir)
+
+    @property
+    def site_secret_file(self) -> Path:
+        """The site secret every service of the site shares (serve, milter, policy, socketmap)."""
+        return Path(self.backscatter.secret_file) if self.backscatter.secret_file else self.data_dir / "site.key"
 
     @property
     def maildir(self) -> Path:

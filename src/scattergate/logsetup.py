@@ -42,7 +42,8 @@ class ReopeningFileHandler(logging.FileHandler):
     """A FileHandler that reopens its file by name after request_reopen() (log rotation)."""
 
     def __init__(self, filename: str | Path) -> None:
-        super().__init__(filename, encoding="utf-8")
+        # A client's bytes that are not UTF-8 are escaped, never the reason a line is lost.
+        super().__init__(filename, encoding="utf-8", errors="backslashreplace")
         self._generation = _reopen_generation
 
     def emit(self, record: logging.LogRecord) -> None:

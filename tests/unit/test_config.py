@@ -110,3 +110,20 @@ def test_the_workers_flag_takes_auto_or_a_number(tmp_path: Path) -> None:
     assert load_config(build_parser().parse_args(["serve", "--workers", "4"])).server.workers == 4
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--workers", "many"])
+
+
+@pytest.mark.parametrize("command", ["milter", "policy"])
+def test_postfix_side_flags_dns_secret_and_socket_group(command: str) -> None:
+    args = build_parser().parse_args([command, "--dns", "127.0.0.1:5353", "--secret-file", "/etc/sg/site.key",
+                                      "--socket-group", "postfix"])
+    config = load_config(args)
+    assert (config.dns.nameservers, config.dns.port) == (["127.0.0.1"], 5353)
+    assert str(config.site_secret_file) == "/etc/sg/site.key"
+    assert config.postfix.socket_group == "postfix"
+
+
+@pytest.mark.parametrize("name", ["socketmap", "srs-socketmap"])
+def test_socketmap_command_has_two_names(name: str) -> None:
+    args = build_parser().parse_args([name, "--listen", "inet:127.0.0.1:1", "--secret-file", "/k"])
+    config = load_config(args)
+    assert (config.postfix.socketmap_listen, str(config.site_secret_file)) == ("inet:127.0.0.1:1", "/k")
