@@ -44,7 +44,8 @@ from scattergate.model import Phase
 from scattergate.net.dns import DnsConfig, Resolver
 from scattergate.net.tls import server_context
 from scattergate.outbound import BatvSettings, OutboundMarker, SentRegistry
-from scattergate.rewrite.keys import BatvKeyring, Secret, load_batv_keyring, load_or_create_site_secret
+from scattergate.rewrite.dkim_sign import DkimSigner, load_signer
+from scattergate.rewrite.keys import Secret, load_batv_keys, load_or_create_site_secret
 from scattergate.state.store import StateStore
 
 # The result headers on accepted mail, in this order: Authentication-Results, the scanners',
@@ -78,6 +79,7 @@ class GatewayParts:
     outbound: OutboundMarker | None = None
     site_secret: Secret | None = None
     rate: RateLimiter | None = None
+    dkim_signer: DkimSigner | None = None
     spool: Spool | None = None
     scheduler: Scheduler | None = None
 
@@ -131,7 +133,8 @@ def assemble(config: Config, store: StateStore) -> GatewayParts:
     owned_fields = (b"x-scattergate-",) + ((b"x-spam-", b"x-scan-skipped:", b"x-virus-") if scanning else ())
 
     quarantine = QuarantineStore(config.data_dir / "quarantine", store)
-    spool, scheduler = _spool(config, relay, quarantine, recorder, hostname) if (
+    dkim_signer = load_signer(config.dkim_signing.key_table)  # raises for an unsafe key
+    spool, scheduler = _spool(config, relay, quarantine, recorder, hostname, dkim_signer) if (
         config.spool.enabled and relay is not None) else (None, None)
     parts = GatewayParts(
         hostname=hostname,
@@ -155,6 +158,7 @@ def assemble(config: Config, store: StateStore) -> GatewayParts:
         rate=RateLimiter(store, config.rate_limits) if RateLimiter.wanted(config.rate_limits) else None,
         spool=spool,
         scheduler=scheduler,
+        dkim_signer=dkim_signer,
     )
     if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
         _backscatter(config, store, parts)
@@ -219,13 +223,9 @@ def _dnsbl(config: Config, checks: dict[Phase, PhaseChecks], resolver: Resolver 
 def _backscatter(config: Config, store: StateStore, parts: GatewayParts) -> None:
     """BATV at RCPT, outbound marking with the sent-message registry, the end-of-DATA check."""
     settings = config.backscatter
-    secret_file = settings.secret_file or str(config.data_dir / "site.key")
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    site_secret = load_or_create_site_secret(secret_file)
-    keyring = (
-        load_batv_keyring(settings.batv_keys_file) if settings.batv_keys_file
-        else BatvKeyring.from_mapping({"0": site_secret}, current="0")
-    )
+    site_secret = load_or_create_site_secret(config.site_secret_file)
+    keyring = load_batv_keys(site_secret, settings.batv_keys_file)
     domains = frozenset(d.lower() for d in (settings.batv_domains or parts.domains))
     batv_settings = BatvSettings(
         keyring, domains, settings.batv_mode, {k.lower(): v for k, v in settings.batv_modes.items()},
@@ -246,7 +246,7 @@ def _backscatter(config: Config, store: StateStore, parts: GatewayParts) -> None
 
 
 def _spool(config: Config, relay: Relay, quarantine: QuarantineStore, recorder: DecisionRecorder,
-           hostname: str) -> tuple[Spool, Scheduler]:
+           hostname: str, dkim_signer: DkimSigner | None) -> tuple[Spool, Scheduler]:
     """Store-and-forward: the spool, its scheduler, and the safe-bounce notifier."""
     spool_config, delivery = config.spool, config.delivery
     spool = Spool(config.data_dir / "spool")
@@ -260,6 +260,7 @@ def _spool(config: Config, relay: Relay, quarantine: QuarantineStore, recorder: 
         reporting_mta=hostname,
         max_return=spool_config.dsn_max_return,
         count=recorder.count,
+        sign=dkim_signer.sign if dkim_signer is not None else None,
     )
     dsn_pool = None
     if spool_config.dsn_route:

@@ -12,6 +12,7 @@ import it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -29,7 +30,9 @@ class ServerConfig:
     listen: str = "127.0.0.1:2525"
     # The name we give in the banner, EHLO reply and Received headers. Empty: the host name.
     hostname: str = ""
-    workers: int = 1
+    # Worker processes sharing the port (SO_REUSEPORT): "auto" is one per core this process
+    # may run on, as nginx's worker_processes auto; one Python process saturates one core.
+    workers: int | typing.Literal["auto"] = "auto"
     max_connections: int = 1000
     max_connections_per_client: int = 20
     max_message_size: int = 25 * 1024 * 1024
@@ -60,6 +63,13 @@ class ServerConfig:
     # Budget for the checks of one RCPT (e.g. downstream recipient verification).
     rcpt_deadline: float = 20.0
     smtputf8: bool = True
+
+    def process_count(self) -> int:
+        """`workers` as a number: "auto" is the cores this process may run on (a container's
+        or taskset's share, not the whole machine's)."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.workers
 
 
 @dataclass(slots=True)
@@ -202,6 +212,18 @@ class BackscatterConfig:
 
 
 @dataclass(slots=True)
+class DkimSigningConfig:
+    """DKIM signatures on mail we send (docs/configuration.md): our DSNs always once a key
+    table is set; our users' outbound mail when `outbound` is on."""
+
+    # OpenDKIM KeyTable format, "NAME DOMAIN:SELECTOR:/path/to/key" per line; key files mode
+    # 0600. Empty: nothing is signed.
+    key_table: str = ""
+    # Also sign mail from trusted clients (receive.trusted_networks, SMTP AUTH) in `serve` mode.
+    outbound: bool = False
+
+
+@dataclass(slots=True)
 class StateConfig:
     data_dir: str = "scattergate-data"
     # How often buffered counters and decisions are written to the state store.
@@ -217,11 +239,15 @@ class StateConfig:
 @dataclass(slots=True)
 class LoggingConfig:
     level: str = "info"
-    # Log file inside data_dir; empty: stderr only.
+    # Log file, relative to data_dir or absolute; empty: stderr only.
     file: str = "scattergate.log"
     # "text" (one readable line per event) or "json" (one JSON object per line, for log
     # shippers; decision lines carry every field of the decision).
     format: str = "text"
+    # Also send every line to syslog: "/dev/log" (the local syslog daemon's socket), another
+    # unix socket path, or HOST:PORT (syslog over UDP). Empty: no syslog.
+    syslog: str = ""
+    syslog_facility: str = "mail"
 
 
 @dataclass(slots=True)
@@ -242,8 +268,17 @@ class PostfixConfig:
     milter_listen: str = "inet:127.0.0.1:8895"
     policy_listen: str = "inet:127.0.0.1:10041"
     socketmap_listen: str = "inet:127.0.0.1:10044"
-    # Mode of a unix socket: Postfix's daemons (user 'postfix') must be able to connect.
+    # Mode and group of a unix socket: Postfix's daemons (user 'postfix') must be able to
+    # connect, after every restart ("" keeps the group of the process).
     socket_mode: int = 0o660
+    socket_group: str = ""
+    # Milter: values of Postfix's {daemon_name} macro (milter_macro_daemon_name, set per
+    # service in master.cf) whose clients are our own users, like SASL clients.
+    trusted_daemon_names: list[str] = field(default_factory=lambda: ["ORIGINATING"])
+    # Milter: message bytes all connections together may hold in memory; past it a message
+    # is refused with 451 4.3.0 rather than buffered (each one is also capped by
+    # server.max_message_size and server.max_header_size).
+    milter_memory_limit: int = 256 * 1024 * 1024
     # Re-add the recipients of mail from unverified senders with NOTIFY=NEVER (milter).
     never_bounce: bool = True
     # Milter: answer only RCPT and end of message; every other step is negotiated no-reply.
@@ -359,10 +394,16 @@ class Config:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     smtp_auth: SmtpAuthConfig = field(default_factory=SmtpAuthConfig)
+    dkim_signing: DkimSigningConfig = field(default_factory=DkimSigningConfig)
 
     @property
     def data_dir(self) -> Path:
         return Path(self.state.data_dir)
+
+    @property
+    def site_secret_file(self) -> Path:
+        """The site secret every service of the site shares (serve, milter, policy, socketmap)."""
+        return Path(self.backscatter.secret_file) if self.backscatter.secret_file else self.data_dir / "site.key"
 
     @property
     def maildir(self) -> Path:
@@ -428,7 +469,17 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a table")
         return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported type")  # no optional fields: defaults instead
+        # A number or a keyword (`workers = "auto"`); no optional fields: defaults instead.
+        members = typing.get_args(hint)
+        words = [a for m in members if typing.get_origin(m) is typing.Literal for a in typing.get_args(m)]
+        others = [m for m in members if typing.get_origin(m) is not typing.Literal]
+        if not words or len(others) != 1:
+            raise ConfigError(f"{key}: unsupported type")
+        if isinstance(value, str):
+            if value not in words:
+                raise ConfigError(f"{key}: expected {' or '.join(map(repr, words))} or a number, got {value!r}")
+            return value
+        return _coerce(others[0], value, key)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")

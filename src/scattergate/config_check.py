@@ -25,6 +25,7 @@ from scattergate.checks.scanners import validate_scan
 from scattergate.config import Config, ConfigError, parse_host_port
 from scattergate.credentials import CredentialsError, load_credentials
 from scattergate.decision.policy import validate_policy
+from scattergate.logsetup import validate as validate_logging
 from scattergate.net import tls
 from scattergate.rewrite.keys import SecretFileError, load_batv_keyring, load_srs_secrets, read_secret_file
 from scattergate.web.auth import read_token
@@ -41,7 +42,7 @@ def validate(config: Config) -> None:
         except ValueError:
             raise ConfigError(f"receive.trusted_networks: not a network: {net!r}") from None
     positive = {
-        "server.workers": config.server.workers,
+        "server.workers": config.server.process_count(),
         "server.max_connections": config.server.max_connections,
         "server.max_connections_per_client": config.server.max_connections_per_client,
         "server.max_recipients": config.server.max_recipients,
@@ -107,6 +108,7 @@ def validate(config: Config) -> None:
         http_host, _ = parse_host_port(config.http.listen, "http.listen")
         if not config.http.token_file and not _is_loopback(http_host):
             raise ConfigError(f"http.listen: {config.http.listen} is not loopback: set http.token_file")
+    validate_logging(config)
     if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"logging.level: unknown level {config.logging.level!r}")
     validate_policy(config.policy)
@@ -220,7 +222,7 @@ def _check_secrets(config: Config) -> None:
     """Secret files must be private (mode 0600 or stricter) and hold a secret."""
     backscatter = config.backscatter
     if backscatter.mode != "off" or backscatter.batv_mode != "off":
-        site_key = backscatter.secret_file or str(config.data_dir / "site.key")
+        site_key = str(config.site_secret_file)
         setting = "backscatter.secret_file"
         if os.path.exists(site_key):
             _load(setting, read_secret_file, site_key)
@@ -262,8 +264,10 @@ def probe_listen_address(setting: str, listen: str) -> str | None:
         path = Path(listen[5:])
         if not listen[5:]:
             raise ConfigError(f"{setting}: expected unix:PATH, got {listen!r}")
-        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
-            raise ConfigError(f"{setting}: cannot create the socket {path}: {path.parent} is not a writable directory")
+        # A missing directory is created at start: the nearest one that exists must let us.
+        existing = next((p for p in path.parents if p.exists()), Path("/"))
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{setting}: cannot create the socket {path}: {existing} is not a writable directory")
         return None
     host, port = parse_host_port(listen.removeprefix("inet:"), setting)
     try:

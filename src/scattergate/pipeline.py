@@ -71,6 +71,7 @@ class Gateway:
         self.outbound = parts.outbound  # marks our users' mail (outbound.py)
         self.site_secret = parts.site_secret
         self.rate = parts.rate
+        self.dkim_signer = parts.dkim_signer
         self.spool = parts.spool
         self.scheduler = parts.scheduler
         self._trusted = parts.trusted_networks
@@ -294,5 +295,7 @@ class Gateway:
             except OSError as exc:  # the state store (e.g. Redis) is down: its bounces would lack proof
                 log.error("session %s: cannot remember outbound message: %s", session.id, exc)
                 return verdict_for(DeliveryOutcome("outbound", "failed"), verdict.findings)
+        if session.trusted and self.dkim_signer is not None and self.config.dkim_signing.outbound:
+            message = await asyncio.to_thread(self.dkim_signer.sign, message)  # an RSA signature: off the loop
         outcome = await self.delivery.deliver(session, envelope, sender, message, verdict, budget)
         return verdict_for(outcome, verdict.findings)

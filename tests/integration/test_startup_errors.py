@@ -96,14 +96,20 @@ def test_a_good_configuration_still_passes_and_an_address_in_use_is_only_a_warni
     assert not (tmp_path / "d").exists()  # checking creates nothing
 
 
-def test_the_systemd_unit_checks_exactly_what_it_serves() -> None:
-    """Built from contrib/scattergate.service: check-config must see serve's flags (the data
-    directory decides where the site secret is), or it checks another configuration."""
-    unit = (Path(__file__).parents[2] / "contrib" / "scattergate.service").read_text()
-    lines = dict(line.split("=", 1) for line in unit.splitlines() if line.startswith(("ExecStartPre=", "ExecStart=")))
-    check, serve = lines["ExecStartPre"].split(), lines["ExecStart"].split()
-    assert check[1] == "check-config" and serve[1] == "serve"
-    assert check[0] == serve[0] and check[2:] == serve[2:]
+CHECKED_UNITS = sorted(unit for unit in (Path(__file__).parents[2] / "contrib" / "systemd").glob("*.service")
+                       if "ExecStartPre=" in unit.read_text())
+
+
+@pytest.mark.parametrize("unit", CHECKED_UNITS, ids=lambda path: path.name)
+def test_a_systemd_unit_checks_exactly_what_it_serves(unit: Path) -> None:
+    """Built from contrib/systemd/*.service: check-config must see the service's own flags (the
+    data directory decides where the site secret is), or it checks another configuration."""
+    lines = dict(line.split("=", 1) for line in unit.read_text().splitlines()
+                 if line.startswith(("ExecStartPre=", "ExecStart=")))
+    assert CHECKED_UNITS  # the units exist where this test looks
+    check, service = lines["ExecStartPre"].split(), lines["ExecStart"].split()
+    assert check[1] == "check-config"
+    assert check[0] == service[0] and check[2:] == service[2:]
 
 
 @pytest.mark.parametrize("command", ["milter", "policy"])
@@ -115,7 +121,7 @@ def test_a_postfix_side_service_whose_address_is_taken_says_so(tmp_path: Path, c
         holder.listen(1)
         port = holder.getsockname()[1]
         result = subprocess.run([sys.executable, "-m", "scattergate", command, "--listen", f"inet:127.0.0.1:{port}",
-                                 "--data-dir", "d", "--http-listen", ""],
+                                 "--domain", "example.org", "--data-dir", "d", "--http-listen", ""],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "[Errno" not in result.stderr, result.stderr

@@ -3,7 +3,7 @@
 Each scanner module is a small protocol client whose `scan(ctx)` returns findings for a
 well-formed answer and raises `ScanError` (or an OSError) for anything else. This module holds
 what they share: socket addresses, streaming, the budget and failure policy around a scan, the
-headers rendered from scanner findings, and `build_scanners()`, the one call the pipeline makes.
+headers rendered from scanner findings (assembly.build_scanners() makes the checks).
 
 Finding conventions (the policy table in decision/policy.py turns them into verdicts):
   clamav.clean | clamav.virus[signature]

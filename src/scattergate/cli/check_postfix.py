@@ -10,17 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scattergate.postfix_audit import audit, parse_postconf, run_postconf
+from scattergate.postfix_audit import audit, master_overrides, parse_postconf, run_postconf
 
 
 def main(config_dir: str | None = None, postconf_output: str | None = None) -> int:
     try:
         text = Path(postconf_output).read_text() if postconf_output else run_postconf(config_dir)
         explicit = parse_postconf(text)
+        # master.cf overrides (-o) only with a live Postfix: saved `postconf -n` has none.
+        services = master_overrides(config_dir) if not postconf_output else {}
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         print(f"scattergate check-postfix: cannot read the Postfix configuration: {exc}", file=sys.stderr)
         return 2
-    risks = audit(explicit)
+    risks = audit(explicit, services=services)
     for risk in risks:
         print(risk)
     if risks:
