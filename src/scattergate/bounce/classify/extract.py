@@ -11,8 +11,8 @@ from collections.abc import Callable
 from email.message import Message
 from email.utils import getaddresses
 
-from . import classify_rules as R
-from .classify_mime import Parsed, header, headers
+from . import rules as R
+from .mime import Parsed, header, headers
 
 
 def first_address(value: str) -> str | None:

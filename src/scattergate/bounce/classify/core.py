@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
-from . import classify_rules as R
-from . import classify_extract as X
-from .classify_mime import (Parsed, collect, has_field, header, headers, normalise, param, parse,
+from . import rules as R
+from . import extract as X
+from .mime import (Parsed, collect, has_field, header, headers, normalise, param, parse,
                             split_original)
 
 __all__ = ["Classification", "Kind", "classify"]

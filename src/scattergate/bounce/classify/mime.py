@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
-from .classify_rules import ORIGINAL_MARKER
+from .rules import ORIGINAL_MARKER
 
 # Bounces put their verdict near the top and attach (usually truncated) originals; 1 MiB is
 # far more than any MTA report needs, and caps parse time on a 50 MB attachment.
