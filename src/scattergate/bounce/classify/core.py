@@ -193,6 +193,12 @@ def _system_sender(from_: str) -> bool:
     return bool(R.SYSTEM_SENDER.search(from_) or R.SYSTEM_DISPLAY.match(display or ""))
 
 
+def _list_admin(top: Message) -> bool:
+    """Addressed to a list's own administrative address: a list manager relaying a notice it
+    received for the list (Mailman -admin/-bounces/-owner, Majordomo owner-), not a list post."""
+    return any(R.LIST_ADMIN.search(a) for _, a in getaddresses(headers(top, "To")) if a)
+
+
 def _unquoted(text: str) -> str:
     if ">" not in text:
         return text
@@ -221,7 +227,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
     if null_sender:
         add(Kind.BOUNCE, 2, "null-sender")
         add(Kind.AUTO_REPLY, 1, "null-sender")
-    system_sender = _system_sender(from_)
+    system_sender = _system_sender(from_) or R.EMPTY_ADDRESS.search(from_) is not None
     if system_sender:
         add(Kind.BOUNCE, 2, "system-sender")
     if auto_submitted.startswith("auto-replied"):
@@ -236,6 +242,8 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.BOUNCE, 4, "x-failed-recipients")
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
+    elif R.BOUNCE_SUBJECT_TAIL.search(subject):
+        add(Kind.BOUNCE, 2, "subject:bounce-tail")
     strong = {m.group(0).lower()
               for m in R.G_BOUNCE_PHRASE_STRONG.finditer(text[:32768], folded[:32768], vocabulary)}
     if strong:
@@ -258,6 +266,8 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 4, "precedence:auto_reply")
     elif precedence in ("bulk", "junk", "list"):
         add(Kind.AUTO_REPLY, 1, "precedence:" + precedence)
+    if R.AUTO_MAILER.search(header(top, "X-Mailer")):
+        add(Kind.AUTO_REPLY, 4, "x-mailer:auto-responder")
     if header(top, "X-Auto-Response-Suppress"):
         add(Kind.AUTO_REPLY, 1, "x-auto-response-suppress")
     if not replied and R.AUTO_SUBJECT_STRONG.match(subject):
@@ -281,7 +291,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
 
     # Mailing-list traffic is not a notification unless something strong says so: List-Id on
     # an ordinary post, newsletter or digest must not tip it over the line.
-    if header(top, "List-Id") or header(top, "List-Unsubscribe"):
+    if (header(top, "List-Id") or header(top, "List-Unsubscribe")) and not _list_admin(top):
         for kind in scores:
             if scores[kind] < 7:
                 scores[kind] -= 1
