@@ -15,9 +15,26 @@ from . import rules as R
 from .mime import Parsed, header, headers
 
 
+# What MTAs glue to the front of an address: Exchange IMS "SMTP=", DSN "rfc822;", "mailto:",
+# a quote opened in the prose ('user@host', "user@host").
+_ADDRESS_PREFIX = re.compile(r"^(?:(?:smtp|rfc822|x400|mailto)\s*[=:;]\s*|['\"`]+)+", re.I)
+
+
+def clean_address(value: str) -> str | None:
+    """One address as a notice names it, normalised: prefixes, quotes, angle brackets and
+    trailing dots removed, the domain lower-cased (domains are case-insensitive, RFC 5321 §2.4;
+    the local part is left alone). None when what remains is not a plausible address."""
+    a = _ADDRESS_PREFIX.sub("", value.strip().strip("<>").strip())
+    a = a.rstrip(".'\"`>").lstrip("<")
+    local, at, domain = a.rpartition("@")
+    if not at or not local or "." not in domain or len(a) > 254:
+        return None
+    return local + "@" + domain.lower()
+
+
 def first_address(value: str) -> str | None:
     m = R.ADDRESS.search(value or "")
-    return m.group(1).strip().strip(".") if m else None
+    return clean_address(m.group(1)) if m else None
 
 
 def norm_id(value: str) -> str | None:
@@ -59,6 +76,15 @@ _SKIP_PREFIX = re.compile(
 )
 _LONE_PREFIX = re.compile(r"^\s*<?$")
 _LONE_SUFFIX = re.compile(r"^>?\s*:?\s*$")
+# "<user@host>: reason" (Postfix, qmail) or "user@host ... reason" opening a line after a label.
+_NAMED_PREFIX = re.compile(
+    r"^\s*(?:<|(?:failed |unknown |bad |invalid |final |original )?(?:recipient|address|addressee|user)"
+    r"(?:\(s\)|s|es)?\s*:\s*<?|[45]\d\d[ -].*)$", re.I)
+_NAMED_SUFFIX = re.compile(r"^>?\s*(?::|\.{3}|\s-\s|$)")
+# Postfix and Sendmail name the address we sent to after an alias expansion.
+_EXPANDED_FROM = re.compile(r"\s*\(expanded from:?\s*<?([^<>()\s]+@[^<>()\s]+?)>?\s*\)", re.I)
+# Received: ... for <user@host>; — the envelope recipient the returned copy was delivered to.
+_RECEIVED_FOR = re.compile(r"\bfor\s+<?([^<>;\s]+@[^<>;\s]+?)>?\s*;", re.I)
 
 
 def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str, original: Message | None,
@@ -73,6 +99,7 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
     # 1. Machine-readable fields: DSN per-recipient blocks, ARF, Exim's header.
     for block in parts.dsn_blocks:
         fields = dict(block)
+        # Final-Recipient first, as the reference decoders do (Original-Recipient is optional).
         if "final-recipient" in fields:
             take(fields["final-recipient"])
         elif "original-recipient" in fields:
@@ -99,28 +126,67 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
         elif header(top, "X-Apple-Unsubscribe"):
             take(header(top, "From"))  # the unsubscribing recipient sends it themselves
         return tuple(found)
-    # 3. Addresses named in the report text, minus the parties to the report itself.
-    exclude = {a.lower() for a in (original_sender, original_from) if a}
+    # 3. Addresses named in the report text, minus the parties to the report itself and the
+    #    addresses the original's own headers carry (its sender, its list, its To/Cc when they
+    #    are not what the notice names as failed).
+    parties: set[str] = set()
     for name in ("From", "To", "Reply-To", "Return-Path", "Sender", "Cc"):
         for _, a in getaddresses(headers(top, name)):
             if a:
-                exclude.add(a.lower())
+                parties.add(a.lower())
+    exclude = parties | {a.lower() for a in (original_sender, original_from) if a}
+    original_rcpts: set[str] = set()
+    envelope: set[str] = set()  # the original's envelope recipients, from its Received: for <...>
     if original is not None:
-        for name in ("From", "Return-Path", "Sender", "Reply-To"):
-            a = first_address(header(original, name))
-            if a:
-                exclude.add(a.lower())
+        for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To", "List-Post", "List-Id",
+                     "X-BeenThere", "List-Help", "List-Subscribe", "List-Unsubscribe"):
+            for m in R.ADDRESS.finditer(" ".join(headers(original, name))):
+                exclude.add(m.group(1).lower())
+        for name in ("To", "Cc"):
+            for _, a in getaddresses(headers(original, name)):
+                if a:
+                    original_rcpts.add(a.lower())
+        for value in headers(original, "Received")[:50]:
+            for m in _RECEIVED_FOR.finditer(value):
+                a = clean_address(m.group(1))
+                if a:
+                    envelope.add(a.lower())
+    named: list[str] = []  # on a line of its own, "<a>: reason", or after a label like "Recipient:"
+    prose: list[str] = []
     alone: list[str] = []  # addresses that are the whole line: MTAs list failures that way
-    for m in R.ADDRESS.finditer(report_text[:32768]):
-        a = m.group(1).strip(".")
-        line_start = report_text.rfind("\n", 0, m.start()) + 1
-        line_end = report_text.find("\n", m.end())
-        prefix = report_text[line_start:m.start()].lower()
-        suffix = report_text[m.end():line_end if line_end >= 0 else None]
+    text = report_text[:32768]
+    for m in R.ADDRESS.finditer(text):
+        a = clean_address(m.group(1))
+        if a is None:
+            continue
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        line_end = text.find("\n", m.end())
+        prefix = text[line_start:m.start()].lower()
+        suffix = text[m.end():line_end if line_end >= 0 else None]
+        expanded = _EXPANDED_FROM.match(text, line_end + 1) if line_end >= 0 else None
+        if expanded is None:
+            expanded = _EXPANDED_FROM.match(suffix)
+        if expanded:  # the alias we addressed, not what it expanded to
+            a = clean_address(expanded.group(1)) or a
         if _LONE_PREFIX.match(prefix) and _LONE_SUFFIX.match(suffix):
             alone.append(a)
-        if a.lower() in exclude or _SKIP_LOCAL.match(a.split("@", 1)[0]) or _SKIP_PREFIX.search(prefix):
+        lowered = a.lower()
+        if lowered in parties or _SKIP_LOCAL.match(a.split("@", 1)[0]) or _SKIP_PREFIX.search(prefix):
             continue
+        if _NAMED_PREFIX.match(prefix) and _NAMED_SUFFIX.match(suffix):
+            named.append(a)  # "<a>: reason" names the failure explicitly, even a self-addressed one
+        elif lowered in exclude:
+            continue
+        elif _LONE_PREFIX.match(prefix):
+            named.append(a)
+        elif lowered not in original_rcpts or lowered in envelope:
+            prose.append(a)  # not the original's To/Cc (often a list) unless the envelope confirms it
+        if len(named) + len(prose) >= 40:
+            break
+    # Prose names helpdesks and examples too: when the notice lists failures in a structured
+    # way, or its prose names the original's envelope recipient, those are the better evidence.
+    confirmed = [a for a in prose if a.lower() in envelope]
+    for a in (named + confirmed) if named or confirmed else prose:
         take(a)
         if len(found) >= 20:
             break
