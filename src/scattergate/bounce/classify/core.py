@@ -284,8 +284,10 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
             break
     if not replied and R.CHALLENGE_SUBJECT.search(subject):
         add(Kind.CHALLENGE, 2, "subject:challenge")
-    if not replied and R.G_CHALLENGE_BODY.exists(text[:16384], folded[:16384], vocabulary):
-        add(Kind.CHALLENGE, 3, "body:challenge")
+    # Under "Re:" a person may be talking about such systems: then two distinct phrases are needed.
+    phrases = {m.group(0).lower() for m in R.G_CHALLENGE_BODY.finditer(text[:16384], folded[:16384], vocabulary)}
+    if phrases and (not replied or len(phrases) >= 2):
+        add(Kind.CHALLENGE, 3 if len(phrases) == 1 else 4, "body:challenge")
         if R.G_CONFIRM_URL.exists(text[:16384], folded[:16384], vocabulary):
             add(Kind.CHALLENGE, 1, "confirm-link")
 

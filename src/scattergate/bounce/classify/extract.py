@@ -81,6 +81,7 @@ _NAMED_PREFIX = re.compile(
     r"^\s*(?:<|(?:failed |unknown |bad |invalid |final |original )?(?:recipient|address|addressee|user)"
     r"(?:\(s\)|s|es)?\s*:\s*<?|[45]\d\d[ -].*)$", re.I)
 _NAMED_SUFFIX = re.compile(r"^>?\s*(?::|\.{3}|\s-\s|$)")
+_LINE_HEAD_SUFFIX = re.compile(r"^>?(?:\s|:|\.{3}|$)")
 # Postfix and Sendmail name the address we sent to after an alias expansion.
 _EXPANDED_FROM = re.compile(r"\s*\(expanded from:?\s*<?([^<>()\s]+@[^<>()\s]+?)>?\s*\)", re.I)
 # Received: ... for <user@host>; — the envelope recipient the returned copy was delivered to.
@@ -177,8 +178,8 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
             named.append(a)  # "<a>: reason" names the failure explicitly, even a self-addressed one
         elif lowered in exclude:
             continue
-        elif _LONE_PREFIX.match(prefix):
-            named.append(a)
+        elif _LONE_PREFIX.match(prefix) and _LINE_HEAD_SUFFIX.match(suffix):
+            named.append(a)  # opens its line: how MTAs list failures ("a@b on <date>", "a@b (reason)")
         elif lowered not in original_rcpts or lowered in envelope:
             prose.append(a)  # not the original's To/Cc (often a list) unless the envelope confirms it
         if len(named) + len(prose) >= 40:

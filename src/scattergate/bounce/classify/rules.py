@@ -158,7 +158,7 @@ AUTO_SUBJECT = re.compile(
     r"^(?:away from (?:the )?office|vacation|on vacation|abwesenheit|abwesend|fuera de la oficina"
     r"|absence|absent|afwezig|poza biurem|frånvaro|不在|away until|i am away|i'm away"
     r"|urlaub|ferien|congés|vacances|vacaciones|ferie|vakantie|férias|urlop|atvaļinājum|dovolená"
-    r"|отпуск|休暇|休假|out of the office|not in the office|nicht im büro|hors du bureau|fuori ufficio"
+    r"|отпуск|休暇|休假|out of the office|not in the office|nicht im büro|hors du bureau|fuori ufficio|ausente|fora do escritório"
     r"|.{0,60}\bon leave|.{0,60}\bout of office\b|thank you for your (?:e-?mail|message)"
     r"|we have received your|your (?:e-?mail|message) has been received)",
     re.I,

@@ -1,0 +1,94 @@
+"""Evidence the classifier needs beyond RFC structure (issue 18): old MTAs' prose, list-relayed
+notices, content-filter notices, header-less auto-replies, challenge-response as plain mail."""
+
+from __future__ import annotations
+
+import pytest
+
+from scattergate.bounce.classify import Kind, classify
+
+
+def _msg(headers: str, body: str) -> bytes:
+    return (headers.strip("\n") + "\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n"
+            + body).encode("utf-8")
+
+
+def test_not_a_valid_user_here_is_a_bounce_not_an_auto_reply() -> None:
+    c = classify(_msg(
+        "From: MAILER-DAEMON@mail.example.net\nTo: owner@lists.example.org\nSubject: failure notice",
+        "Hi. This is the qmail-send program at mail.example.net.\n"
+        "You sent mail to bob@example.net. That's not a valid user here.\n"
+        "Thank you for your message; please check the address.\n"))
+    assert c.kind is Kind.BOUNCE
+    assert c.failed_recipients == ("bob@example.net",)
+
+
+LIST_HEADERS = """\
+Return-Path: <python-list-admin@lists.example.org>
+From: "Jetmail System" <>
+Sender: python-list-owner@lists.example.org
+To: python-list-admin@lists.example.org
+Subject: Mail Error
+List-Id: General discussion <python-list.lists.example.org>
+Precedence: bulk"""
+
+
+def test_a_bounce_relayed_by_a_list_manager_to_its_admin_address_is_a_bounce() -> None:
+    c = classify(_msg(LIST_HEADERS, "Your mail cannot be delivered to the following address(es):\n\n"
+                                    " dylan (mail box space not enough)\n"))
+    assert c.kind is Kind.BOUNCE
+
+
+def test_the_same_words_posted_to_the_list_itself_are_not_a_bounce() -> None:
+    headers = (LIST_HEADERS.replace('"Jetmail System" <>', "Carol <carol@example.com>")
+               .replace("To: python-list-admin@", "To: python-list@"))
+    c = classify(_msg(headers, "Your mail cannot be delivered to the following address(es): why do\n"
+                               "I get this every time I post? Anyone seen this?\n"))
+    assert c.kind is Kind.NONE
+
+
+@pytest.mark.parametrize(("subject", "body"), [
+    ("Virus found in a message you sent",
+     "The message you sent to bob@example.net contained a virus (W32/Netsky) and was not delivered.\n"),
+    ("Banned attachment",
+     "The attachment invoice.pif was blocked by the content filter; your message was not delivered to "
+     "bob@example.net.\n"),
+])
+def test_content_filter_notices_from_a_system_sender_are_bounces(subject: str, body: str) -> None:
+    c = classify(_msg(f"From: postmaster@filter.example.net\nTo: alice@example.org\nSubject: {subject}", body))
+    assert c.kind is Kind.BOUNCE
+    assert c.failed_recipients == ("bob@example.net",)
+
+
+def test_a_person_discussing_a_virus_is_not_a_bounce() -> None:
+    c = classify(_msg("From: Dan <dan@example.com>\nTo: team@example.org\nSubject: Re: scanner",
+                      "The mail I sent you yesterday contained a virus, sorry - delete it.\n"))
+    assert c.kind is Kind.NONE
+
+
+@pytest.mark.parametrize("subject", [
+    "Automātiskā atbilde: Quarterly report",  # Latvian
+    "Automatyczna odpowiedź: Quarterly report",  # Polish
+    "Yahoo! Auto Response",
+    "自动回复: Quarterly report",
+])
+def test_auto_reply_subjects_without_any_auto_reply_header(subject: str) -> None:
+    c = classify(_msg(f"From: someone@mail.example.net\nTo: alice@example.org\nSubject: {subject}",
+                      "Thanks.\n"))
+    assert c.kind is Kind.AUTO_REPLY
+    assert c.failed_recipients == ()
+
+
+def test_an_auto_responder_x_mailer_is_an_auto_reply() -> None:
+    c = classify(_msg("From: bob@example.net\nTo: alice@example.org\nSubject: Your message\n"
+                      "X-Mailer: Vacation AutoResponder 2.1", "I read mail rarely.\n"))
+    assert c.kind is Kind.AUTO_REPLY
+
+
+def test_challenge_response_sent_as_a_plain_message() -> None:
+    c = classify(_msg(
+        "From: bob@example.net\nTo: alice@example.org\nSubject: Re: hello",
+        "I am protecting myself from receiving junk mail. Just this once, click the link below so I\n"
+        "can receive your emails. You won't have to do this again.\n"
+        "http://spamblocker.example.net/confirm?id=123\n"))
+    assert c.kind is Kind.CHALLENGE
