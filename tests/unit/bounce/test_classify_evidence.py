@@ -87,8 +87,16 @@ def test_an_auto_responder_x_mailer_is_an_auto_reply() -> None:
 
 def test_challenge_response_sent_as_a_plain_message() -> None:
     c = classify(_msg(
-        "From: bob@example.net\nTo: alice@example.org\nSubject: Re: hello",
+        "From: bob@example.net\nTo: alice@example.org\nSubject: hello",
         "I am protecting myself from receiving junk mail. Just this once, click the link below so I\n"
         "can receive your emails. You won't have to do this again.\n"
         "http://spamblocker.example.net/confirm?id=123\n"))
     assert c.kind is Kind.CHALLENGE
+
+
+def test_a_person_quoting_challenge_wording_under_re_is_not_a_challenge() -> None:
+    c = classify(_msg(
+        "From: bob@example.net\nTo: alice@example.org\nSubject: Re: those spam blockers",
+        "Mine says: just this once, click the link so I can receive your emails. You won't have to\n"
+        "do this again. http://spamblocker.example.net/confirm?id=1 - annoying, isn't it?\n"))
+    assert c.kind is Kind.NONE

@@ -196,7 +196,7 @@ def _system_sender(from_: str) -> bool:
 def _list_admin(top: Message) -> bool:
     """Addressed to a list's own administrative address: a list manager relaying a notice it
     received for the list (Mailman -admin/-bounces/-owner, Majordomo owner-), not a list post."""
-    return any(R.LIST_ADMIN.search(a) for _, a in getaddresses(headers(top, "To")) if a)
+    return any(R.LIST_ADMIN.search(value) for value in headers(top, "To"))
 
 
 def _unquoted(text: str) -> str:
@@ -223,6 +223,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         ev[kind].append(name)
 
     # Who sent it. A null reverse-path is the RFC 5321 mark of a notification.
+    listed = bool(header(top, "List-Id") or header(top, "List-Unsubscribe"))
     null_sender = envelope_sender == "" or return_path.replace(" ", "") == "<>"
     if null_sender:
         add(Kind.BOUNCE, 2, "null-sender")
@@ -242,10 +243,14 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.BOUNCE, 4, "x-failed-recipients")
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
-    elif R.BOUNCE_SUBJECT_TAIL.search(subject):
+    elif R.BOUNCE_SUBJECT_TAIL.search(subject[-40:]):  # tails are short: only the end is read
         add(Kind.BOUNCE, 2, "subject:bounce-tail")
-    strong = {m.group(0).lower()
-              for m in R.G_BOUNCE_PHRASE_STRONG.finditer(text[:32768], folded[:32768], vocabulary)}
+    # The added tables (old MTAs, content filters, more languages) are read only when the
+    # message already shows some sign of a notification: ordinary mail then pays nothing for them.
+    strong_tables = ((R.G_BOUNCE_PHRASE_STRONG, R.G_BOUNCE_PHRASE_MORE) if scores[Kind.BOUNCE] > 0 or parts.originals
+                     else (R.G_BOUNCE_PHRASE_STRONG,))
+    strong = {m.group(0).lower() for table in strong_tables
+              for m in table.finditer(text[:32768], folded[:32768], vocabulary)}
     if strong:
         add(Kind.BOUNCE, 2 + min(len(strong), 3), "body:" + sorted(strong)[0][:40])
     if R.G_BOUNCE_PHRASE_WEAK.exists(text[:16384], folded[:16384], vocabulary):
@@ -274,7 +279,8 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 4, "subject:auto-reply")
     elif not replied and R.AUTO_SUBJECT.match(subject):
         add(Kind.AUTO_REPLY, 3, "subject:away")
-    if R.G_AUTO_BODY.exists(text[:8192], folded[:8192], vocabulary):
+    if R.G_AUTO_BODY.exists(text[:8192], folded[:8192], vocabulary) or (
+            scores[Kind.AUTO_REPLY] >= 2 and R.G_AUTO_BODY_INTL.exists(text[:8192], folded[:8192], vocabulary)):
         add(Kind.AUTO_REPLY, 2, "body:away")
 
     # Challenge-response.
@@ -284,16 +290,22 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
             break
     if not replied and R.CHALLENGE_SUBJECT.search(subject):
         add(Kind.CHALLENGE, 2, "subject:challenge")
-    # Under "Re:" a person may be talking about such systems: then two distinct phrases are needed.
-    phrases = {m.group(0).lower() for m in R.G_CHALLENGE_BODY.finditer(text[:16384], folded[:16384], vocabulary)}
-    if phrases and (not replied or len(phrases) >= 2):
+    # Not under "Re:", where a person may be talking about such systems. Two distinct phrases
+    # carry a challenge sent as a plain message, without any challenge header or subject.
+    phrases: set[str] = set()
+    if not replied:
+        # Challenge systems answer senders, never lists: list mail skips the plain-message table.
+        tables = (R.G_CHALLENGE_BODY,) if listed else (R.G_CHALLENGE_BODY, R.G_CHALLENGE_PLAIN)
+        phrases = {m.group(0).lower() for table in tables
+                   for m in table.finditer(text[:16384], folded[:16384], vocabulary)}
+    if phrases:
         add(Kind.CHALLENGE, 3 if len(phrases) == 1 else 4, "body:challenge")
         if R.G_CONFIRM_URL.exists(text[:16384], folded[:16384], vocabulary):
             add(Kind.CHALLENGE, 1, "confirm-link")
 
     # Mailing-list traffic is not a notification unless something strong says so: List-Id on
     # an ordinary post, newsletter or digest must not tip it over the line.
-    if (header(top, "List-Id") or header(top, "List-Unsubscribe")) and not _list_admin(top):
+    if listed and not _list_admin(top):
         for kind in scores:
             if scores[kind] < 7:
                 scores[kind] -= 1

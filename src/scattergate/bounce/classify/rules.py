@@ -28,7 +28,7 @@ SYSTEM_DISPLAY = re.compile(
 # A From field whose address is empty ("Jetmail System" <>): only notifications are sent that way.
 EMPTY_ADDRESS = re.compile(r"<\s*>")
 # A list's administrative address: where list managers send and relay notices, never posts.
-LIST_ADMIN = re.compile(r"(?:^owner-|-(?:admin|bounces?|owner|request)(?:\+[^@]*)?@)", re.I)
+LIST_ADMIN = re.compile(r"(?:(?:^|[\s<,\"])owner-[^@\s<>,]*|-(?:admin|bounces?|owner|request)(?:\+[^@\s<>,]*)?)@", re.I)
 
 # Subjects MTAs put on bounces, in the languages seen in real traffic. Matched only at the
 # start of the subject (after list tags) so that "Re: Undeliverable ..." from a human is not one.
@@ -99,7 +99,16 @@ BOUNCE_PHRASE_STRONG = re.compile(
     r"|transcript of (?:the )?session follows|requested action not taken|invalid user address"
     r"|this report relates to (?:a )?message you sent|failed to deliver|impossible to deliver"
     r"|not able to deliver|delivery failed|non-delivery|could not be reached|not (?:a )?valid (?:e-?mail )?recipient"
-    r"|created by mail delivery software|(?:has|have) not (?:yet )?been delivered|(?:cannot|can't|couldn't) be delivered to"
+    r"|ist fehlgeschlagen|konnte nicht (?:zugestellt|ausgeliefert)|n'a pas pu être (?:remis|distribu)"
+    r"|no (?:se )?(?:ha )?podido (?:ser )?entregar|non è stato possibile recapitare|не (?:может быть|удалось|было) доставлен"
+    r"|配信できません|送信できません|届きませんでした|宛先不明|配送できません|无法发送|无法送达|无法投递)",
+    re.I,
+)
+# More MTA wordings, kept apart from the pattern above so that the pre-filter searches each
+# table only around its own literals: old MTAs (Exchange IMS, GroupWise, Lotus, CommuniGate,
+# Yahoo, AOL, qmail, MDaemon), content filters' virus / blocked-attachment notices, more languages.
+BOUNCE_PHRASE_MORE = re.compile(
+    r"(?:created by mail delivery software|(?:has|have) not (?:yet )?been delivered|(?:cannot|can't|couldn't) be delivered to"
     r"|(?:the following|this|your) (?:e-?mail|mail|message) (?:has been|was|is being) returned"
     r"|(?:will|shall) continue (?:to try|trying|to attempt|attempting) (?:to )?deliver|has been postponed"
     r"|no (?:such )?(?:user|mailbox|account) (?:here )?by that name|no such user here|not a valid user here"
@@ -109,9 +118,6 @@ BOUNCE_PHRASE_STRONG = re.compile(
     r"|virus (?:was )?(?:found|detected) in|attachment (?:has been|was|were) (?:removed|blocked|stripped|quarantined|deleted)"
     r"|(?:blocked|banned|prohibited|disallowed) (?:attachment|file (?:type|name|extension))"
     r"|message (?:has been|was) (?:quarantined|blocked|deleted) (?:by|because|due)"
-    r"|ist fehlgeschlagen|konnte nicht (?:zugestellt|ausgeliefert)|n'a pas pu être (?:remis|distribu)"
-    r"|no (?:se )?(?:ha )?podido (?:ser )?entregar|non è stato possibile recapitare|не (?:может быть|удалось|было) доставлен"
-    r"|配信できません|送信できません|届きませんでした|宛先不明|配送できません|无法发送|无法送达|无法投递"
     r"|nie (?:mógł|można|może) (?:zostać )?dostarcz|nevarēja (?:piegādāt|nogādāt)|kunde inte levereras"
     r"|nemohla být doručena|nelze doručit|kon niet (?:worden )?(?:bezorgd|afgeleverd)|não pôde ser entregue"
     r"|no pudo ser entregado|non è stato recapitato|n'a pas pu être (?:livré|délivré))",
@@ -174,21 +180,25 @@ AUTO_BODY = re.compile(
     r" .{0,40}(?:return|when i'?m back)|on vacation until|this is an auto(?:matic|mated)?[- ]?(?:reply|response|generated)"
     r"|automatic(?:ally)? (?:generated )?(?:reply|response)|bin (?:bis|vom) .{0,60}(?:abwesend|nicht im büro)"
     r"|je suis absent|estaré fuera|sono assente|ik ben afwezig|vielen dank für ihre (?:e-?mail|nachricht)"
-    r"|thank you for (?:your|contacting)|we have received your (?:e-?mail|message|request)"
-    # away-phrases in other languages (first person, as people write them in their notices)
-    r"|(?:ich bin|bin ich) (?:bis|vom|ab|derzeit|zurzeit|momentan|leider) .{0,60}(?:abwesend|nicht (?:im (?:büro|haus)|erreichbar)|im urlaub)"
-    r"|ich bin (?:im urlaub|abwesend|nicht im büro|außer haus)|abwesenheitsnotiz|automatische antwort"
-    r"|je (?:suis|serai) (?:absente?|en (?:congés?|vacances)|hors du bureau|en déplacement)|réponse automatique"
-    r"|(?:estoy|estaré) (?:fuera|ausente|de vacaciones)|respuesta automática"
-    r"|(?:sono|sarò) (?:fuori (?:ufficio|sede)|assente|in (?:ferie|vacanza))|risposta automatica"
-    r"|ik ben (?:afwezig|niet (?:op kantoor|aanwezig|bereikbaar)|met vakantie)|automatisch antwoord"
-    r"|(?:estou|estarei) (?:fora|ausente|de férias)|resposta automática"
-    r"|jestem (?:poza biurem|nieobecn|na urlopie)|będę nieobecn|(?:automatyczna )?odpowied[źz] automatyczna"
-    r"|esmu atvaļinājumā|atrodos atvaļinājumā|nebūšu (?:birojā|pieejam)|automātiskā atbilde"
-    r"|jag är (?:på semester|ledig|tjänstledig|borta|inte på kontoret)|automatiskt svar"
-    r"|jsem (?:mimo kancelář|na dovolené|nepřítomn)|automatická odpověď"
-    r"|я (?:в отпуске|нахожусь в отпуске|отсутствую)|меня нет в офисе|автоматический ответ"
-    r"|不在にしております|休暇中|自動応答|我(?:正在|目前)?(?:休假|不在办公室)|自动回复)",
+    r"|thank you for (?:your|contacting)|we have received your (?:e-?mail|message|request))",
+    re.I,
+)
+# The same in other languages (first person, as people write their notices); apart, like
+# BOUNCE_PHRASE_MORE, so each table is searched only around its own literals.
+AUTO_BODY_INTL = re.compile(
+    r"(?:(?:ich bin|bin ich) (?:bis|vom|ab|derzeit|zurzeit|momentan|leider) .{0,60}(?:abwesend|nicht (?:im (?:büro|haus)|erreichbar)|im urlaub)"
+    r"|ich bin (?:im urlaub|abwesend|nicht im büro|außer haus)"
+    r"|je (?:suis|serai) (?:absente?|en (?:congés?|vacances)|hors du bureau|en déplacement)"
+    r"|(?:estoy|estaré) (?:fuera|ausente|de vacaciones)"
+    r"|(?:sono|sarò) (?:fuori (?:ufficio|sede)|assente|in (?:ferie|vacanza))"
+    r"|ik ben (?:afwezig|niet (?:op kantoor|aanwezig|bereikbaar)|met vakantie)"
+    r"|(?:estou|estarei) (?:fora|ausente|de férias)"
+    r"|jestem (?:poza biurem|nieobecn|na urlopie)|będę nieobecn"
+    r"|esmu atvaļinājumā|atrodos atvaļinājumā|nebūšu (?:birojā|pieejam)"
+    r"|jag är (?:på semester|ledig|tjänstledig|borta|inte på kontoret)"
+    r"|jsem (?:mimo kancelář|na dovolené|nepřítomn)"
+    r"|я (?:в отпуске|нахожусь в отпуске|отсутствую)|меня нет в офисе"
+    r"|不在にしております|休暇中|我(?:正在|目前)?(?:休假|不在办公室))",
     re.I,
 )
 
@@ -212,9 +222,12 @@ CHALLENGE_BODY = re.compile(
     r"|(?:to have|for) your (?:e-?mail|message) (?:be )?delivered,? (?:please )?(?:click|reply|visit|confirm|go to)"
     r"|(?:added|add you) to (?:my|the) (?:approved senders?|allowed senders?|whitelist|safe senders?)"
     r"|one[- ]time (?:verification|confirmation)|(?:held|is being held|has been held) (?:in (?:a |my )?(?:queue|quarantine)|pending)"
-    r"|reply to this (?:message|e-?mail) (?:without changing|to confirm)|unverified sender|pending your confirmation"
-    # challenge-response sent as an ordinary message (EarthLink spamBlocker, Boxbe, Mailblocks style)
-    r"|(?:i am|i'm) (?:protecting myself|using .{1,60} to protect myself) from (?:receiving )?(?:junk|spam|unsolicited)"
+    r"|reply to this (?:message|e-?mail) (?:without changing|to confirm)|unverified sender|pending your confirmation)",
+    re.I,
+)
+# Challenges sent as an ordinary message (EarthLink spamBlocker, Boxbe, Mailblocks style).
+CHALLENGE_PLAIN = re.compile(
+    r"(?:(?:i am|i'm) (?:protecting myself|using .{1,60} to protect myself) from (?:receiving )?(?:junk|spam|unsolicited)"
     r"|(?:just this once|only this once),? (?:please )?(?:click|go to|visit|reply)"
     r"|you (?:won't|will not) (?:have|need) to do this again|so (?:that )?i can receive your (?:e-?mails?|messages?)"
     r"|(?:request|asking) (?:for )?(?:your )?permission to (?:send|deliver|e-?mail)"
@@ -458,10 +471,11 @@ class Vocabulary:
     """The whole words (maximal \\w runs) of a folded text, and all of them joined in one string
     (every substring of a word of the text is a substring of `joined`)."""
 
-    __slots__ = ("_joined", "_pieces", "words")
+    __slots__ = ("_joined", "_pieces", "ascii", "words")
 
-    def __init__(self, words: frozenset[str]) -> None:
+    def __init__(self, words: frozenset[str], ascii: bool = False) -> None:
         self.words = words
+        self.ascii = ascii  # every word is ASCII: no non-ASCII piece can be part of one
         self._joined: str | None = None
         self._pieces: dict[str, bool] = {}
 
@@ -491,7 +505,7 @@ class Vocabulary:
 def words(folded: str) -> Vocabulary:
     """Vocabulary of a folded text, for the pre-filters' word checks."""
     if folded.isascii():
-        return Vocabulary(frozenset(folded.encode("ascii").translate(_NOT_WORD_BYTES).decode("ascii").split()))
+        return Vocabulary(frozenset(folded.encode("ascii").translate(_NOT_WORD_BYTES).decode("ascii").split()), True)
     try:
         runs = set(folded.encode("utf-8", "surrogatepass").translate(_NOT_WORD_BYTES).split())
         out: set[str] = set()
@@ -547,7 +561,7 @@ class Guarded:
     matches as a whole-text search.
     """
 
-    __slots__ = ("by_piece", "by_word", "cover", "pattern", "piece_keys", "width")
+    __slots__ = ("ascii_piece_keys", "by_piece", "by_word", "cover", "pattern", "piece_keys", "width")
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
@@ -572,6 +586,8 @@ class Guarded:
                 rest = tuple(piece for piece in ends if piece != key)
                 self.by_piece.setdefault(key, []).append((inner, rest, lit))
         self.piece_keys = frozenset(self.by_piece)
+        # An ASCII text has no non-ASCII piece: its look-up skips them (other languages' words).
+        self.ascii_piece_keys = frozenset(k for k in self.by_piece if k.isascii())
 
     def _candidates(self, vocabulary: Vocabulary) -> list[str]:
         """Cover literals that may occur in the text (a superset of those that do)."""
@@ -579,7 +595,8 @@ class Guarded:
         has_piece = vocabulary.has_piece
         candidates: list[str] = []
         for index, keys in ((self.by_word, self.by_word.keys() & vocab),
-                            (self.by_piece, vocabulary.pieces_present(self.piece_keys))):
+                            (self.by_piece, vocabulary.pieces_present(
+                                self.ascii_piece_keys if vocabulary.ascii else self.piece_keys))):
             for key in keys:
                 for inner, ends, lit in index[key]:
                     if inner <= vocab and all(has_piece(piece) for piece in ends):
@@ -633,6 +650,9 @@ class Guarded:
 
 G_BOUNCE_PHRASE_STRONG = Guarded(BOUNCE_PHRASE_STRONG)
 G_BOUNCE_PHRASE_WEAK = Guarded(BOUNCE_PHRASE_WEAK)
+G_BOUNCE_PHRASE_MORE = Guarded(BOUNCE_PHRASE_MORE)
 G_AUTO_BODY = Guarded(AUTO_BODY)
+G_AUTO_BODY_INTL = Guarded(AUTO_BODY_INTL)
 G_CHALLENGE_BODY = Guarded(CHALLENGE_BODY)
+G_CHALLENGE_PLAIN = Guarded(CHALLENGE_PLAIN)
 G_CONFIRM_URL = Guarded(CONFIRM_URL)
