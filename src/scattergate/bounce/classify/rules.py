@@ -229,9 +229,7 @@ CHALLENGE_BODY = re.compile(
 CHALLENGE_PLAIN = re.compile(
     r"(?:(?:i am|i'm) (?:protecting myself|using .{1,60} to protect myself) from (?:receiving )?(?:junk|spam|unsolicited)"
     r"|(?:just this once|only this once),? (?:please )?(?:click|go to|visit|reply)"
-    r"|you (?:won't|will not) (?:have|need) to do this again|so (?:that )?i can receive your (?:e-?mails?|messages?)"
-    r"|(?:request|asking) (?:for )?(?:your )?permission to (?:send|deliver|e-?mail)"
-    r"|(?:confirm|verify) (?:that )?(?:you|your (?:e-?mail|message)) (?:sent|is) (?:this|genuine|legitimate))",
+    r"|you (?:won't|will not) (?:have|need) to do this again|so (?:that )?i can receive your (?:e-?mails?|messages?))",
     re.I,
 )
 CONFIRM_URL = re.compile(r"https?://\S{0,200}(?:confirm|verif|challenge|approve|captcha|validate)", re.I)
