@@ -10,7 +10,8 @@ corpora report the messages flagged (any kind but `none`) instead: there the tar
 Corpora: the sisimai copy and the flufl.bounce copy in tests/corpus/data (each with its expected
 answers), the multilingual auto-replies in tests/corpus/data/autoreply-multilingual, the
 SpamAssassin ham/spam copies; and, when --corpora points at the shared corpora, the full
-sisimai and SpamAssassin sets there. A corpus missing on this machine is skipped, not failed.
+sisimai (maildir and mbox) and SpamAssassin sets, the auto-reply index, and the DKIM/ARC suites'
+messages as more ordinary mail. A corpus missing on this machine is skipped, not failed.
 Unlike bench/classifier_corpus.py (sisimai in depth), this script treats each corpus the same
 way, as one would measure a set never seen before.
 """
@@ -138,6 +139,24 @@ def corpora(shared: Path | None) -> Iterator[tuple[str, Iterator[Case]]]:
                                          if c.label.split("/", 1)[1] not in skip)
     yield "shared: spamassassin spam", plain([spa / "spam-1", spa / "spam-2"])
     yield "shared: autoreply-index.tsv", index_rows(shared)
+    yield "shared: sisimai mailbox/ (mbox)", mbox_bounces(sis / "mailbox")
+    dkim = shared / "dkim-arc"
+    yield "shared: dkim-arc messages", (c for c in plain_tree(dkim) if b"From:" in c.raw)
+
+
+def mbox_bounces(folder: Path) -> Iterator[Case]:
+    """sisimai's mbox files: every message in them is a bounce (one a person's "Fwd:" of one)."""
+    import mailbox
+    for path in sorted(folder.iterdir()):
+        for i, msg in enumerate(mailbox.mbox(str(path))):
+            yield Case(f"{path.name}#{i}", msg.as_bytes(), "bounce")
+
+
+def plain_tree(root: Path) -> Iterator[Case]:
+    """Ordinary signed test messages (DKIM/ARC suites): none of them is a notification."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in (".txt", ".eml", ".msg") and path.stat().st_size < 1 << 20:
+            yield Case(str(path.relative_to(root)), path.read_bytes(), "none")
 
 
 def index_rows(shared: Path) -> Iterator[Case]:
