@@ -136,22 +136,8 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
             if a:
                 parties.add(a.lower())
     exclude = parties | {a.lower() for a in (original_sender, original_from) if a}
-    original_rcpts: set[str] = set()
-    envelope: set[str] = set()  # the original's envelope recipients, from its Received: for <...>
-    if original is not None:
-        for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To", "List-Post", "List-Id",
-                     "X-BeenThere", "List-Help", "List-Subscribe", "List-Unsubscribe"):
-            for m in R.ADDRESS.finditer(" ".join(headers(original, name))):
-                exclude.add(m.group(1).lower())
-        for name in ("To", "Cc"):
-            for _, a in getaddresses(headers(original, name)):
-                if a:
-                    original_rcpts.add(a.lower())
-        for value in headers(original, "Received")[:50]:
-            for m in _RECEIVED_FOR.finditer(value):
-                a = clean_address(m.group(1))
-                if a:
-                    envelope.add(a.lower())
+    own, original_rcpts, envelope = _original_addresses(original)
+    exclude |= own
     named: list[str] = []  # on a line of its own, "<a>: reason", or after a label like "Recipient:"
     prose: list[str] = []
     alone: list[str] = []  # addresses that are the whole line: MTAs list failures that way
@@ -205,6 +191,30 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
                 if a and a.lower() not in exclude:
                     take(a)
     return tuple(found)
+
+
+def _original_addresses(original: Message | None) -> tuple[set[str], set[str], set[str]]:
+    """The returned original's own addresses, lower-cased: (its sender and list addresses —
+    never a failed recipient; its To/Cc; its envelope recipients, from `Received: ... for <x>`)."""
+    own: set[str] = set()
+    rcpts: set[str] = set()
+    envelope: set[str] = set()
+    if original is None:
+        return own, rcpts, envelope
+    for name in ("From", "Return-Path", "Sender", "Reply-To", "Errors-To", "List-Post", "List-Id",
+                 "X-BeenThere", "List-Help", "List-Subscribe", "List-Unsubscribe"):
+        for m in R.ADDRESS.finditer(" ".join(headers(original, name))):
+            own.add(m.group(1).lower())
+    for name in ("To", "Cc"):
+        for _, a in getaddresses(headers(original, name)):
+            if a:
+                rcpts.add(a.lower())
+    for value in headers(original, "Received")[:50]:
+        for m in _RECEIVED_FOR.finditer(value):
+            a = clean_address(m.group(1))
+            if a:
+                envelope.add(a.lower())
+    return own, rcpts, envelope
 
 
 def status_codes(parts: Parsed, report_text: str) -> tuple[str, ...]:
