@@ -100,3 +100,29 @@ def test_a_person_quoting_challenge_wording_under_re_is_not_a_challenge() -> Non
         "Mine says: just this once, click the link so I can receive your emails. You won't have to\n"
         "do this again. http://spamblocker.example.net/confirm?id=1 - annoying, isn't it?\n"))
     assert c.kind is Kind.NONE
+
+
+def test_an_exchange_prefix_before_the_thread_topic_with_an_away_phrase_is_an_auto_reply() -> None:
+    # A language the prefix table does not know: the structure (long phrase + ":" + the
+    # conversation's Thread-Topic) and an away-phrase carry it together.
+    c = classify(_msg("From: pat@example.net\nTo: alice@example.org\nSubject: Avtomatski odziv: Budget\n"
+                      "Thread-Topic: Budget\nX-Auto-Response-Suppress: All",
+                      "I am out of the office until Monday.\n"))
+    assert c.kind is Kind.AUTO_REPLY
+    assert "subject:prefix-before-thread-topic" in c.evidence
+
+
+def test_a_short_reply_prefix_before_the_thread_topic_is_a_person() -> None:
+    c = classify(_msg("From: pat@example.net\nTo: alice@example.org\nSubject: Odp: Budget\n"
+                      "Thread-Topic: Budget", "I am out of the office until Monday, let's talk then.\n"))
+    assert c.kind is Kind.NONE
+
+
+def test_yahoo_bounce_mailer_header_supports_a_bounce() -> None:
+    c = classify(_msg("From: MAILER-DAEMON@yahoo.example\nTo: alice@example.org\nSubject: Failure Notice\n"
+                      "X-Yahoo-Newman-Property: bmbounce",
+                      "Sorry, we were unable to deliver your message to the following address.\n\n"
+                      "<bob@example.net>:\nRemote host said: 550 5.1.1 unknown user\n"))
+    assert c.kind is Kind.BOUNCE
+    assert "x-yahoo-newman-property:bmbounce" in c.evidence
+    assert c.failed_recipients == ("bob@example.net",)

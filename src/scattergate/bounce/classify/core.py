@@ -193,6 +193,17 @@ def _system_sender(from_: str) -> bool:
     return bool(R.SYSTEM_SENDER.search(from_) or R.SYSTEM_DISPLAY.match(display or ""))
 
 
+def _machine_prefix(subject: str, thread_topic: str) -> bool:
+    """Exchange keeps the conversation's subject in Thread-Topic; its auto-replies put a phrase
+    in the user's language before it ("Automatikus válasz: <topic>"). People's reply and forward
+    prefixes are short words ("RE", "Odp", "Vá") and are refused by REPLY_PREFIX or by length."""
+    topic = thread_topic.strip()
+    if not topic or not subject.endswith(topic) or len(subject) == len(topic):
+        return False
+    prefix = subject[: len(subject) - len(topic)].rstrip()
+    return prefix.endswith(":") and len(prefix) >= 9 and not R.REPLY_PREFIX.match(prefix)
+
+
 def _list_admin(top: Message) -> bool:
     """Addressed to a list's own administrative address: a list manager relaying a notice it
     received for the list (Mailman -admin/-bounces/-owner, Majordomo owner-), not a list post."""
@@ -241,6 +252,8 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
 
     if header(top, "X-Failed-Recipients"):
         add(Kind.BOUNCE, 4, "x-failed-recipients")
+    if header(top, "X-Yahoo-Newman-Property").lower() == "bmbounce":  # Yahoo's bounce mailer
+        add(Kind.BOUNCE, 2, "x-yahoo-newman-property:bmbounce")
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
     elif R.BOUNCE_SUBJECT_TAIL.search(subject[-40:]):  # tails are short: only the end is read
@@ -279,6 +292,8 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 4, "subject:auto-reply")
     elif not replied and R.AUTO_SUBJECT.match(subject):
         add(Kind.AUTO_REPLY, 3, "subject:away")
+    if not replied and _machine_prefix(subject, header(top, "Thread-Topic")):
+        add(Kind.AUTO_REPLY, 2, "subject:prefix-before-thread-topic")
     if R.G_AUTO_BODY.exists(text[:8192], folded[:8192], vocabulary) or (
             scores[Kind.AUTO_REPLY] >= 2 and R.G_AUTO_BODY_INTL.exists(text[:8192], folded[:8192], vocabulary)):
         add(Kind.AUTO_REPLY, 2, "body:away")
