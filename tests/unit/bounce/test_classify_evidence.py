@@ -126,3 +126,43 @@ def test_yahoo_bounce_mailer_header_supports_a_bounce() -> None:
     assert c.kind is Kind.BOUNCE
     assert "x-yahoo-newman-property:bmbounce" in c.evidence
     assert c.failed_recipients == ("bob@example.net",)
+
+
+def _mixed(sender: str, subject: str, prose: str) -> bytes:
+    return f"""From: {sender}
+To: list-admin@lists.example.org
+Subject: {subject}
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="XX"
+
+--XX
+Content-Type: text/plain
+
+{prose}
+
+--XX
+Content-Type: text/plain
+
+Received: from lists.example.org by mail.example.net; Mon, 1 Jan 2001 00:00:00 +0000
+From: carol@example.com
+To: list@lists.example.org
+Subject: weekly news
+
+hello all
+--XX--
+""".encode()
+
+
+@pytest.mark.parametrize("subject", ["Mail Error", "Returned mail", "Undeliverable: weekly news"])
+def test_prose_only_notice_with_the_original_as_a_text_part(subject: str) -> None:
+    # Old gateways return the original as a second text/plain part, not message/rfc822.
+    c = classify(_mixed("gw-admin@example.net", subject, "The following recipient is unknown: bob@example.net"))
+    assert c.kind is Kind.BOUNCE
+    assert "original-attached" in c.evidence
+    assert c.failed_recipients == ("bob@example.net",)
+    assert c.original_from == "carol@example.com"
+
+
+def test_a_person_forwarding_a_message_as_a_text_part_is_not_a_bounce() -> None:
+    c = classify(_mixed("dan@example.com", "Fwd: weekly news", "This one never reached bob@example.net, any idea?"))
+    assert c.kind is Kind.NONE

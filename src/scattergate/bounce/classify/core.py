@@ -270,7 +270,7 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.BOUNCE, 1, "body:failure-reason")
     if parts.originals:
         # A null-sender message carrying another message is what a bounce is, whatever its words.
-        add(Kind.BOUNCE, 3 if null_sender and parts.attached else 1, "original-attached")
+        add(Kind.BOUNCE, (3 if null_sender else 2) if parts.attached else 1, "original-attached")
     if R.ENHANCED_HINT.search(text, 0, 16384) and R.ENHANCED.search(text[:16384]):
         add(Kind.BOUNCE, 1, "enhanced-status-code")
 
