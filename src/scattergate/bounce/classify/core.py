@@ -207,7 +207,7 @@ def _machine_prefix(subject: str, thread_topic: str) -> bool:
 def _list_admin(top: Message) -> bool:
     """Addressed to a list's own administrative address: a list manager relaying a notice it
     received for the list (Mailman -admin/-bounces/-owner, Majordomo owner-), not a list post."""
-    return any(R.LIST_ADMIN.search(value) for value in headers(top, "To"))
+    return R.LIST_ADMIN.search(header(top, "To")) is not None
 
 
 def _unquoted(text: str) -> str:
@@ -252,8 +252,8 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
 
     if header(top, "X-Failed-Recipients"):
         add(Kind.BOUNCE, 4, "x-failed-recipients")
-    if header(top, "X-Yahoo-Newman-Property").lower() == "bmbounce":  # Yahoo's bounce mailer
-        add(Kind.BOUNCE, 2, "x-yahoo-newman-property:bmbounce")
+    if (null_sender or system_sender) and header(top, "X-Yahoo-Newman-Property").lower() == "bmbounce":
+        add(Kind.BOUNCE, 2, "x-yahoo-newman-property:bmbounce")  # Yahoo's bounce mailer
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
     elif R.BOUNCE_SUBJECT_TAIL.search(subject[-40:]):  # tails are short: only the end is read
