@@ -88,3 +88,14 @@ def test_a_self_addressed_failure_named_in_postfix_form_is_returned() -> None:
     # The original was sent by carol to herself: "<carol@...>: reason" still names the failure.
     report = "<carol@example.com>: Name service error for domain example.com: Host not found\n"
     assert _rcpts(report, envelope="carol@example.com") == ("carol@example.com",)
+
+
+def test_a_help_desk_named_as_a_contact_is_never_a_failed_recipient() -> None:
+    # Named once after "contact", then again in a sentence of another language.
+    report = ("The message returned below could not be delivered to one or more destinations.\n"
+              "For further assistance, please contact <helpdesk@example.net>\n\n"
+              "Bei Fragen: <helpdesk@example.net>\n\n"
+              "Delivery to the following recipient failed permanently:\n\n    bob@example.net\n")
+    assert _rcpts(report) == ("bob@example.net",)
+    # With no failure named at all, the help desk is still not taken for one.
+    assert "helpdesk@example.net" not in _rcpts(report.replace("    bob@example.net\n", ""))

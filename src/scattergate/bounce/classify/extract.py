@@ -71,9 +71,11 @@ _SKIP_LOCAL = re.compile(r"^(?:mailer-daemon|postmaster|abuse|noreply|no-reply)$
 # a URL, the original's summary (Exchange's "To:/From:"), or a helpdesk contact.
 _SKIP_PREFIX = re.compile(
     r"message-?id|https?://\S*$|envelope-from|^\s*(?:to|from|cc|sender|reply-to|sent by|date)\s*:"
-    r"|^\s*x-[\w-]+:|contact|assistance|support|help|write to|mailto:\S*$|\bfrom\s*<?$|sent (?:by|from)",
+    r"|^\s*x-[\w-]+:|\bfrom\s*<?$|sent (?:by|from)",
     re.I,
 )
+# A help desk named as a contact; it is no failed recipient wherever else the notice names it.
+_CONTACT_PREFIX = re.compile(r"contact|assistance|support|help|write to|mailto:\S*$", re.I)
 _LONE_PREFIX = re.compile(r"^\s*<?$")
 _LONE_SUFFIX = re.compile(r"^>?\s*:?\s*$")
 # "<user@host>: reason" (Postfix, qmail) or "user@host ... reason" opening a line after a label.
@@ -141,6 +143,7 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
     named: list[str] = []  # on a line of its own, "<a>: reason", or after a label like "Recipient:"
     prose: list[str] = []
     alone: list[str] = []  # addresses that are the whole line: MTAs list failures that way
+    helpdesk: set[str] = set()
     text = report_text[:32768]
     for m in R.ADDRESS.finditer(text):
         a = clean_address(m.group(1))
@@ -158,7 +161,12 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
         if _LONE_PREFIX.match(prefix) and _LONE_SUFFIX.match(suffix):
             alone.append(a)
         lowered = a.lower()
-        if lowered in parties or _SKIP_LOCAL.match(a.split("@", 1)[0]) or _SKIP_PREFIX.search(prefix):
+        if _CONTACT_PREFIX.search(prefix):
+            helpdesk.add(lowered)
+            continue
+        if _SKIP_PREFIX.search(prefix):
+            continue
+        if lowered in parties or _SKIP_LOCAL.match(a.split("@", 1)[0]):
             continue
         if _NAMED_PREFIX.match(prefix) and _NAMED_SUFFIX.match(suffix):
             named.append(a)  # "<a>: reason" names the failure explicitly, even a self-addressed one
@@ -172,6 +180,8 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
             break
     # Prose names helpdesks and examples too: when the notice lists failures in a structured
     # way, or its prose names the original's envelope recipient, those are the better evidence.
+    named = [a for a in named if a.lower() not in helpdesk]
+    prose = [a for a in prose if a.lower() not in helpdesk]
     confirmed = [a for a in prose if a.lower() in envelope]
     for a in (named + confirmed) if named or confirmed else prose:
         take(a)
