@@ -166,3 +166,14 @@ def test_prose_only_notice_with_the_original_as_a_text_part(subject: str) -> Non
 def test_a_person_forwarding_a_message_as_a_text_part_is_not_a_bounce() -> None:
     c = classify(_mixed("dan@example.com", "Fwd: weekly news", "This one never reached bob@example.net, any idea?"))
     assert c.kind is Kind.NONE
+
+
+def test_a_failed_mailbox_listed_by_local_part_alone_gets_the_reporting_domain() -> None:
+    # AOL's old format: the screen name only, under MAILER-DAEMON@aol.example.
+    c = classify(_msg(
+        "Return-Path: <>\nFrom: Mail Delivery Subsystem <MAILER-DAEMON@AOL.example>\n"
+        "To: list-bounces@lists.example.org\nSubject: Returned mail: User unknown",
+        "Your mail to the following recipients could not be delivered because they are not\n"
+        "accepting mail from list-bounces@lists.example.org:\n\tscreenname\n"))
+    assert c.kind is Kind.BOUNCE
+    assert c.failed_recipients == ("screenname@aol.example",)

@@ -194,6 +194,15 @@ def recipients(is_feedback: bool, top: Message, parts: Parsed, report_text: str,
         take(a)
     if found:
         return tuple(found)
+    # AOL and other old MTAs list failed mailboxes by local part alone, under their own domain.
+    for local in _bare_locals(text):
+        domain = next((e.rpartition("@")[2] for e in envelope if e.rpartition("@")[0] == local.lower()), None)
+        if domain is None and R.SYSTEM_SENDER.search(header(top, "From")):
+            domain = (first_address(header(top, "From")) or "").rpartition("@")[2]
+        if domain:
+            take(local + "@" + domain)
+    if found:
+        return tuple(found)
     # 4. Last resort: whom the original was addressed to.
     if original is not None:
         for name in ("To", "Cc"):
@@ -225,6 +234,23 @@ def _original_addresses(original: Message | None) -> tuple[set[str], set[str], s
             if a:
                 envelope.add(a.lower())
     return own, rcpts, envelope
+
+
+# "… to the following recipient(s) …" then, within a few lines, an indented bare local part.
+_FAILURE_LIST_HEAD = re.compile(r"following (?:recipient|address|user|mailbox)", re.I)
+_BARE_LOCAL = re.compile(r"^[ \t]+([A-Za-z0-9][A-Za-z0-9._%+-]{0,63})[ \t]*$")
+
+
+def _bare_locals(text: str) -> list[str]:
+    lines = text[:16384].split("\n")
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if _FAILURE_LIST_HEAD.search(line):
+            for following in lines[i + 1:i + 5]:
+                m = _BARE_LOCAL.match(following)
+                if m and m.group(1) not in out:
+                    out.append(m.group(1))
+    return out[:20]
 
 
 def status_codes(parts: Parsed, report_text: str) -> tuple[str, ...]:
