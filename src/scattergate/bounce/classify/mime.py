@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
-from .classify_rules import ORIGINAL_MARKER
+from .rules import ORIGINAL_MARKER
 
 # Bounces put their verdict near the top and attach (usually truncated) originals; 1 MiB is
 # far more than any MTA report needs, and caps parse time on a 50 MB attachment.
@@ -464,6 +464,14 @@ def _attached(part: Message) -> Message | None:
     return found or header_block(decode_text(part))
 
 
+def _whole_message(text: str) -> bool:
+    """Whether a text part opens with a message's header block (2+ of the key headers)."""
+    head = text.lstrip("\n")
+    if not _HEADER_LINE.match(head):
+        return False
+    return len(set(_header_run(head[:8192].split("\n"), 0)) & _KEY_HEADERS) >= 2
+
+
 def _looks_like_original(part: Message) -> bool:
     try:
         names = {k.lower() for k in part.keys()}
@@ -523,6 +531,12 @@ def collect(top: Message) -> Parsed:
             text = decode_text(part, min(MAX_TEXT_PER_PART, MAX_TEXT_TOTAL - total_text))
             if ctype == "text/html":
                 text = html_to_text(text)
+            elif out.texts and depth > 0 and len(out.originals) < 4 and _whole_message(text):
+                # A later text part that is a whole message (headers first): old MTAs and list
+                # software return the original this way instead of as message/rfc822.
+                out.originals.append(header_block(text.lstrip("\n")))
+                out.attached = True
+                continue
             total_text += len(text)
             out.texts.append(text)
     return out

@@ -25,6 +25,11 @@ SYSTEM_DISPLAY = re.compile(
     re.I,
 )
 
+# A From field whose address is empty ("Jetmail System" <>): only notifications are sent that way.
+EMPTY_ADDRESS = re.compile(r"<\s*>")
+# A list's administrative address: where list managers send and relay notices, never posts.
+LIST_ADMIN = re.compile(r"(?:(?:^|[\s<,\"])owner-[^@\s<>,]*|-(?:admin|bounces?|owner|request)(?:\+[^@\s<>,]*)?)@", re.I)
+
 # Subjects MTAs put on bounces, in the languages seen in real traffic. Matched only at the
 # start of the subject (after list tags) so that "Re: Undeliverable ..." from a human is not one.
 BOUNCE_SUBJECT = re.compile(
@@ -39,6 +44,11 @@ BOUNCE_SUBJECT = re.compile(
     r"|notice: mail delivery|sorry,? your message|there was an error sending|message you sent blocked"
     r"|\**message you sent blocked|email delivery failure|\[postmaster\]|considered unsolicited bulk"
     r"|delivery final failure|mail delivery failed|message status - undeliverable|returned mail:"
+    r"|mail error|mail delivery warning|warning: message .{0,80}not (?:yet )?been delivered"
+    r"|your (?:message|mail|e-?mail) .{0,160}(?:could not|cannot|can't|was not|has not been) (?:be )?delivered"
+    # content filters answering with a notice instead of a rejection: backscatter all the same
+    r"|(?:\**\s*)?(?:virus|viruses|malware) (?:found|detected|alert|warning)|(?:banned|blocked) (?:attachment|file|content)"
+    r"|(?:e-?mail|message|attachment) (?:blocked|quarantined|rejected)|undeliverable message|delivery status"
     # French, German, Dutch, Italian, Spanish, Portuguese, Polish, Swedish, Czech, Russian, Japanese
     r"|non remis|non distribu|échec de (?:la )?remise|impossible de remettre|unzustellbar"
     r"|nicht zustellbar|unzustellbare|benachrichtigung zum übermittlungsstatus|onbestelbaar"
@@ -47,8 +57,14 @@ BOUNCE_SUBJECT = re.compile(
     r"|niedostarczon|nie można dostarczyć|olevererbart|kan inte levereras|nedoručiteln"
     r"|ваше сообщение не доставлено|недоставленное сообщение|не доставлено"
     r"|メッセージを配信できません|配信エラー|配送エラー|未配達|送信できませんでした"
-    r"|傳遞失敗|退信|邮件退回|系统退信"
+    r"|傳遞失敗|退信|邮件退回|系统退信|邮件无法投递|无法投递"
     r")",
+    re.I,
+)
+# Wordings an MTA appends to the original's subject ("RE: Lunch : non remis (delivery failed)").
+BOUNCE_SUBJECT_TAIL = re.compile(
+    r"(?:\(delivery failed\)|: non remis|: undeliverable|\(undeliverable\)|: unzustellbar|\(unzustellbar\)"
+    r"|: delivery failure|- delivery failed|: returned to sender)\s*$",
     re.I,
 )
 DELAY_SUBJECT = re.compile(r"\b(?:delay(?:ed)?|still being retried|warning)\b", re.I)
@@ -85,7 +101,26 @@ BOUNCE_PHRASE_STRONG = re.compile(
     r"|not able to deliver|delivery failed|non-delivery|could not be reached|not (?:a )?valid (?:e-?mail )?recipient"
     r"|ist fehlgeschlagen|konnte nicht (?:zugestellt|ausgeliefert)|n'a pas pu être (?:remis|distribu)"
     r"|no (?:se )?(?:ha )?podido (?:ser )?entregar|non è stato possibile recapitare|не (?:может быть|удалось|было) доставлен"
-    r"|配信できません|送信できません|届きませんでした|宛先不明|配送できません)",
+    r"|配信できません|送信できません|届きませんでした|宛先不明|配送できません|无法发送|无法送达|无法投递)",
+    re.I,
+)
+# More MTA wordings, kept apart from the pattern above so that the pre-filter searches each
+# table only around its own literals: old MTAs (Exchange IMS, GroupWise, Lotus, CommuniGate,
+# Yahoo, AOL, qmail, MDaemon), content filters' virus / blocked-attachment notices, more languages.
+BOUNCE_PHRASE_MORE = re.compile(
+    r"(?:created by mail delivery software|(?:has|have) not (?:yet )?been delivered|(?:cannot|can't|couldn't) be delivered to"
+    r"|(?:the following|this|your) (?:e-?mail|mail|message) (?:has been|was|is being) returned"
+    r"|(?:will|shall) continue (?:to try|trying|to attempt|attempting) (?:to )?deliver|has been postponed"
+    r"|no (?:such )?(?:user|mailbox|account) (?:here )?by that name|no such user here|not a valid user here"
+    r"|is (?:wrong|invalid) or no longer valid|this (?:e-?mail )?address is no longer (?:valid|in use|active)"
+    r"|you sent mail to .{1,200} that's not|your mail cannot be delivered|(?:could not|cannot) be delivered"
+    r"|(?:contained|contains|was infected with|is infected with|detected) (?:a |the )?(?:virus|worm|malware)"
+    r"|virus (?:was )?(?:found|detected) in|attachment (?:has been|was|were) (?:removed|blocked|stripped|quarantined|deleted)"
+    r"|(?:blocked|banned|prohibited|disallowed) (?:attachment|file (?:type|name|extension))"
+    r"|message (?:has been|was) (?:quarantined|blocked|deleted) (?:by|because|due)"
+    r"|nie (?:mógł|można|może) (?:zostać )?dostarcz|nevarēja (?:piegādāt|nogādāt)|kunde inte levereras"
+    r"|nemohla být doručena|nelze doručit|kon niet (?:worden )?(?:bezorgd|afgeleverd)|não pôde ser entregue"
+    r"|no pudo ser entregado|non è stato recapitato|n'a pas pu être (?:livré|délivré))",
     re.I,
 )
 # Failure reasons: frequent in bounces but also in human discussion, so only supporting.
@@ -113,17 +148,29 @@ AUTO_SUBJECT_STRONG = re.compile(
     r"^(?:auto(?:matic|matische?)?[ -]?(?:reply|response|respons|antwort|answer|réponse|respuesta|risposta|svar)"
     r"|auto:|autoreply|autoresponse|out of (?:the )?office|ooo\b|abwesenheitsnotiz|réponse automatique"
     r"|respuesta automática|risposta automatica|automatisch antwoord|automaattinen vastaus|autosvar"
-    r"|odpowiedź automatyczna|автоответ|自動応答|.{0,80}\bis out of the office)",
+    r"|odpowiedź automatyczna|автоответ|自動応答|.{0,80}\bis out of the office"
+    # Outlook/Exchange, Gmail, Yahoo and webmail auto-reply prefixes in their localised forms
+    r"|(?:yahoo!? )?auto[- ]?(?:response|reply)|automatyczna odpowied[źz]|automātiskā atbilde|automātiska atbilde"
+    r"|automatická odpověď|automatická odpoveď|automatikus válasz|otomatik (?:yanıt|cevap)|automatinis atsakymas"
+    r"|automaatvastus|răspuns automat|αυτόματη απάντηση|автоматический ответ|автоматична відповідь"
+    r"|автоматичен отговор|automatski odgovor|samodejni odgovor|automatisk svar|automatisches antwortschreiben"
+    r"|resposta automática|risposta automatica|réponse automatique|respuesta automática|automatische antwort"
+    r"|自动回复|自動回覆|自動返信|自动答复|자동 회신|자동 응답|ตอบกลับอัตโนมัติ|trả lời tự động"
+    r"|fuera de la oficina|out of office|abwesenheit|absence du bureau|afwezigheidsbericht|poza biurem)",
     re.I,
 )
 # ... and the vaguer ones that need a second signal.
 AUTO_SUBJECT = re.compile(
     r"^(?:away from (?:the )?office|vacation|on vacation|abwesenheit|abwesend|fuera de la oficina"
     r"|absence|absent|afwezig|poza biurem|frånvaro|不在|away until|i am away|i'm away"
+    r"|urlaub|ferien|congés|vacances|vacaciones|ferie|vakantie|férias|urlop|atvaļinājum|dovolená"
+    r"|отпуск|休暇|休假|out of the office|not in the office|nicht im büro|hors du bureau|fuori ufficio|ausente|fora do escritório"
     r"|.{0,60}\bon leave|.{0,60}\bout of office\b|thank you for your (?:e-?mail|message)"
     r"|we have received your|your (?:e-?mail|message) has been received)",
     re.I,
 )
+# X-Mailer values of auto-responder programs and webmail vacation features.
+AUTO_MAILER = re.compile(r"auto[- ]?respon|auto[- ]?reply|vacation|out[- ]of[- ]office|abwesenheit", re.I)
 REPLY_PREFIX = re.compile(r"^(?:re|fw|fwd|aw|wg|sv|vs|antw|tr|rif|r)\s*(?:\[\d+\])?\s*:", re.I)
 LIST_TAG = re.compile(r"^\s*\[[^\]]{1,60}\]\s*")
 AUTO_BODY = re.compile(
@@ -134,6 +181,24 @@ AUTO_BODY = re.compile(
     r"|automatic(?:ally)? (?:generated )?(?:reply|response)|bin (?:bis|vom) .{0,60}(?:abwesend|nicht im büro)"
     r"|je suis absent|estaré fuera|sono assente|ik ben afwezig|vielen dank für ihre (?:e-?mail|nachricht)"
     r"|thank you for (?:your|contacting)|we have received your (?:e-?mail|message|request))",
+    re.I,
+)
+# The same in other languages (first person, as people write their notices); apart, like
+# BOUNCE_PHRASE_MORE, so each table is searched only around its own literals.
+AUTO_BODY_INTL = re.compile(
+    r"(?:(?:ich bin|bin ich) (?:bis|vom|ab|derzeit|zurzeit|momentan|leider) .{0,60}(?:abwesend|nicht (?:im (?:büro|haus)|erreichbar)|im urlaub)"
+    r"|ich bin (?:im urlaub|abwesend|nicht im büro|außer haus)"
+    r"|je (?:suis|serai) (?:absente?|en (?:congés?|vacances)|hors du bureau|en déplacement)"
+    r"|(?:estoy|estaré) (?:fuera|ausente|de vacaciones)"
+    r"|(?:sono|sarò) (?:fuori (?:ufficio|sede)|assente|in (?:ferie|vacanza))"
+    r"|ik ben (?:afwezig|niet (?:op kantoor|aanwezig|bereikbaar)|met vakantie)"
+    r"|(?:estou|estarei) (?:fora|ausente|de férias)"
+    r"|jestem (?:poza biurem|nieobecn|na urlopie)|będę nieobecn"
+    r"|esmu atvaļinājumā|atrodos atvaļinājumā|nebūšu (?:birojā|pieejam)"
+    r"|jag är (?:på semester|ledig|tjänstledig|borta|inte på kontoret)"
+    r"|jsem (?:mimo kancelář|na dovolené|nepřítomn)"
+    r"|я (?:в отпуске|нахожусь в отпуске|отсутствую)|меня нет в офисе"
+    r"|不在にしております|休暇中|我(?:正在|目前)?(?:休假|不在办公室))",
     re.I,
 )
 
@@ -158,6 +223,13 @@ CHALLENGE_BODY = re.compile(
     r"|(?:added|add you) to (?:my|the) (?:approved senders?|allowed senders?|whitelist|safe senders?)"
     r"|one[- ]time (?:verification|confirmation)|(?:held|is being held|has been held) (?:in (?:a |my )?(?:queue|quarantine)|pending)"
     r"|reply to this (?:message|e-?mail) (?:without changing|to confirm)|unverified sender|pending your confirmation)",
+    re.I,
+)
+# Challenges sent as an ordinary message (EarthLink spamBlocker, Boxbe, Mailblocks style).
+CHALLENGE_PLAIN = re.compile(
+    r"(?:(?:i am|i'm) (?:protecting myself|using .{1,60} to protect myself) from (?:receiving )?(?:junk|spam|unsolicited)"
+    r"|(?:just this once|only this once),? (?:please )?(?:click|go to|visit|reply)"
+    r"|you (?:won't|will not) (?:have|need) to do this again|so (?:that )?i can receive your (?:e-?mails?|messages?))",
     re.I,
 )
 CONFIRM_URL = re.compile(r"https?://\S{0,200}(?:confirm|verif|challenge|approve|captcha|validate)", re.I)
@@ -397,10 +469,11 @@ class Vocabulary:
     """The whole words (maximal \\w runs) of a folded text, and all of them joined in one string
     (every substring of a word of the text is a substring of `joined`)."""
 
-    __slots__ = ("_joined", "_pieces", "words")
+    __slots__ = ("_joined", "_pieces", "ascii", "words")
 
-    def __init__(self, words: frozenset[str]) -> None:
+    def __init__(self, words: frozenset[str], ascii: bool = False) -> None:
         self.words = words
+        self.ascii = ascii  # every word is ASCII: no non-ASCII piece can be part of one
         self._joined: str | None = None
         self._pieces: dict[str, bool] = {}
 
@@ -430,7 +503,7 @@ class Vocabulary:
 def words(folded: str) -> Vocabulary:
     """Vocabulary of a folded text, for the pre-filters' word checks."""
     if folded.isascii():
-        return Vocabulary(frozenset(folded.encode("ascii").translate(_NOT_WORD_BYTES).decode("ascii").split()))
+        return Vocabulary(frozenset(folded.encode("ascii").translate(_NOT_WORD_BYTES).decode("ascii").split()), True)
     try:
         runs = set(folded.encode("utf-8", "surrogatepass").translate(_NOT_WORD_BYTES).split())
         out: set[str] = set()
@@ -486,7 +559,7 @@ class Guarded:
     matches as a whole-text search.
     """
 
-    __slots__ = ("by_piece", "by_word", "cover", "pattern", "piece_keys", "width")
+    __slots__ = ("ascii_piece_keys", "by_piece", "by_word", "cover", "pattern", "piece_keys", "width")
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
@@ -511,6 +584,8 @@ class Guarded:
                 rest = tuple(piece for piece in ends if piece != key)
                 self.by_piece.setdefault(key, []).append((inner, rest, lit))
         self.piece_keys = frozenset(self.by_piece)
+        # An ASCII text has no non-ASCII piece: its look-up skips them (other languages' words).
+        self.ascii_piece_keys = frozenset(k for k in self.by_piece if k.isascii())
 
     def _candidates(self, vocabulary: Vocabulary) -> list[str]:
         """Cover literals that may occur in the text (a superset of those that do)."""
@@ -518,7 +593,8 @@ class Guarded:
         has_piece = vocabulary.has_piece
         candidates: list[str] = []
         for index, keys in ((self.by_word, self.by_word.keys() & vocab),
-                            (self.by_piece, vocabulary.pieces_present(self.piece_keys))):
+                            (self.by_piece, vocabulary.pieces_present(
+                                self.ascii_piece_keys if vocabulary.ascii else self.piece_keys))):
             for key in keys:
                 for inner, ends, lit in index[key]:
                     if inner <= vocab and all(has_piece(piece) for piece in ends):
@@ -572,6 +648,9 @@ class Guarded:
 
 G_BOUNCE_PHRASE_STRONG = Guarded(BOUNCE_PHRASE_STRONG)
 G_BOUNCE_PHRASE_WEAK = Guarded(BOUNCE_PHRASE_WEAK)
+G_BOUNCE_PHRASE_MORE = Guarded(BOUNCE_PHRASE_MORE)
 G_AUTO_BODY = Guarded(AUTO_BODY)
+G_AUTO_BODY_INTL = Guarded(AUTO_BODY_INTL)
 G_CHALLENGE_BODY = Guarded(CHALLENGE_BODY)
+G_CHALLENGE_PLAIN = Guarded(CHALLENGE_PLAIN)
 G_CONFIRM_URL = Guarded(CONFIRM_URL)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
-from . import classify_rules as R
-from . import classify_extract as X
-from .classify_mime import (Parsed, collect, has_field, header, headers, normalise, param, parse,
+from . import rules as R
+from . import extract as X
+from .mime import (Parsed, collect, has_field, header, headers, normalise, param, parse,
                             split_original)
 
 __all__ = ["Classification", "Kind", "classify"]
@@ -193,6 +193,23 @@ def _system_sender(from_: str) -> bool:
     return bool(R.SYSTEM_SENDER.search(from_) or R.SYSTEM_DISPLAY.match(display or ""))
 
 
+def _machine_prefix(subject: str, thread_topic: str) -> bool:
+    """Exchange keeps the conversation's subject in Thread-Topic; its auto-replies put a phrase
+    in the user's language before it ("Automatikus válasz: <topic>"). People's reply and forward
+    prefixes are short words ("RE", "Odp", "Vá") and are refused by REPLY_PREFIX or by length."""
+    topic = thread_topic.strip()
+    if not topic or not subject.endswith(topic) or len(subject) == len(topic):
+        return False
+    prefix = subject[: len(subject) - len(topic)].rstrip()
+    return prefix.endswith(":") and len(prefix) >= 9 and not R.REPLY_PREFIX.match(prefix)
+
+
+def _list_admin(top: Message) -> bool:
+    """Addressed to a list's own administrative address: a list manager relaying a notice it
+    received for the list (Mailman -admin/-bounces/-owner, Majordomo owner-), not a list post."""
+    return R.LIST_ADMIN.search(header(top, "To")) is not None
+
+
 def _unquoted(text: str) -> str:
     if ">" not in text:
         return text
@@ -217,11 +234,12 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         ev[kind].append(name)
 
     # Who sent it. A null reverse-path is the RFC 5321 mark of a notification.
+    listed = bool(header(top, "List-Id") or header(top, "List-Unsubscribe"))
     null_sender = envelope_sender == "" or return_path.replace(" ", "") == "<>"
     if null_sender:
         add(Kind.BOUNCE, 2, "null-sender")
         add(Kind.AUTO_REPLY, 1, "null-sender")
-    system_sender = _system_sender(from_)
+    system_sender = _system_sender(from_) or R.EMPTY_ADDRESS.search(from_) is not None
     if system_sender:
         add(Kind.BOUNCE, 2, "system-sender")
     if auto_submitted.startswith("auto-replied"):
@@ -234,17 +252,25 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
 
     if header(top, "X-Failed-Recipients"):
         add(Kind.BOUNCE, 4, "x-failed-recipients")
+    if (null_sender or system_sender) and header(top, "X-Yahoo-Newman-Property").lower() == "bmbounce":
+        add(Kind.BOUNCE, 2, "x-yahoo-newman-property:bmbounce")  # Yahoo's bounce mailer
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
-    strong = {m.group(0).lower()
-              for m in R.G_BOUNCE_PHRASE_STRONG.finditer(text[:32768], folded[:32768], vocabulary)}
+    elif R.BOUNCE_SUBJECT_TAIL.search(subject[-40:]):  # tails are short: only the end is read
+        add(Kind.BOUNCE, 2, "subject:bounce-tail")
+    # The added tables (old MTAs, content filters, more languages) are read only when the
+    # message already shows some sign of a notification: ordinary mail then pays nothing for them.
+    strong_tables = ((R.G_BOUNCE_PHRASE_STRONG, R.G_BOUNCE_PHRASE_MORE) if scores[Kind.BOUNCE] > 0 or parts.originals
+                     else (R.G_BOUNCE_PHRASE_STRONG,))
+    strong = {m.group(0).lower() for table in strong_tables
+              for m in table.finditer(text[:32768], folded[:32768], vocabulary)}
     if strong:
         add(Kind.BOUNCE, 2 + min(len(strong), 3), "body:" + sorted(strong)[0][:40])
     if R.G_BOUNCE_PHRASE_WEAK.exists(text[:16384], folded[:16384], vocabulary):
         add(Kind.BOUNCE, 1, "body:failure-reason")
     if parts.originals:
         # A null-sender message carrying another message is what a bounce is, whatever its words.
-        add(Kind.BOUNCE, 3 if null_sender and parts.attached else 1, "original-attached")
+        add(Kind.BOUNCE, (3 if null_sender else 2) if parts.attached else 1, "original-attached")
     if R.ENHANCED_HINT.search(text, 0, 16384) and R.ENHANCED.search(text[:16384]):
         add(Kind.BOUNCE, 1, "enhanced-status-code")
 
@@ -258,13 +284,18 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 4, "precedence:auto_reply")
     elif precedence in ("bulk", "junk", "list"):
         add(Kind.AUTO_REPLY, 1, "precedence:" + precedence)
+    if R.AUTO_MAILER.search(header(top, "X-Mailer")):
+        add(Kind.AUTO_REPLY, 4, "x-mailer:auto-responder")
     if header(top, "X-Auto-Response-Suppress"):
         add(Kind.AUTO_REPLY, 1, "x-auto-response-suppress")
     if not replied and R.AUTO_SUBJECT_STRONG.match(subject):
         add(Kind.AUTO_REPLY, 4, "subject:auto-reply")
     elif not replied and R.AUTO_SUBJECT.match(subject):
         add(Kind.AUTO_REPLY, 3, "subject:away")
-    if R.G_AUTO_BODY.exists(text[:8192], folded[:8192], vocabulary):
+    if not replied and _machine_prefix(subject, header(top, "Thread-Topic")):
+        add(Kind.AUTO_REPLY, 2, "subject:prefix-before-thread-topic")
+    if R.G_AUTO_BODY.exists(text[:8192], folded[:8192], vocabulary) or (
+            scores[Kind.AUTO_REPLY] >= 2 and R.G_AUTO_BODY_INTL.exists(text[:8192], folded[:8192], vocabulary)):
         add(Kind.AUTO_REPLY, 2, "body:away")
 
     # Challenge-response.
@@ -274,14 +305,22 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
             break
     if not replied and R.CHALLENGE_SUBJECT.search(subject):
         add(Kind.CHALLENGE, 2, "subject:challenge")
-    if not replied and R.G_CHALLENGE_BODY.exists(text[:16384], folded[:16384], vocabulary):
-        add(Kind.CHALLENGE, 3, "body:challenge")
+    # Not under "Re:", where a person may be talking about such systems. Two distinct phrases
+    # carry a challenge sent as a plain message, without any challenge header or subject.
+    phrases: set[str] = set()
+    if not replied:
+        # Challenge systems answer senders, never lists: list mail skips the plain-message table.
+        tables = (R.G_CHALLENGE_BODY,) if listed else (R.G_CHALLENGE_BODY, R.G_CHALLENGE_PLAIN)
+        phrases = {m.group(0).lower() for table in tables
+                   for m in table.finditer(text[:16384], folded[:16384], vocabulary)}
+    if phrases:
+        add(Kind.CHALLENGE, 3 if len(phrases) == 1 else 4, "body:challenge")
         if R.G_CONFIRM_URL.exists(text[:16384], folded[:16384], vocabulary):
             add(Kind.CHALLENGE, 1, "confirm-link")
 
     # Mailing-list traffic is not a notification unless something strong says so: List-Id on
     # an ordinary post, newsletter or digest must not tip it over the line.
-    if header(top, "List-Id") or header(top, "List-Unsubscribe"):
+    if listed and not _list_admin(top):
         for kind in scores:
             if scores[kind] < 7:
                 scores[kind] -= 1
