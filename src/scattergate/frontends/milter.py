@@ -20,7 +20,7 @@ import logging
 import socket
 from typing import Awaitable, Callable, Iterable, Sequence
 
-from scattergate.address import Address, AddressError, parse_path
+from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
 from scattergate.decision.sender_proof import envelope_proof
 from scattergate.frontends import milter_codec as mc
