@@ -306,17 +306,16 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
     if not replied and R.CHALLENGE_SUBJECT.search(subject):
         add(Kind.CHALLENGE, 2, "subject:challenge")
     # Not under "Re:", where a person may be talking about such systems. Two distinct phrases
-    # carry a challenge sent as a plain message, without any challenge header or subject.
-    phrases: set[str] = set()
+    # carry a challenge sent as a plain message, without any challenge header or subject;
+    # challenge systems answer senders, never lists, so list mail skips that table.
     if not replied:
-        # Challenge systems answer senders, never lists: list mail skips the plain-message table.
-        tables = (R.G_CHALLENGE_BODY,) if listed else (R.G_CHALLENGE_BODY, R.G_CHALLENGE_PLAIN)
-        phrases = {m.group(0).lower() for table in tables
-                   for m in table.finditer(text[:16384], folded[:16384], vocabulary)}
-    if phrases:
-        add(Kind.CHALLENGE, 3 if len(phrases) == 1 else 4, "body:challenge")
-        if R.G_CONFIRM_URL.exists(text[:16384], folded[:16384], vocabulary):
-            add(Kind.CHALLENGE, 1, "confirm-link")
+        known = R.G_CHALLENGE_BODY.exists(text[:16384], folded[:16384], vocabulary)
+        plain = set() if listed else {
+            m.group(0).lower() for m in R.G_CHALLENGE_PLAIN.finditer(text[:16384], folded[:16384], vocabulary)}
+        if known or plain:
+            add(Kind.CHALLENGE, 4 if len(plain) + known >= 2 else 3, "body:challenge")
+            if R.G_CONFIRM_URL.exists(text[:16384], folded[:16384], vocabulary):
+                add(Kind.CHALLENGE, 1, "confirm-link")
 
     # Mailing-list traffic is not a notification unless something strong says so: List-Id on
     # an ordinary post, newsletter or digest must not tip it over the line.
