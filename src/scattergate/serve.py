@@ -23,7 +23,7 @@ from scattergate.frontends.smtp import GatewaySMTP
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
-from scattergate.state.store import StateStore
+from scattergate.state.store import StateStore, storable_decision
 from scattergate.web import service as web_service
 from scattergate.web.service import WebSetup
 
@@ -48,17 +48,22 @@ class JsonFormatter(logging.Formatter):
         }
         decision = getattr(record, "decision", None)
         if decision is not None:
-            entry["decision"] = dataclasses.asdict(decision)
+            # The fields as the state store keeps them: bytes that were not UTF-8 as \xNN.
+            entry["decision"] = dataclasses.asdict(storable_decision(decision))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # ASCII only: client text then can carry no terminal escape (C1 controls included) and
+        # no lone surrogate, which would make the line unwritable, and so lost.
+        return json.dumps(entry, ensure_ascii=True)
 
 
 def setup_logging(config: Config) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.logging.file:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(config.data_dir / config.logging.file))
+        # backslashreplace: a line with text that cannot be encoded is still written, escaped.
+        handlers.append(logging.FileHandler(config.data_dir / config.logging.file, encoding="utf-8",
+                                            errors="backslashreplace"))
     logging.basicConfig(
         level=config.logging.level.upper(),
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
