@@ -24,6 +24,8 @@ def test_exit_codes() -> None:
     assert report(Status.PASS, Status.SKIPPED).exit_code == 0
     assert report(Status.PASS, Status.RISK).exit_code == 1
     assert report(Status.PASS, Status.ERROR).exit_code == 2
+    # Refused for our HELO name or sender: no evidence about recipients, so never "safe".
+    assert report(Status.PASS, Status.INCONCLUSIVE).exit_code == 2
     # A risk seen is a finding even when another test could not finish.
     assert report(Status.ERROR, Status.RISK).exit_code == 1
     assert report(Status.RISK).verdict == "backscatter risk"
@@ -38,10 +40,10 @@ def test_text_has_one_line_per_test_with_its_replies() -> None:
     lines = text.splitlines()
     assert lines[:2] == ["scattergate audit of 192.0.2.1:25 for domain example.org", "greeting: 220 mx ESMTP"]
     assert not any("EHLO" in line or "connect" in line for line in lines)  # the greeting is shown once
-    assert "RISK     test 0: why" in lines
-    assert "         RCPT TO:<x@example.org> → 250 2.1.5 Ok" in lines
+    assert "RISK         test 0: why" in lines
+    assert "             RCPT TO:<x@example.org> → 250 2.1.5 Ok" in lines
     assert any("dsn (confidence 0.99), status 5.1.1, names our probe" in line for line in lines)
-    assert "PASS     test 1: why" in lines
+    assert "PASS         test 1: why" in lines
     assert lines[-1].startswith("Verdict: BACKSCATTER RISK (1 of 2 tests)")
 
 
