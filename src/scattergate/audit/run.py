@@ -330,7 +330,8 @@ async def check_after_queue(opts: Options, pending: list[Pending]) -> CheckResul
         result.status = Status.PASS
         result.explanation = (f"refused the test message at the end of DATA ({_quote(outcome.reply)}): "
                               "the client is told, nothing is bounced")
-    elif outcome.stage is Stage.TEMPORARY:
+    elif outcome.stage is Stage.TEMPORARY and not (
+            outcome.reply is not None and definitely_about_recipient(outcome.reply)):
         result.status = Status.ERROR
         result.explanation = (f"refused temporarily on each of {outcome.attempts} attempts "
                               f"({_quote(outcome.reply)}): run the audit again later")
