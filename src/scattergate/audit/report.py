@@ -88,7 +88,8 @@ def render_text(report: AuditReport) -> str:
     lines.append("")
     if risks:
         lines.append(f"Verdict: BACKSCATTER RISK ({risks} of {len(report.tests)} tests): "
-                     "refuse unknown recipients during the SMTP dialogue (at RCPT), never after.")
+                     "refuse during the SMTP dialogue (at RCPT, or at the end of DATA) what would "
+                     "fail later, and bounce only to senders proven genuine.")
     elif errors:
         lines.append(f"Verdict: INCOMPLETE ({errors} test(s) gave no evidence about recipients); "
                      "no risk seen so far.")

@@ -337,8 +337,10 @@ async def check_after_queue(opts: Options, pending: list[Pending]) -> CheckResul
                               f"({_quote(outcome.reply)}): run the audit again later")
     else:
         result.status = Status.INCONCLUSIVE
-        result.explanation = (f"{outcome.stage.value} ({_quote(outcome.reply)}): the test needs an "
-                              f"address that exists; pass --recipient (and --sender if refused at MAIL)")
+        about = concern(outcome.reply) if outcome.reply is not None else Concern.OTHER
+        result.explanation = f"{outcome.stage.value} ({_quote(outcome.reply)}): " + (
+            "the test needs an address that exists; pass --recipient" if about is Concern.RECIPIENT
+            else f"because of the {about}, so no test message went through" + _hint(about))
     return result
 
 
