@@ -248,18 +248,24 @@ def _no_bounce_yet(wait: float) -> Callable[[CheckResult], None]:
     return note
 
 
-async def check_unknown_recipient(opts: Options, pending: list[Pending]) -> CheckResult:
-    result = CheckResult("unknown-recipient", "random unknown recipient", Status.ERROR, "")
-    recipient = f"{random_local_part()}@{opts.domain}"
-    outcome = await _transaction(opts, result, opts.sender, [recipient],
-                                 lambda token: _probe_message(opts.sender, recipient, token))
+async def _to_unknown(opts: Options, pending: list[Pending], result: CheckResult, count: int,
+                      accepted_means: Callable[[Outcome], str]) -> CheckResult:
+    """A probe from --sender to `count` random recipients; a bounce is awaited if it can come to us."""
+    recipients = [f"{random_local_part()}@{opts.domain}" for _ in range(count)]
+    outcome = await _transaction(opts, result, opts.sender, recipients,
+                                 lambda token: _probe_message(opts.sender, recipients[0], token))
     if outcome is not None:
-        _judge_unknown(result, outcome,
-                       "accepted a message for a recipient that cannot exist, at RCPT and at the end "
-                       "of DATA: it must be bounced later (accept-then-bounce)")
+        _judge_unknown(result, outcome, accepted_means(outcome))
         if outcome.stage is Stage.ACCEPTED and opts.sender == opts.bounce_sender:
             pending.append(Pending(result, outcome.token, _bounce_confirms, _no_bounce_yet(opts.wait)))
     return result
+
+
+async def check_unknown_recipient(opts: Options, pending: list[Pending]) -> CheckResult:
+    return await _to_unknown(
+        opts, pending, CheckResult("unknown-recipient", "random unknown recipient", Status.ERROR, ""), 1,
+        lambda _: ("accepted a message for a recipient that cannot exist, at RCPT and at the end "
+                   "of DATA: it must be bounced later (accept-then-bounce)"))
 
 
 async def check_null_sender(opts: Options, pending: list[Pending]) -> CheckResult:
@@ -283,18 +289,11 @@ async def check_null_sender(opts: Options, pending: list[Pending]) -> CheckResul
 
 
 async def check_catch_all(opts: Options, pending: list[Pending]) -> CheckResult:
-    result = CheckResult("catch-all", "wildcard / catch-all", Status.ERROR, "")
-    recipients = [f"{random_local_part()}@{opts.domain}" for _ in range(CATCH_ALL_PROBES)]
-    outcome = await _transaction(opts, result, opts.sender, recipients,
-                                 lambda token: _probe_message(opts.sender, recipients[0], token))
-    if outcome is not None:
-        _judge_unknown(result, outcome,
-                       f"accepted a message for {outcome.accepted_rcpts} of {len(recipients)} random "
-                       "local parts: a catch-all takes every forged or misspelt address and bounces "
-                       "what it cannot deliver")
-        if outcome.stage is Stage.ACCEPTED and opts.sender == opts.bounce_sender:
-            pending.append(Pending(result, outcome.token, _bounce_confirms, _no_bounce_yet(opts.wait)))
-    return result
+    return await _to_unknown(
+        opts, pending, CheckResult("catch-all", "wildcard / catch-all", Status.ERROR, ""), CATCH_ALL_PROBES,
+        lambda outcome: (f"accepted a message for {outcome.accepted_rcpts} of {CATCH_ALL_PROBES} random "
+                         "local parts: a catch-all takes every forged or misspelt address and bounces "
+                         "what it cannot deliver"))
 
 
 async def check_after_queue(opts: Options, pending: list[Pending]) -> CheckResult:
