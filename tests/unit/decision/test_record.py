@@ -11,7 +11,8 @@ from pathlib import Path
 
 from scattergate.decision.record import DecisionRecorder, format_decision
 from scattergate.model import Accept, Phase, Session
-from scattergate.serve import JsonFormatter
+from scattergate.config import Config
+from scattergate.serve import JsonFormatter, setup_logging
 from scattergate.state.sqlite import SqliteStore
 from scattergate.state.store import DecisionRecord
 
@@ -118,3 +119,24 @@ def test_one_undecodable_decision_does_not_lose_the_batch(tmp_path: Path) -> Non
     asyncio.run(scenario())
     assert sorted(d.helo for d in store.recent_decisions()) == ["a.example", "b\\xff.example", "c.example"]
     assert store.counters()["decisions.data.accept"] == 3
+
+
+def test_a_log_line_with_undecodable_text_still_reaches_the_log_file(tmp_path: Path) -> None:
+    """The decision line went missing from the file: a lone surrogate made the write fail."""
+    config = Config()
+    config.state.data_dir = str(tmp_path)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(config)
+        root.handlers[0].setLevel(logging.CRITICAL)  # keep stderr quiet; the file is the subject
+        logging.getLogger("scattergate.test").info("helo=%s end", f"x{NOT_UTF8}")
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    text = (tmp_path / config.logging.file).read_text("utf-8")
+    assert "helo=x\\udcff end" in text
