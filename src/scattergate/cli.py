@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from scattergate import __version__, passwd_cli, quarantine_cli, tools
+from scattergate import __version__, passwd_cli, quarantine_cli, queue_cli, tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
 
 
@@ -41,6 +41,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-size", type=int, metavar="BYTES")
     p.add_argument("--max-recipients", type=int, metavar="N")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _syslog_arg(p)
     p.add_argument("--clamd", metavar="ADDRESS", help="scan with clamd at unix:/PATH or HOST:PORT (enables it)")
     p.add_argument("--spamd", metavar="ADDRESS", help="scan with SpamAssassin's spamd at HOST:PORT or unix:/PATH")
     p.add_argument("--rspamd", metavar="ADDRESS", help="scan with rspamd's normal worker at HOST:PORT")
@@ -62,6 +63,7 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
         ("delivery", "verify_recipients"): args.verify_recipients,
         ("state", "data_dir"): args.data_dir,
         ("logging", "level"): args.log_level,
+        ("logging", "syslog"): args.syslog,
         ("http", "listen"): args.http_listen,
     }
     if getattr(args, "spool", None):
@@ -95,6 +97,12 @@ def _postfix_side_args(p: argparse.ArgumentParser, listen_help: str) -> None:
     p.add_argument("--socket-mode", type=lambda text: int(text, 8), metavar="OCTAL",
                    help="mode of a unix listening socket (default 660)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _syslog_arg(p)
+
+
+def _syslog_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--syslog", nargs="?", const="/dev/log", metavar="ADDRESS",
+                   help="also log to syslog: /dev/log (the default), a unix socket path or HOST:PORT (UDP)")
 
 
 def _http_arg(p: argparse.ArgumentParser) -> None:
@@ -111,6 +119,7 @@ def _postfix_side_overrides(config: Config, args: argparse.Namespace) -> Config:
         ("receive", "trusted_networks"): getattr(args, "trusted_network", None),
         ("state", "data_dir"): getattr(args, "data_dir", None),
         ("logging", "level"): getattr(args, "log_level", None),
+        ("logging", "syslog"): getattr(args, "syslog", None),
         ("postfix", listen_key[args.command]): args.listen,
         ("postfix", "socket_mode"): getattr(args, "socket_mode", None),
         ("postfix", "never_bounce"): getattr(args, "never_bounce", None),
@@ -157,6 +166,7 @@ def _socketmap_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--domain", action="append", metavar="DOMAIN", help="local domains: never rewritten")
     p.add_argument("--socket-mode", type=lambda text: int(text, 8), metavar="OCTAL")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _syslog_arg(p)
     p.set_defaults(overrides=_postfix_side_overrides)
 
 
@@ -207,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parser(sub)
     tools.register(sub)
     quarantine_cli.register(sub)
+    queue_cli.register(sub)
     passwd_cli.register(sub)
     return parser
 
@@ -215,6 +226,9 @@ def load_config(args: argparse.Namespace) -> Config:
     overrides = getattr(args, "overrides", apply_overrides)
     config = overrides(load(args.config), args)
     config.validate()
+    from scattergate.rewrite.dkim_sign import load_signer
+
+    load_signer(config.dkim_signing.key_table)  # key files: refused before any worker starts
     return config
 
 
@@ -228,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tools.run(args)
     if args.command == "quarantine":
         return quarantine_cli.run(args)
+    if args.command == "queue":
+        return queue_cli.run(args)
     if args.command == "passwd":
         return passwd_cli.run(args)
     if args.command == "audit":

@@ -199,6 +199,18 @@ class BackscatterConfig:
 
 
 @dataclass(slots=True)
+class DkimSigningConfig:
+    """DKIM signatures on mail we send (docs/configuration.md): our DSNs always once a key
+    table is set; our users' outbound mail when `outbound` is on."""
+
+    # OpenDKIM KeyTable format, "NAME DOMAIN:SELECTOR:/path/to/key" per line; key files mode
+    # 0600. Empty: nothing is signed.
+    key_table: str = ""
+    # Also sign mail from trusted clients (receive.trusted_networks, SMTP AUTH) in `serve` mode.
+    outbound: bool = False
+
+
+@dataclass(slots=True)
 class StateConfig:
     data_dir: str = "scattergate-data"
     # How often buffered counters and decisions are written to the state store.
@@ -214,11 +226,15 @@ class StateConfig:
 @dataclass(slots=True)
 class LoggingConfig:
     level: str = "info"
-    # Log file inside data_dir; empty: stderr only.
+    # Log file, relative to data_dir or absolute; empty: stderr only.
     file: str = "scattergate.log"
     # "text" (one readable line per event) or "json" (one JSON object per line, for log
     # shippers; decision lines carry every field of the decision).
     format: str = "text"
+    # Also send every line to syslog: "/dev/log" (the local syslog daemon's socket), another
+    # unix socket path, or HOST:PORT (syslog over UDP). Empty: no syslog.
+    syslog: str = ""
+    syslog_facility: str = "mail"
 
 
 @dataclass(slots=True)
@@ -356,6 +372,7 @@ class Config:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     smtp_auth: SmtpAuthConfig = field(default_factory=SmtpAuthConfig)
+    dkim_signing: DkimSigningConfig = field(default_factory=DkimSigningConfig)
 
     def validate(self) -> None:
         """Check values whose type is right but whose content is not; raise ConfigError."""
@@ -434,6 +451,9 @@ class Config:
             http_host, _ = parse_host_port(self.http.listen, "http.listen")
             if not self.http.token_file and not _is_loopback(http_host):
                 raise ConfigError(f"http.listen: {self.http.listen} is not loopback: set http.token_file")
+        from scattergate.logsetup import validate as validate_logging  # cycle-free: lazy
+
+        validate_logging(self)
         if self.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"logging.level: unknown level {self.logging.level!r}")
         from scattergate.decision.policy import validate_policy  # cycle-free: lazy

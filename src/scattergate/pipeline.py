@@ -51,6 +51,7 @@ from scattergate.rewrite.keys import BatvKeyring, load_batv_keyring, load_or_cre
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
 from scattergate.delivery import maildir
+from scattergate.rewrite.dkim_sign import load_signer
 from scattergate.delivery.relay import DownstreamPool, DsnParams, Relay, downstream_tls
 from scattergate.model import (
     Accept,
@@ -154,6 +155,7 @@ class Gateway:
         self.quarantine = QuarantineStore(config.data_dir / "quarantine", store)
         # None when no rate limit is set: then connect and RCPT make no store round trip.
         self.rate = RateLimiter(store, config.rate_limits) if RateLimiter.wanted(config.rate_limits) else None
+        self.dkim_signer = load_signer(config.dkim_signing.key_table)  # raises for an unsafe key
         self.spool: Spool | None = None
         self.scheduler: Scheduler | None = None
         if config.spool.enabled and self.relay is not None:
@@ -227,6 +229,7 @@ class Gateway:
             reporting_mta=self.hostname,
             max_return=spool_config.dsn_max_return,
             count=self.recorder.count,
+            sign=self.dkim_signer.sign if self.dkim_signer is not None else None,
         )
         dsn_pool = None
         if spool_config.dsn_route:
@@ -451,6 +454,8 @@ class Gateway:
             except OSError as exc:  # the state store (e.g. Redis) is down: its bounces would lack proof
                 log.error("cannot remember outbound message: %s", exc)
                 return Tempfail(Reply(451, "4.3.0", "Cannot record the message now, try again later"), verdict.findings)
+        if session.trusted and self.dkim_signer is not None and self.config.dkim_signing.outbound:
+            message = await asyncio.to_thread(self.dkim_signer.sign, message)  # an RSA signature: off the loop
         findings = verdict.findings
         if budget <= 0:
             return Tempfail(Reply(451, "4.4.3", "Out of time, try again later"), findings)

@@ -7,23 +7,21 @@ same port with SO_REUSEPORT and lets the kernel spread connections between them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
-import json
 import logging
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from scattergate.config import Config, ConfigError, parse_host_port
 from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.logsetup import request_reopen, setup_logging
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
-from scattergate.state.store import StateStore, storable_decision
+from scattergate.state.store import StateStore
 from scattergate.web import service as web_service
 from scattergate.web.service import WebSetup
 
@@ -33,48 +31,6 @@ DRAIN_SECONDS = 30.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Blocked across fork until a worker has its handlers (SIGHUP's default would kill it).
 _WORKER_SIGNALS = _STOP_SIGNALS | {signal.SIGHUP}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; a decision line carries the decision's fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "message": record.getMessage(),
-        }
-        decision = getattr(record, "decision", None)
-        if decision is not None:
-            # The fields as the state store keeps them: bytes that were not UTF-8 as \xNN.
-            entry["decision"] = dataclasses.asdict(storable_decision(decision))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        # ASCII only: client text then can carry no terminal escape (C1 controls included) and
-        # no lone surrogate, which would make the line unwritable, and so lost.
-        return json.dumps(entry, ensure_ascii=True)
-
-
-def setup_logging(config: Config) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if config.logging.file:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        # backslashreplace: a line with text that cannot be encoded is still written, escaped.
-        handlers.append(logging.FileHandler(config.data_dir / config.logging.file, encoding="utf-8",
-                                            errors="backslashreplace"))
-    logging.basicConfig(
-        level=config.logging.level.upper(),
-        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-    if config.logging.format == "json":
-        for handler in handlers:
-            handler.setFormatter(JsonFormatter())
-    # aiosmtpd logs every command at INFO; our decision line says what matters.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def bind(listen: str, *, reuse_port: bool) -> socket.socket:
@@ -151,6 +107,7 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
 def _reload(reload: Callable[[], Config], running: Config, store: StateStore,
             current: list[Gateway], retired: set["asyncio.Task[None]"]) -> None:
     """SIGHUP: build a Gateway from the re-read configuration; retire the old one when idle."""
+    request_reopen()  # SIGHUP also serves log rotation
     try:
         config = reload()
         config.validate()
@@ -220,6 +177,8 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
         nonlocal stopping
         if signum in _STOP_SIGNALS:
             stopping = True
+        else:
+            request_reopen()  # the parent's own log file, for logrotate
         for child in children:
             try:
                 os.kill(child, signum)
@@ -230,6 +189,7 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
+    signal.signal(signal.SIGUSR1, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
     status = 0
     remaining = set(children)

@@ -10,20 +10,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scattergate.bounce.dsn import FailedMessage, RecipientStatus, build_dsn
 from scattergate.delivery.quarantine import Quarantine
 from scattergate.web import service as web_service
+from tests.support.backscatter_mail import send_unsolicited_bounce
 from tests.support.polling import wait_for
 from tests.support.sink import free_port
 
 MESSAGE = b"From: a@sender.example\r\nTo: user@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
-OUTSIDE = ("127.0.0.2", 0)
 
 
 def scrape(port: int) -> str:
@@ -79,22 +77,54 @@ def test_sessions_decisions_reasons_and_check_latency(site) -> None:  # type: ig
 
 def test_backscatter_refused_is_counted_by_finding(site) -> None:  # type: ignore[no-untyped-def]
     gw, port = site
-    original = b"From: user@example.org\r\nTo: x@remote.example\r\nMessage-ID: <never@example.org>\r\n\r\nx\r\n"
-    failed = FailedMessage(
-        sender="user@example.org", original=original,
-        recipients=[RecipientStatus("x@remote.example", "5.1.1", diagnostic="550 5.1.1 no such user")],
-        reporting_mta="mx.remote.example", arrival=datetime.now(timezone.utc),
-    )
-    bounce = build_dsn(failed, now=datetime.now(timezone.utc)).data
-    with smtplib.SMTP(*gw.address, source_address=OUTSIDE) as client:
-        client.ehlo("mx.remote.example")
-        client.mail("")
-        code, _ = client.rcpt("user@example.org")
-        if code == 250:
-            code, _ = client.data(bounce)
-        assert code == 550
+    code, _ = send_unsolicited_bounce(gw.address)
+    assert code == 550
     text = scrape(port)
     assert value(text, "scattergate_backscatter_refused_total") == 1
+
+
+def test_backscatter_quarantined_is_counted_apart_from_refused(gateway, make_config, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    """backscatter.mode = "quarantine": the bounce is held, and counted as stopped backscatter."""
+    config = make_config(receive={"domains": ["example.org"]}, delivery={"relay": smtp_sink().address},
+                         backscatter={"mode": "quarantine", "batv_mode": "off"}, http={"listen": "127.0.0.1:0"})
+    gw = gateway(config)
+    web = gw.call(web_service.start(config, gw.gateway, gw.store))
+    assert web is not None
+    try:
+        code, reply = send_unsolicited_bounce(gw.address)
+        assert code == 250 and b"held as" in reply
+        text = scrape(web.port)
+        assert value(text, "scattergate_backscatter_quarantined_total", finding="backscatter.unsolicited") == 1
+        assert value(text, "scattergate_backscatter_refused_total") == 0
+        assert value(text, "scattergate_decisions_total", verdict="quarantine") == 1
+    finally:
+        gw.call(web.stop())
+
+
+def test_standard_process_build_info_and_no_created_series(site) -> None:  # type: ignore[no-untyped-def]
+    gw, port = site
+    with smtplib.SMTP(*gw.address) as client:
+        client.noop()
+    text = scrape(port)
+    assert value(text, "process_resident_memory_bytes") > 0
+    assert value(text, "process_open_fds") > 0
+    assert abs(value(text, "process_start_time_seconds") - time.time()) < 24 * 3600
+    assert value(text, "process_cpu_seconds_total") > 0
+    from scattergate import __version__
+    assert value(text, "scattergate_build_info", version=__version__) == 1
+    assert "_created" not in text
+
+
+def test_dsn_suppressed_without_kind_is_notify_never(site) -> None:  # type: ignore[no-untyped-def]
+    """The milter counts `dsn.suppressed` when it gives Postfix NOTIFY=NEVER for a recipient."""
+    gw, port = site
+
+    async def count() -> None:
+        gw.gateway.recorder.count("dsn.suppressed")
+
+    gw.call(count())
+    text = scrape(port)
+    assert value(text, "scattergate_dsn_suppressed_total", kind="notify_never") == 1
 
 
 def test_dsn_spool_and_disk_gauges(site) -> None:  # type: ignore[no-untyped-def]
@@ -115,6 +145,16 @@ def test_dsn_spool_and_disk_gauges(site) -> None:  # type: ignore[no-untyped-def
     assert value(text, "scattergate_quarantine_messages") == 1
     assert value(text, "scattergate_quarantine_bytes") == len(MESSAGE)
     assert value(text, "scattergate_queue_messages") == 0
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def start_time(pid: int) -> float:
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def test_serve_with_several_workers_adds_up_all_workers(tmp_path: Path) -> None:
@@ -149,6 +189,15 @@ def test_serve_with_several_workers_adds_up_all_workers(tmp_path: Path) -> None:
         # Every scrape, whichever worker answers it, sees all six sessions.
         for _ in range(4):
             assert value(scrape(http_port), "scattergate_sessions_total") == 6
+        # process_*: the parent and both workers as one gateway, whichever worker answers.
+        workers = [int(p) for p in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        assert len(workers) == 2
+        biggest = max(rss_bytes(pid) for pid in [process.pid, *workers])
+        for _ in range(4):
+            text = scrape(http_port)
+            assert value(text, "process_resident_memory_bytes") > biggest
+            assert value(text, "process_start_time_seconds") == start_time(process.pid)
+            assert len([line for line in text.splitlines() if line.startswith("process_cpu_seconds_total")]) == 1
         assert any((tmp_path / "data" / "metrics").iterdir())
     finally:
         process.send_signal(signal.SIGTERM)

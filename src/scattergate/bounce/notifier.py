@@ -42,6 +42,7 @@ class BounceNotifier:
         max_return: int,
         on_dsn: Callable[[], None] = lambda: None,
         count: Callable[[str], None] = lambda name: None,
+        sign: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.spool = spool
         self.quarantine = quarantine
@@ -50,6 +51,8 @@ class BounceNotifier:
         self.max_return = max_return
         self.on_dsn = on_dsn
         self._count = count
+        # DKIM-signs our DSNs (rewrite/dkim_sign.py), so receivers that check DMARC take them.
+        self._sign = sign
 
     def failed(self, entry: SpoolEntry, content: bytes, failed: Sequence[SpooledRecipient], remote_mta: str) -> str:
         """Permanent failure of `failed`: send a DSN or quarantine. Returns what was done."""
@@ -137,7 +140,7 @@ class BounceNotifier:
             arrival=time.time(),
             is_dsn=True,
         )
-        self.spool.put(notice, dsn.data)
+        self.spool.put(notice, self._sign(dsn.data) if self._sign is not None else dsn.data)
         self._count(f"dsn.sent.{kind}")
         log.info("dsn queued: %s", fields(action=action, message=entry.id, to=f"<{dsn.rcpt_to}>", dsn=notice.id))
         self.on_dsn()

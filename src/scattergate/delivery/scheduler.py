@@ -22,6 +22,7 @@ from scattergate.bounce.notifier import BounceNotifier
 from scattergate.config import SpoolConfig
 from scattergate.delivery.relay import DownstreamPool, Outbound, deliver_each
 from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Incomplete, Spool, SpoolEntry, SpoolWriter
+from scattergate.delivery.wake import WakeListener
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class Scheduler:
         self.writer = SpoolWriter(spool, self._handover)
         self._deliveries: set[asyncio.Task[None]] = set()
         self._next_scan = 0.0  # when the scan loop wakes by itself next (clock time)
+        # `scattergate queue flush/release` wakes us through it (delivery/wake.py).
+        self._waker = WakeListener(spool.root, self.wake)
 
     def wake(self) -> None:
         """New mail was spooled: look at the queue now rather than at the next poll."""
@@ -91,9 +94,14 @@ class Scheduler:
         if removed:
             log.info("spool: removed %d incomplete writes (never acknowledged)", removed)
         log.info("spool: %d messages queued", len(self.spool))
+        try:
+            self._waker.start()
+        except OSError as exc:  # the periodic scan still finds flushed mail, only later
+            log.warning("spool: cannot listen for queue flush requests at %s: %s", self._waker.path, exc)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        self._waker.close()
         await self.writer.close()
         for task in list(self._deliveries):
             task.cancel()  # each releases its claim; the message stays spooled
@@ -128,6 +136,8 @@ class Scheduler:
         entries = await asyncio.to_thread(lambda: list(self.spool.entries()))
         due = []
         for entry in entries:
+            if entry.held:
+                continue  # until `scattergate queue release`, which wakes us
             if entry.next_attempt <= now:
                 due.append(entry.id)
             else:
@@ -144,6 +154,9 @@ class Scheduler:
         # thread whose awaiting task is cancelled would leak its lock for the process's life.
         claim = self.spool.claim(message_id, read=False)  # the content is read in _deliver's thread
         if claim is None:
+            return None
+        if claim.entry.held:  # put on hold since the scan read it (the claim reads it afresh)
+            claim.release()
             return None
         return await self._attempt_claimed(claim)
 

@@ -76,6 +76,8 @@ class SpoolEntry:
     delay_notified: bool = False
     # A DSN we generated: never answered with another DSN.
     is_dsn: bool = False
+    # Put on hold by an administrator (`scattergate queue hold`): never delivered until released.
+    held: bool = False
 
     def pending(self) -> list[SpooledRecipient]:
         return [r for r in self.recipients if r.state == PENDING]

@@ -94,7 +94,8 @@ def handler(domain: str, secrets: SrsSecrets, local_domains: Collection[str] = (
 
 def run(config: Config) -> int:
     """`scattergate srs-socketmap`: serve until SIGTERM/SIGINT (no Gateway involved)."""
-    from scattergate.serve import listening_on, new_event_loop, setup_logging, start_stream_server
+    from scattergate.logsetup import setup_logging
+    from scattergate.serve import listening_on, new_event_loop, start_stream_server
 
     settings = config.postfix
     if not settings.srs_domain or not settings.srs_secrets_file:

@@ -111,8 +111,8 @@ class SrsSecrets:
         return f"SrsSecrets(<{len(self.secrets)} redacted>)"
 
 
-def read_secret_file(path: str | os.PathLike[str]) -> list[str]:
-    """Read the meaningful lines of a secrets file after checking that it is private.
+def read_private_file(path: str | os.PathLike[str], what: str = "secrets file") -> bytes:
+    """The content of a file after checking that it is private (`what` names it in errors).
 
     The mode is checked on the open descriptor (fstat), not the path, so the file we check is
     the file we read.
@@ -121,21 +121,27 @@ def read_secret_file(path: str | os.PathLike[str]) -> list[str]:
     try:
         fd = os.open(name, os.O_RDONLY)
     except OSError as exc:
-        raise SecretFileError(f"cannot open secrets file {name}: {exc.strerror}") from exc
+        raise SecretFileError(f"cannot open {what} {name}: {exc.strerror}") from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise SecretFileError(f"secrets file {name} is not a regular file")
+            raise SecretFileError(f"{what} {name} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise SecretFileError(
-                f"secrets file {name} has mode {mode:04o}; it must not be accessible to "
+                f"{what} {name} has mode {mode:04o}; it must not be accessible to "
                 f"group or other (chmod 600 {name})"
             )
         with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read()
+            return fh.read()
     finally:
         os.close(fd)
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> list[str]:
+    """Read the meaningful lines of a secrets file after checking that it is private."""
+    name = os.fspath(path)
+    data = read_private_file(name)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

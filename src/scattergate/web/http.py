@@ -60,7 +60,11 @@ class Response:
         lines = [f"HTTP/1.1 {self.status} {reason}", f"Content-Type: {self.content_type}",
                  f"Content-Length: {len(self.body)}", "Connection: close", "Cache-Control: no-store",
                  "X-Content-Type-Options: nosniff", "X-Frame-Options: DENY",
-                 "Referrer-Policy: same-origin"]
+                 "Referrer-Policy: same-origin",
+                 # Nothing is loaded from anywhere: a held message shown as text can never make
+                 # the browser fetch a tracker, and no script runs even if escaping failed.
+                 "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; "
+                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"]
         lines += [f"{name}: {value}" for name, value in self.headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else self.body)
 

@@ -1,25 +1,38 @@
 """Quarantine operations shared by `scattergate quarantine` and the dashboard.
 
 list / show / release / delete over the quarantine index (state store) and its files. Release
-re-injects a held message into the downstream with `NOTIFY=NEVER` for every recipient, so the
-message we let out can never come back as a bounce to anybody.
+delivers a held message where the gateway delivers accepted mail, without running the checks
+that held it again: into the local Maildir in the default set-up, or to the downstream
+(delivery.relay, or --to) with `NOTIFY=NEVER` for every recipient, so the message we let out
+can never come back as a bounce to anybody. Never back into the gateway itself: its checks
+would hold the message again, under a new id. A release or delete is recorded as a decision
+(phase "quarantine"), so it shows in the decision log and on the dashboard.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
+import logging
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosmtplib
 
-from scattergate.config import Config, parse_host_port
+from scattergate.address import AddressError, parse_path
+from scattergate.config import Config, ConfigError, parse_host_port
+from scattergate.decision.record import format_decision
+from scattergate.delivery import maildir
 from scattergate.delivery.quarantine import Quarantine
 from scattergate.delivery.relay import downstream_reply
-from scattergate.model import Reply
-from scattergate.state.store import QuarantineItem, StateStore
+from scattergate.model import Finding, Reply
+from scattergate.state.store import DecisionRecord, QuarantineItem, StateStore
+from scattergate.web.auth import loopback_host
+
+log = logging.getLogger(__name__)
 
 
 class QuarantineError(Exception):
@@ -29,11 +42,12 @@ class QuarantineError(Exception):
 @dataclass(frozen=True, slots=True)
 class ReleaseResult:
     item: QuarantineItem
-    downstream: str
+    downstream: str  # HOST:PORT, or "maildir DIR" for local delivery
     reply: Reply
     # True when the downstream speaks DSN and got NOTIFY=NEVER with the original sender;
-    # False when it does not, and the message went with the null sender instead.
-    notify_never: bool
+    # False when it does not, and the message went with the null sender instead;
+    # None for local delivery (nothing that could bounce).
+    notify_never: bool | None
 
 
 def header_block(content: bytes) -> bytes:
@@ -73,31 +87,92 @@ class QuarantineOps:
         except OSError as exc:
             raise QuarantineError(f"message {item.id}: cannot read {item.path}: {exc.strerror}") from None
 
-    def delete(self, item_id: str) -> QuarantineItem:
+    def delete(self, item_id: str, *, by: str = "dashboard") -> QuarantineItem:
         item = self.get(item_id)
         self.quarantine.delete(item)
+        self._record(item, "delete", "deleted", Reply(250, "2.0.0", f"deleted {item.id}"), f"by={by}")
         return item
 
-    async def release(self, item_id: str, to: str = "", *, timeout: float = 30.0) -> ReleaseResult:
-        """Deliver a held message to `to` (default delivery.relay), then drop it from the quarantine.
+    async def release(self, item_id: str, to: str = "", *, timeout: float = 30.0, by: str = "dashboard") -> ReleaseResult:
+        """Deliver a held message (to `to`, else delivery.relay, else the local Maildir), then
+        drop it from the quarantine. Raises QuarantineError when it could not be delivered:
+        the message then stays held.
 
         All recipients or none: a downstream that refuses any of them gets RSET and the
         message stays held, so a release never leaves us owing anybody a bounce.
         """
         item = self.get(item_id)
         target = to or self.config.delivery.relay
-        if not target:
-            raise QuarantineError("no downstream: set delivery.relay or pass --to HOST:PORT")
-        host, port = parse_host_port(target, "--to")
         content = self.content(item)
-        reply, notify_never = await _inject(
-            host, port, item, content, timeout=timeout,
-            local_hostname=self.config.server.hostname or socket.getfqdn(),
-        )
-        if reply.code >= 400:
-            raise QuarantineError(f"downstream {target} refused message {item.id}: {reply}")
+        if target:
+            host, port = self._downstream(target)
+            reply, notify_never = await _inject(
+                host, port, item, content, timeout=timeout,
+                local_hostname=self.config.server.hostname or socket.getfqdn(),
+            )
+            if reply.code >= 400:
+                raise QuarantineError(f"downstream {target} refused message {item.id}: {reply}")
+            where = target
+        else:
+            root = self.config.maildir
+            where, notify_never = f"maildir {root}", None
+            reply = await asyncio.to_thread(self._to_maildir, item, content, root)
         self.quarantine.delete(item)
-        return ReleaseResult(item, target, reply, notify_never)
+        self._record(item, "release", "released", reply, f"to={where} by={by}")
+        return ReleaseResult(item, where, reply, notify_never)
+
+    def _downstream(self, target: str) -> tuple[str, int]:
+        try:
+            host, port = parse_host_port(target, "--to")
+        except ConfigError as exc:
+            raise QuarantineError(str(exc)) from None
+        if _same_listener((host, port), self.config.server.listen):
+            raise QuarantineError(
+                f"{target} is this gateway's own listener: its checks would hold the message again, "
+                "under a new id. Release to the downstream MTA (--to HOST:PORT or delivery.relay), "
+                "or without one, to the local Maildir")
+        return host, port
+
+    @staticmethod
+    def _to_maildir(item: QuarantineItem, content: bytes, root: Path) -> Reply:
+        try:
+            recipients = [parse_path(r) for r in item.recipients]
+        except AddressError as exc:
+            raise QuarantineError(f"message {item.id}: a recipient is not a mailbox: {exc}") from None
+        try:
+            maildir.deliver(root, recipients, content)
+        except OSError as exc:
+            raise QuarantineError(f"cannot deliver message {item.id} into {root}: {exc}") from None
+        return Reply(250, "2.0.0", f"delivered to {len(recipients)} local mailbox(es)")
+
+    def _record(self, item: QuarantineItem, action: str, result: str, reply: Reply, detail: str) -> None:
+        """The release or delete as a decision, for the decision log and the dashboard. The
+        message has already been delivered or dropped: a store failure is reported, not raised
+        (a retry would deliver it twice)."""
+        finding = Finding("quarantine", result, f"id={item.id} {detail}")
+        # No SMTP session: the quarantine id stands in its place, to find the entry by.
+        record = DecisionRecord(time=time.time(), session=item.id, client="", helo="", sender=item.sender,
+                                recipients=item.recipients, phase="quarantine", verdict=action,
+                                reply=str(reply), findings=(str(finding),))
+        log.info("%s", format_decision(record), extra={"decision": record})
+        try:
+            self.store.add({f"quarantine.{finding.result}": 1}, [record])
+        except Exception as exc:  # e.g. Redis down: the operation itself is done
+            log.warning("quarantine %s of %s done, but not recorded in the state store: %s", action, item.id, exc)
+
+
+def _same_listener(target: tuple[str, int], listen: str) -> bool:
+    """Whether `target` reaches our own `server.listen` (same port; same host, a wildcard
+    listener, or loopback on both sides)."""
+    try:
+        host, port = parse_host_port(listen, "server.listen")
+    except ConfigError:
+        return False
+    if port != target[1]:
+        return False
+    if host in ("0.0.0.0", "::", "") or host == target[0]:
+        return True
+    return loopback_host(host) and loopback_host(target[0])
 
 
 async def _inject(

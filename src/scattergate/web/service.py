@@ -1,7 +1,8 @@
 """Start and stop the HTTP listener (metrics + dashboard) beside a gateway worker.
 
 `prepare()` runs once in the parent before workers fork: it reads the token (so a bad token
-file stops `serve` at once, not each worker), makes the CSRF secret every worker shares, and
+file stops `serve` at once, not each worker), makes the CSRF secret every worker shares, names
+the login-session directory they share, and
 switches prometheus-client to multiprocess mode when there are several workers.
 """
 
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from scattergate.config import Config, parse_host_port
 from scattergate.pipeline import Gateway
 from scattergate.state.store import StateStore
-from scattergate.web.auth import Guard, read_token
+from scattergate.web.auth import Guard, Sessions, read_token
 
 if TYPE_CHECKING:
     from scattergate.web.app import Dashboard
@@ -50,7 +51,8 @@ def prepare(config: Config) -> WebSetup | None:
                 probe.bind((host, 0))
                 port = probe.getsockname()[1]
             config.http.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return WebSetup(Guard(token, os.urandom(32)), reuse_port=several)
+    sessions = Sessions(config.data_dir / "web-sessions", token) if token else None
+    return WebSetup(Guard(token, os.urandom(32), sessions), reuse_port=several)
 
 
 def prepare_multiprocess(data_dir: Path) -> None:

@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import shlex
+import signal
 import threading
 from pathlib import Path
 
 from scattergate.decision.record import DecisionRecorder, format_decision
 from scattergate.model import Accept, Phase, Session
 from scattergate.config import Config
-from scattergate.serve import JsonFormatter, setup_logging
+from scattergate.logsetup import REOPEN_SIGNALS, JsonFormatter, setup_logging
 from scattergate.state.sqlite import SqliteStore
 from scattergate.state.store import DecisionRecord
 
@@ -127,6 +128,7 @@ def test_a_log_line_with_undecodable_text_still_reaches_the_log_file(tmp_path: P
     config.state.data_dir = str(tmp_path)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    signals = {signum: signal.getsignal(signum) for signum in REOPEN_SIGNALS}  # setup_logging sets them
     try:
         setup_logging(config)
         root.handlers[0].setLevel(logging.CRITICAL)  # keep stderr quiet; the file is the subject
@@ -138,5 +140,7 @@ def test_a_log_line_with_undecodable_text_still_reaches_the_log_file(tmp_path: P
             handler.close()
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+        for signum, handler in signals.items():
+            signal.signal(signum, handler)
     text = (tmp_path / config.logging.file).read_text("utf-8")
     assert "helo=x\\udcff end" in text
