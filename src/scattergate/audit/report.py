@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .probe import Reply
+from .probe import Reply, displayable
 
 
 class Status(enum.StrEnum):
@@ -97,7 +97,7 @@ def render_text(report: AuditReport) -> str:
         lines.append("Verdict: SAFE: unknown recipients are refused during the SMTP dialogue.")
         if any(t.name == "after-queue" and t.status is Status.SKIPPED for t in report.tests):
             lines.append("Bounces after acceptance were not tested (no --bounce-sender).")
-    return "\n".join(lines)
+    return "\n".join(displayable(line) for line in lines)
 
 
 def _greeting(reply: Reply) -> bool:

@@ -59,3 +59,14 @@ def test_json() -> None:
     assert data["tests"][1] == {"name": "t1", "status": "ERROR", "explanation": "why",
                                 "replies": [{"command": "RCPT TO:<y@example.org>", "code": 451,
                                              "text": "4.3.0 try later"}]}
+
+
+def test_a_hostile_servers_text_reaches_no_terminal_raw() -> None:
+    r = report(Status.PASS)
+    r.tests[0].replies = [Reply("connect", 220, "mx\x1b]0;owned\x07 ESMTP"),
+                          Reply("RCPT TO:<x@example.org>", 550, "5.1.1 caf\u00e9 \x1b[2J\x9b unknown")]
+    r.tests[0].explanation = "refused (550 5.1.1 \x1b[2J)"
+    text = render_text(r)
+    assert not any(c in text for c in "\x1b\x07\x9b")
+    assert "greeting: 220 mx\\x1b]0;owned\\x07 ESMTP" in text
+    assert "RCPT TO:<x@example.org> → 550 5.1.1 caf\u00e9 \\x1b[2J\\x9b unknown" in text
