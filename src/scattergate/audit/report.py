@@ -21,6 +21,7 @@ class Status(enum.StrEnum):
 
 # Exit codes (also in docs/audit.md).
 SAFE, RISK_FOUND, INCOMPLETE = 0, 1, 2
+_NO_EVIDENCE = (Status.ERROR, Status.INCONCLUSIVE, Status.SKIPPED)
 
 
 @dataclass(slots=True)
@@ -56,8 +57,9 @@ class AuditReport:
         # A risk seen is a finding even if another test could not finish.
         if any(t.status is Status.RISK for t in self.tests):
             return RISK_FOUND
-        # Safe only on evidence about recipients: a refusal for our HELO name or sender is none.
-        if any(t.status in (Status.ERROR, Status.INCONCLUSIVE) for t in self.tests):
+        # Safe only when every test ran and gave evidence: a refusal for our HELO name or
+        # sender is none, and a test not run (after-queue without a listener) proves nothing.
+        if any(t.status in _NO_EVIDENCE for t in self.tests):
             return INCOMPLETE
         return SAFE
 
@@ -84,19 +86,18 @@ def render_text(report: AuditReport) -> str:
                          f"{b.kind} (confidence {b.confidence:.2f}), status {codes}, "
                          f"{'names' if b.names_probe else 'does not name'} our probe")
     risks = sum(t.status is Status.RISK for t in report.tests)
-    errors = sum(t.status in (Status.ERROR, Status.INCONCLUSIVE) for t in report.tests)
+    missing = [t for t in report.tests if t.status in _NO_EVIDENCE]
     lines.append("")
     if risks:
         lines.append(f"Verdict: BACKSCATTER RISK ({risks} of {len(report.tests)} tests): "
                      "refuse during the SMTP dialogue (at RCPT, or at the end of DATA) what would "
                      "fail later, and bounce only to senders proven genuine.")
-    elif errors:
-        lines.append(f"Verdict: INCOMPLETE ({errors} test(s) gave no evidence about recipients); "
-                     "no risk seen so far.")
+    elif missing:
+        lines.append(f"Verdict: INCOMPLETE (not run or no evidence about recipients: "
+                     f"{', '.join(t.name for t in missing)}); no risk seen so far.")
     else:
-        lines.append("Verdict: SAFE: unknown recipients are refused during the SMTP dialogue.")
-        if any(t.name == "after-queue" and t.status is Status.SKIPPED for t in report.tests):
-            lines.append("Bounces after acceptance were not tested (no --bounce-sender).")
+        lines.append("Verdict: SAFE: unknown recipients are refused during the SMTP dialogue, and "
+                     "accepted mail did not bounce.")
     return "\n".join(displayable(line) for line in lines)
 
 
