@@ -35,7 +35,7 @@ _log = logging.getLogger(__name__)
 
 def storable(value: object) -> str:
     """Text every backend can encode: lone surrogates become `\\xNN` (`\\uNNNN` if not from a byte)."""
-    text = value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else "" if value is None else str(value)
     try:
         text.encode("utf-8")
         return text

@@ -125,6 +125,16 @@ def test_one_undecodable_record_loses_nothing_else(make_store: StoreFactory) -> 
     assert store.counters() == {"sessions": 3, "findings.x\\xff\\xfe": 1}
 
 
+def test_a_record_with_missing_or_unusable_fields_is_kept_or_left_out_alone(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.add({"sessions": 3}, [decision(1), decision(2, helo=None, sender=None), decision(3, time="not a time"),
+                                decision(4)])
+    got = {d.session: d for d in store.recent_decisions()}
+    assert sorted(got) == ["s1", "s2", "s4"]  # s3 cannot be stored at all: only s3 is lost
+    assert got["s2"].helo == "" and got["s2"].sender == ""
+    assert store.counters() == {"sessions": 3}
+
+
 def test_undecodable_quarantine_and_sent_fields_are_kept_escaped(make_store: StoreFactory, tmp_path: Path) -> None:
     store = make_store()
     store.quarantine_add(held(tmp_path, "q1", 1.0, sender=f"s{NOT_UTF8}@example.net",
