@@ -10,8 +10,8 @@ directory and run as `scattergate serve --relay` (with `--spool` in spool mode) 
 one smtp-sink, with the same checks and loopback DNS as bench/relay_throughput.py. Every
 round sends the same smtp-source load to each build in turn, alternating the order; with
 `--postfix` a private Postfix plain relay runs beside them. Printed per round and as medians:
-msg/s, and the gateway's CPU per message (user + system time of its processes, read from
-/proc), which moves less with the host's speed than throughput does.
+msg/s, and the CPU per message of each row (user + system time of its processes, read from
+/proc; Postfix's daemons included), which moves less with the host's speed than throughput does.
 
 Why: single runs on a shared 2-core machine move by ±30% with the host, so a change is only
 measured against the code before it in the same run. Loopback only; bounded by --messages.
@@ -52,22 +52,6 @@ def export_source(revision: str, into: Path) -> Path:
     return into / "src"
 
 
-def process_tree(pid: int) -> list[int]:
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [pid, *(int(child) for child in children)]
-
-
-def cpu_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("builds", nargs="+", help=f"git revisions, or {WORKTREE}; REV@N runs N workers")
@@ -75,7 +59,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--size", type=int, default=5120)
     parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", default="auto", help="worker processes per build (default: auto)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--postfix", action="store_true", help="a Postfix plain relay row beside the builds")
     args = parser.parse_args()
@@ -95,41 +79,33 @@ def main() -> int:
     sink = rt.CountingSink()
     try:
         with contextlib.ExitStack() as stack:
-            targets: dict[str, str] = {}
-            pids: dict[str, list[int]] = {"Postfix": []}
+            targets: dict[str, rt.Running] = {}
             for index, build in enumerate(args.builds):
                 revision, _, workers = build.partition("@")
                 source = export_source(revision, work / f"build-{index}")
-                before = set(subprocess.run(["pgrep", "-f", "scattergate serve"], capture_output=True,
-                                            text=True).stdout.split())
                 targets[build] = stack.enter_context(rt.scattergate_relay(
-                    work / f"gateway-{index}", sink.port, spool=args.mode == "spool", workers=int(workers or args.workers),
+                    work / f"gateway-{index}", sink.port, spool=args.mode == "spool", workers=workers or args.workers,
                     source=source))
-                started = [int(p) for p in subprocess.run(["pgrep", "-f", "scattergate serve"], capture_output=True,
-                                                          text=True).stdout.split() if p not in before]
-                pids[build] = sorted({pid for parent in started for pid in process_tree(parent)})
             if args.postfix:
-                targets["Postfix"] = stack.enter_context(rt.postfix_relay(work / "postfix", sink.port)).address
+                targets["Postfix"] = stack.enter_context(rt.postfix_running(work / "postfix", sink.port))
             for row in rows:
-                rt.run_load(targets[row], warm_up, sink)
+                rt.run_load(targets[row].address, warm_up, sink)
             for round_ in range(args.rounds):
                 for row in (rows if round_ % 2 == 0 else rows[::-1]):
-                    before_ticks = cpu_ticks(pids[row])
-                    seconds = rt.run_load(targets[row], load, sink)
+                    _, seconds, cost = rt.measure(targets[row], load, sink)
                     rates[row].append(args.messages / seconds)
-                    cpu[row].append((cpu_ticks(pids[row]) - before_ticks) * 10 / args.messages)
-                    cost = f", {cpu[row][-1]:.2f} ms CPU/msg" if pids[row] else ""
-                    print(f"round {round_ + 1}: {row}: {rates[row][-1]:,.0f} msg/s{cost}", flush=True)
+                    cpu[row].append(cost)
+                    print(f"round {round_ + 1}: {row}: {rates[row][-1]:,.0f} msg/s, {cost:.2f} ms CPU/msg", flush=True)
     finally:
         sink.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{args.mode} mode, {args.messages} messages x {args.size} bytes, {args.sessions} sessions, "
           f"{args.workers} worker(s), medians of {args.rounds} rounds\n")
-    print("| build | msg/s | gateway CPU ms/msg |" + (" ratio to Postfix |" if args.postfix else ""))
+    print("| build | msg/s | CPU ms/msg |" + (" ratio to Postfix |" if args.postfix else ""))
     print("|---|---:|---:|" + ("---:|" if args.postfix else ""))
     for row in rows:
-        cost = f"{statistics.median(cpu[row]):.2f}" if pids.get(row) else ""
+        cost = f"{statistics.median(cpu[row]):.2f}"
         ratio = ""
         if args.postfix:
             ratio = f" {statistics.median(r / p for r, p in zip(rates[row], rates['Postfix'])):.2f}x |"

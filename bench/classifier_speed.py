@@ -1,6 +1,12 @@
 """Classifier speed on typical mail and on real bounces, one process, messages in memory.
 
     PYTHONPATH=src python bench/classifier_speed.py [--corpora /work/shared/corpora] [--runs 3]
+    PYTHONPATH=src python bench/classifier_speed.py --against main [--rounds 3]   # before/after
+
+With `--against REF` the classifier of git revision REF (its `src/`, exported to a temporary
+directory) and the working tree's are measured alternately in fresh processes, `--rounds` times
+each, so both see the same machine load; the table gives CPU µs/msg per class for each side (the
+median over rounds of each round's median) and the change.
 
 Classes:
 - ham:      SpamAssassin easy-ham-1 + easy-ham-2 (ordinary person-to-person and list mail)
@@ -18,9 +24,14 @@ table shows the median of the runs. On a shared machine the CPU-time figure is t
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,13 +126,47 @@ def table(rows: list[dict[str, object]], runs: int) -> str:
     return "\n".join(lines)
 
 
+def compare(ref: str, corpora: Path, runs: int, rounds: int) -> str:
+    """Before (git REF) and after (working tree), alternating fresh processes under one load."""
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", ref, "src"],
+                                 check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        sides = {"before": Path(tmp) / "src", "after": repo / "src"}
+        results: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+        for _ in range(rounds):
+            for side, src in sides.items():
+                out = subprocess.run(
+                    [sys.executable, __file__, "--json", "--runs", str(runs), "--corpora", str(corpora)],
+                    check=True, capture_output=True, text=True,
+                    env={**os.environ, "PYTHONPATH": str(src)}).stdout
+                results[side].append({r["class"]: 1e6 * r["cpu"] / r["n"] for r in json.loads(out)})
+    lines = [f"before = {ref}, after = working tree; CPU µs/msg, median of {rounds} rounds × {runs} runs",
+             "", "| class | before µs/msg | after µs/msg | change | after msg/s (CPU) |", "|---|---:|---:|---:|---:|"]
+    for name in results["after"][0]:
+        b = statistics.median(r[name] for r in results["before"])
+        a = statistics.median(r[name] for r in results["after"])
+        lines.append(f"| {name} | {b:.0f} | {a:.0f} | {100 * (a - b) / b:+.1f}% | {1e6 / a:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpora", type=Path, default=Path("/work/shared/corpora"))
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--against", metavar="REF", help="also measure git revision REF, alternately")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations with --against")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one side of --against
     args = ap.parse_args(argv)
+    if args.against:
+        print(compare(args.against, args.corpora, args.runs, args.rounds))
+        return 0
     classes = load(args.corpora)
-    print(table(measure(classes, args.runs), args.runs))
+    rows = measure(classes, args.runs)
+    print(json.dumps([{k: r[k] for k in ("class", "n", "cpu")} for r in rows]) if args.json
+          else table(rows, args.runs))
     return 0
 
 

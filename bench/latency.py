@@ -183,9 +183,9 @@ def main() -> int:
                 SINK: f"127.0.0.1:{sink.port}",
                 POSTFIX: stack.enter_context(postfix_relay(work / "postfix", sink.port)).address,
                 PROXY: stack.enter_context(scattergate_relay(
-                    work / "proxy", sink.port, spool=False, workers=args.workers, config=str(work / "latency.toml"))),
+                    work / "proxy", sink.port, spool=False, workers=str(args.workers), config=str(work / "latency.toml"))).address,
                 SPOOL: stack.enter_context(scattergate_relay(
-                    work / "spool", sink.port, spool=True, workers=args.workers, config=str(work / "latency.toml"))),
+                    work / "spool", sink.port, spool=True, workers=str(args.workers), config=str(work / "latency.toml"))).address,
             }
             if args.saturation:
                 values = [float(v) for v in args.saturation.split(",")]

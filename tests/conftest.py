@@ -35,6 +35,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
         config = Config()
         config.server.listen = "127.0.0.1:0"
         config.server.hostname = "mx.test.example"
+        config.server.workers = 1  # the gateway runs in the test's process, not forked workers
         config.state.data_dir = str(tmp_path / "data")
         config.state.flush_interval = 0.05
         config.logging.file = ""

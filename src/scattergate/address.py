@@ -1,6 +1,6 @@
 """RFC 5321 envelope addresses: a strict, pure parser.
 
-We parse the path ourselves (instead of the header parser aiosmtpd uses) because the relay
+We parse the path ourselves (instead of the stdlib e-mail header parser) because the relay
 checks must *see* the classic relay tricks — source routes, quoted local parts holding '@',
 percent hacks, bang paths, IP literals — rather than have them silently normalised away.
 """
@@ -135,9 +135,9 @@ def _parse_mailbox(text: str, route: tuple[str, ...]) -> Address:
     if not rest.startswith("@"):
         raise AddressError("address has no domain")
     domain = rest[1:]
-    if len(local.encode()) > MAX_LOCAL_PART:
+    if len(local.encode("utf-8", "surrogateescape")) > MAX_LOCAL_PART:
         raise AddressError("local part too long")
-    if len(domain.encode()) > MAX_DOMAIN:
+    if len(domain.encode("utf-8", "surrogateescape")) > MAX_DOMAIN:
         raise AddressError("domain too long")
     if domain.startswith("["):
         if not _ADDRESS_LITERAL.fullmatch(domain) or not _valid_literal(domain[1:-1]):

@@ -37,7 +37,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify-recipients", dest="verify_recipients", action="store_false", default=None,
                    help="do not probe the downstream for unknown recipients")
     p.add_argument("--data-dir", metavar="DIR", help="state (SQLite) and logs (default ./scattergate-data)")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes sharing the port")
+    p.add_argument("--workers", type=_workers, metavar="N|auto",
+                   help="worker processes sharing the port (default: auto, one per core)")
     p.add_argument("--max-message-size", type=int, metavar="BYTES")
     p.add_argument("--max-recipients", type=int, metavar="N")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -96,6 +97,10 @@ def _postfix_side_args(p: argparse.ArgumentParser, listen_help: str) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="state (SQLite) and logs (default ./scattergate-data)")
     p.add_argument("--socket-mode", type=lambda text: int(text, 8), metavar="OCTAL",
                    help="mode of a unix listening socket (default 660)")
+    p.add_argument("--socket-group", metavar="GROUP", help="group of a unix listening socket (e.g. postfix)")
+    p.add_argument("--dns", metavar="HOST:PORT", help="the DNS resolver to ask (default: /etc/resolv.conf)")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="the site secret shared by every service of the site (default DATA_DIR/site.key)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     _syslog_arg(p)
 
@@ -103,6 +108,16 @@ def _postfix_side_args(p: argparse.ArgumentParser, listen_help: str) -> None:
 def _syslog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--syslog", nargs="?", const="/dev/log", metavar="ADDRESS",
                    help="also log to syslog: /dev/log (the default), a unix socket path or HOST:PORT (UDP)")
+
+
+def _workers(text: str) -> int | str:
+    """--workers: a positive number, or "auto" (one per core)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _http_arg(p: argparse.ArgumentParser) -> None:
@@ -122,6 +137,8 @@ def _postfix_side_overrides(config: Config, args: argparse.Namespace) -> Config:
         ("logging", "syslog"): getattr(args, "syslog", None),
         ("postfix", listen_key[args.command]): args.listen,
         ("postfix", "socket_mode"): getattr(args, "socket_mode", None),
+        ("postfix", "socket_group"): getattr(args, "socket_group", None),
+        ("backscatter", "secret_file"): getattr(args, "secret_file", None),
         ("postfix", "never_bounce"): getattr(args, "never_bounce", None),
         ("postfix", "policy_budget"): getattr(args, "budget", None),
         ("postfix", "policy_timeout_action"): getattr(args, "timeout_action", None),
@@ -129,6 +146,10 @@ def _postfix_side_overrides(config: Config, args: argparse.Namespace) -> Config:
         ("postfix", "srs_secrets_file"): getattr(args, "secrets", None),
         ("http", "listen"): getattr(args, "http_listen", None),
     }
+    if getattr(args, "dns", None):
+        host, port = parse_host_port(args.dns, "--dns")
+        overrides[("dns", "nameservers")] = [host]
+        overrides[("dns", "port")] = port
     for (section, key), value in overrides.items():
         if value is not None:
             setattr(getattr(config, section), key, value)
@@ -157,14 +178,20 @@ def _policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _socketmap_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("srs-socketmap", help="serve SRS forward/reverse as a Postfix socketmap",
-                       description="postsrsd-compatible socketmap: maps 'forward' and 'reverse'.")
+    p = sub.add_parser("socketmap", aliases=["srs-socketmap"],
+                       help="serve BATV and SRS address rewriting as a Postfix socketmap",
+                       description="Maps 'batv' (strip a valid BATV tag), and with --srs-domain the "
+                                   "postsrsd-compatible 'forward' and 'reverse'.")
+    p.set_defaults(command="srs-socketmap")
     p.add_argument("--config", metavar="FILE", help="TOML configuration file")
     p.add_argument("--listen", metavar="inet:HOST:PORT|unix:PATH", help="default inet:127.0.0.1:10044")
     p.add_argument("--srs-domain", metavar="DOMAIN", help="the domain of rewritten senders")
     p.add_argument("--secrets", metavar="FILE", help="SRS secrets, one per line, the first signs")
     p.add_argument("--domain", action="append", metavar="DOMAIN", help="local domains: never rewritten")
+    p.add_argument("--data-dir", metavar="DIR", help="where the site secret is when --secret-file is not given")
+    p.add_argument("--secret-file", metavar="FILE", help="the site secret (BATV), shared with milter and policy")
     p.add_argument("--socket-mode", type=lambda text: int(text, 8), metavar="OCTAL")
+    p.add_argument("--socket-group", metavar="GROUP")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     _syslog_arg(p)
     p.set_defaults(overrides=_postfix_side_overrides)

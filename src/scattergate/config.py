@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -26,7 +27,9 @@ class ServerConfig:
     listen: str = "127.0.0.1:2525"
     # The name we give in the banner, EHLO reply and Received headers. Empty: the host name.
     hostname: str = ""
-    workers: int = 1
+    # Worker processes sharing the port (SO_REUSEPORT): "auto" is one per core this process
+    # may run on, as nginx's worker_processes auto; one Python process saturates one core.
+    workers: int | typing.Literal["auto"] = "auto"
     max_connections: int = 1000
     max_connections_per_client: int = 20
     max_message_size: int = 25 * 1024 * 1024
@@ -57,6 +60,13 @@ class ServerConfig:
     # Budget for the checks of one RCPT (e.g. downstream recipient verification).
     rcpt_deadline: float = 20.0
     smtputf8: bool = True
+
+    def process_count(self) -> int:
+        """`workers` as a number: "auto" is the cores this process may run on (a container's
+        or taskset's share, not the whole machine's)."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.workers
 
 
 @dataclass(slots=True)
@@ -255,8 +265,17 @@ class PostfixConfig:
     milter_listen: str = "inet:127.0.0.1:8895"
     policy_listen: str = "inet:127.0.0.1:10041"
     socketmap_listen: str = "inet:127.0.0.1:10044"
-    # Mode of a unix socket: Postfix's daemons (user 'postfix') must be able to connect.
+    # Mode and group of a unix socket: Postfix's daemons (user 'postfix') must be able to
+    # connect, after every restart ("" keeps the group of the process).
     socket_mode: int = 0o660
+    socket_group: str = ""
+    # Milter: values of Postfix's {daemon_name} macro (milter_macro_daemon_name, set per
+    # service in master.cf) whose clients are our own users, like SASL clients.
+    trusted_daemon_names: list[str] = field(default_factory=lambda: ["ORIGINATING"])
+    # Milter: message bytes all connections together may hold in memory; past it a message
+    # is refused with 451 4.3.0 rather than buffered (each one is also capped by
+    # server.max_message_size and server.max_header_size).
+    milter_memory_limit: int = 256 * 1024 * 1024
     # Re-add the recipients of mail from unverified senders with NOTIFY=NEVER (milter).
     never_bounce: bool = True
     # Milter: answer only RCPT and end of message; every other step is negotiated no-reply.
@@ -385,7 +404,7 @@ class Config:
             except ValueError:
                 raise ConfigError(f"receive.trusted_networks: not a network: {net!r}") from None
         positive = {
-            "server.workers": self.server.workers,
+            "server.workers": self.server.process_count(),
             "server.max_connections": self.server.max_connections,
             "server.max_connections_per_client": self.server.max_connections_per_client,
             "server.max_recipients": self.server.max_recipients,
@@ -517,6 +536,11 @@ class Config:
         return Path(self.state.data_dir)
 
     @property
+    def site_secret_file(self) -> Path:
+        """The site secret every service of the site shares (serve, milter, policy, socketmap)."""
+        return Path(self.backscatter.secret_file) if self.backscatter.secret_file else self.data_dir / "site.key"
+
+    @property
     def maildir(self) -> Path:
         return Path(self.delivery.maildir) if self.delivery.maildir else self.data_dir / "maildir"
 
@@ -589,7 +613,17 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a table")
         return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported type")  # no optional fields: defaults instead
+        # A number or a keyword (`workers = "auto"`); no optional fields: defaults instead.
+        members = typing.get_args(hint)
+        words = [a for m in members if typing.get_origin(m) is typing.Literal for a in typing.get_args(m)]
+        others = [m for m in members if typing.get_origin(m) is not typing.Literal]
+        if not words or len(others) != 1:
+            raise ConfigError(f"{key}: unsupported type")
+        if isinstance(value, str):
+            if value not in words:
+                raise ConfigError(f"{key}: expected {' or '.join(map(repr, words))} or a number, got {value!r}")
+            return value
+        return _coerce(others[0], value, key)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")

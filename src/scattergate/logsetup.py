@@ -43,8 +43,7 @@ class ReopeningFileHandler(logging.FileHandler):
     """A FileHandler that reopens its file by name after request_reopen() (log rotation)."""
 
     def __init__(self, filename: str | Path) -> None:
-        # backslashreplace: a line with text that cannot be encoded (a lone surrogate from a
-        # client's non-UTF-8 bytes) is still written, escaped, instead of being lost.
+        # A client's bytes that are not UTF-8 are escaped, never the reason a line is lost.
         super().__init__(filename, encoding="utf-8", errors="backslashreplace")
         self._generation = _reopen_generation
 

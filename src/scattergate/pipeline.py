@@ -47,7 +47,7 @@ from scattergate.delivery.scheduler import Scheduler
 from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
 from scattergate.net.dns import DnsConfig, Resolver
 from scattergate.rewrite import token
-from scattergate.rewrite.keys import BatvKeyring, load_batv_keyring, load_or_create_site_secret
+from scattergate.rewrite.keys import load_batv_keys, load_or_create_site_secret
 from scattergate.decision.policy import Decider
 from scattergate.decision.record import DecisionRecorder
 from scattergate.delivery import maildir
@@ -193,13 +193,9 @@ class Gateway:
     def _setup_backscatter(self, store: StateStore) -> None:
         """BATV at RCPT, the sent-message registry, and the end-of-DATA backscatter check."""
         settings = self.config.backscatter
-        secret_file = settings.secret_file or str(self.config.data_dir / "site.key")
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.site_secret = load_or_create_site_secret(secret_file)
-        keyring = (
-            load_batv_keyring(settings.batv_keys_file) if settings.batv_keys_file
-            else BatvKeyring.from_mapping({"0": self.site_secret}, current="0")
-        )
+        self.site_secret = load_or_create_site_secret(self.config.site_secret_file)
+        keyring = load_batv_keys(self.site_secret, settings.batv_keys_file)
         domains = frozenset(d.lower() for d in (settings.batv_domains or self.domains))
         self.batv = BatvGuard(BatvSettings(
             keyring, domains, settings.batv_mode, {k.lower(): v for k, v in settings.batv_modes.items()},

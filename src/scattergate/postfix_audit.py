@@ -2,8 +2,9 @@
 
 A Postfix makes backscatter when it accepts mail it later cannot deliver (unknown recipients,
 relay domains without a recipient list, after-queue filters that refuse) and then bounces it
-to the (forged) sender. We read `postconf -n`, fill in Postfix's defaults for the settings we
-judge, and name each risky one with its fix. Pure core (`audit`), thin shell (`main`).
+to the (forged) sender. We read `postconf -n` and the per-service overrides of master.cf
+(`postconf -P`), fill in Postfix's defaults for the settings we judge, and name each risky one
+with its fix. Pure core (`audit`), thin shell (`main`).
 
 Exit codes: 0 no risk found, 1 risks found, 2 could not run postconf / read its output.
 """
@@ -36,7 +37,11 @@ DEFAULTS = {
     "content_filter": "",
     "smtpd_relay_restrictions": "permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination",
     "smtpd_recipient_restrictions": "",
+    "virtual_alias_maps": "$virtual_maps",
+    "virtual_alias_domains": "$virtual_alias_maps",
 }
+# A local part no real mailbox has: a lookup table that maps it is a catch-all.
+_PROBE_LOCAL = "scattergate-no-such-user-7f3a"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,16 @@ class Risk:
 
     def __str__(self) -> str:
         return f"RISK {self.setting} = {self.value or '(empty)'}\n  why: {self.problem}\n  fix: {self.fix}"
+
+
+def parse_master_overrides(text: str) -> dict[str, dict[str, str]]:
+    """`postconf -P` output ("service/type/name = value") → {"service/type": {name: value}}."""
+    services: dict[str, dict[str, str]] = {}
+    for name, value in parse_postconf(text).items():
+        service, _, parameter = name.rpartition("/")
+        if service:
+            services.setdefault(service, {})[parameter] = value
+    return services
 
 
 def parse_postconf(text: str) -> dict[str, str]:
@@ -104,7 +119,7 @@ def _items(value: str) -> list[str]:
 
 def map_keys(spec: str, read: Callable[[Path], str | None]) -> list[str] | None:
     """Keys of a lookup table we can read (inline:, and the source text of hash:/lmdb:/texthash:
-    and friends); None when we cannot tell (ldap:, mysql:, ...)."""
+    and friends; the /patterns/ of regexp: and pcre:); None when we cannot tell (ldap:, ...)."""
     if spec.startswith("inline:"):
         body = spec[len("inline:"):].strip().strip("{}")
         return [part.strip().strip("{}").split("=", 1)[0].strip() for part in body.split(",") if part.strip()]
@@ -114,7 +129,30 @@ def map_keys(spec: str, read: Callable[[Path], str | None]) -> list[str] | None:
         if text is None:
             return None
         return [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if kind in ("regexp", "pcre") and path.startswith("/"):
+        text = read(Path(path))
+        if text is None:
+            return None
+        return [match.group(1) for line in text.splitlines()
+                if (match := re.match(r"\s*/(.*)/[a-zA-Z]*\s", line + " ")) and not line.lstrip().startswith("#")]
     return None
+
+
+def catch_all_keys(spec: str, domains: list[str], read: Callable[[Path], str | None]) -> list[str]:
+    """Entries of a lookup table that match every address of a domain: "@domain" keys, and
+    patterns that match an address no mailbox has."""
+    keys = map_keys(spec, read) or []
+    if spec.startswith(("regexp:", "pcre:")):
+        found = []
+        for pattern in keys:
+            try:
+                compiled = re.compile(pattern, re.IGNORECASE)
+            except re.error:
+                continue  # a pcre feature Python lacks: cannot tell
+            if any(compiled.search(f"{_PROBE_LOCAL}@{domain}") for domain in domains):
+                found.append(f"/{pattern}/")
+        return found
+    return [key for key in keys if key.startswith("@")]
 
 
 def _read(path: Path) -> str | None:
@@ -124,7 +162,8 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def audit(explicit: dict[str, str], read: Callable[[Path], str | None] = _read) -> list[Risk]:
+def audit(explicit: dict[str, str], read: Callable[[Path], str | None] = _read,
+          services: dict[str, dict[str, str]] | None = None) -> list[Risk]:
     s = effective(explicit)
 
     def val(name: str) -> str:
@@ -147,7 +186,9 @@ def audit(explicit: dict[str, str], read: Callable[[Path], str | None] = _read) 
                           "a recipient whose verification is pending is accepted",
                           "unverified_recipient_tempfail_action = defer_if_permit"))
     relay_domains = val("relay_domains")
-    if relay_domains and relay_domains != val("mydestination") and not val("relay_recipient_maps"):
+    restrictions = val("smtpd_relay_restrictions") + " " + val("smtpd_recipient_restrictions")
+    verified = re.search(r"\breject_unverified_recipient\b", restrictions) is not None
+    if relay_domains and relay_domains != val("mydestination") and not val("relay_recipient_maps") and not verified:
         risks.append(Risk("relay_recipient_maps", s["relay_recipient_maps"],
                           f"every address in the relay domains ({relay_domains}) is accepted; the next "
                           "hop refuses the unknown ones and Postfix bounces them",
@@ -174,13 +215,24 @@ def audit(explicit: dict[str, str], read: Callable[[Path], str | None] = _read) 
                           "when the milter is down, mail is accepted unchecked (no recipient refusals, no "
                           "NOTIFY=NEVER), so Postfix may bounce it later",
                           "milter_default_action = tempfail"))
-    if val("content_filter"):
-        risks.append(Risk("content_filter", s["content_filter"],
+    filters = [("content_filter", s["content_filter"])] if val("content_filter") else []
+    filters += [(f"{service} -o content_filter", overrides["content_filter"])  # master.cf
+                for service, overrides in (services or {}).items() if overrides.get("content_filter", "").strip()]
+    for setting, value in filters:
+        risks.append(Risk(setting, value,
                           "an after-queue filter that refuses a message makes Postfix bounce it to the "
                           "(possibly forged) sender",
                           "filter before the queue (smtpd_milters or smtpd_proxy_filter), or make the "
                           "filter discard/quarantine instead of refusing"))
-    restrictions = val("smtpd_relay_restrictions") + " " + val("smtpd_recipient_restrictions")
+    domains = sorted({d for name in ("virtual_alias_domains", "mydestination", "relay_domains")
+                      for d in _items(val(name)) if ":" not in d and "/" not in d})
+    for spec in _items(val("virtual_alias_maps")):
+        wild = catch_all_keys(spec, domains, read)
+        if wild:
+            risks.append(Risk("virtual_alias_maps", spec,
+                              f"catch-all entries ({', '.join(wild[:3])}) accept every address of a domain; "
+                              "mail the target cannot take is bounced to the (forged) sender",
+                              "alias each valid address instead of a whole domain"))
     if not re.search(r"\b(reject|defer)_unauth_destination\b", restrictions):
         risks.append(Risk("smtpd_relay_restrictions", s["smtpd_relay_restrictions"],
                           "no reject_unauth_destination: an open relay accepts mail for anywhere and "
@@ -190,11 +242,19 @@ def audit(explicit: dict[str, str], read: Callable[[Path], str | None] = _read) 
     return risks
 
 
-def run_postconf(config_dir: str | None) -> str:
+def master_overrides(config_dir: str | None) -> dict[str, dict[str, str]]:
+    """The -o overrides of master.cf (none when the configuration has no master.cf)."""
+    directory = config_dir or run_postconf(None, "-h", "config_directory").strip()
+    if not (Path(directory) / "master.cf").exists():
+        return {}
+    return parse_master_overrides(run_postconf(config_dir, "-P"))
+
+
+def run_postconf(config_dir: str | None, *what: str) -> str:
     binary = shutil.which("postconf") or ("/usr/sbin/postconf" if Path("/usr/sbin/postconf").exists() else None)
     if binary is None:
         raise OSError("postconf not found (is Postfix installed?)")
-    command = [binary, *(["-c", config_dir] if config_dir else []), "-n"]
+    command = [binary, *(["-c", config_dir] if config_dir else []), *(what or ("-n",))]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise OSError(f"{' '.join(command)} failed: {result.stderr.strip()}")
@@ -205,10 +265,12 @@ def main(config_dir: str | None = None, postconf_output: str | None = None) -> i
     try:
         text = Path(postconf_output).read_text() if postconf_output else run_postconf(config_dir)
         explicit = parse_postconf(text)
+        # master.cf overrides (-o) only with a live Postfix: saved `postconf -n` has none.
+        services = master_overrides(config_dir) if not postconf_output else {}
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         print(f"scattergate check-postfix: cannot read the Postfix configuration: {exc}", file=sys.stderr)
         return 2
-    risks = audit(explicit)
+    risks = audit(explicit, services=services)
     for risk in risks:
         print(risk)
     if risks:

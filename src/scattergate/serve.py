@@ -1,22 +1,25 @@
 """`scattergate serve`: sockets, worker processes, signals, graceful shutdown.
 
 One asyncio process saturates one core, so `workers = N` starts N processes listening on the
-same port with SO_REUSEPORT and lets the kernel spread connections between them.
+same port with SO_REUSEPORT and lets the kernel spread connections between them; the default,
+`workers = "auto"`, starts one per core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from scattergate.config import Config, ConfigError, parse_host_port
-from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.frontends.smtp import gateway_connection
 from scattergate.logsetup import request_reopen, setup_logging
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
@@ -77,7 +80,7 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
     sock.listen(1024)
     sock.setblocking(False)
     current = [gateway]  # what new connections are served by; swapped on reload
-    server = await loop.create_server(lambda: GatewaySMTP(current[0]), sock=sock)
+    server = await loop.create_server(lambda: gateway_connection(current[0]), sock=sock)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -136,7 +139,7 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     setup_logging(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     web_setup = web_service.prepare(config)  # before fork: token, shared secret, metrics mode
-    workers = config.server.workers
+    workers = config.server.process_count()
     if workers == 1:
         sock = bind(config.server.listen, reuse_port=False)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -227,25 +230,57 @@ def parse_listen(listen: str) -> tuple[str, str, int]:
     return "inet", host, port
 
 
-async def start_stream_server(listen: str, callback: StreamCallback, *, socket_mode: int = 0o660) -> asyncio.AbstractServer:
-    """Listen on a TCP or unix socket. A unix socket gets `socket_mode` (Postfix's daemons
-    run as 'postfix' and must be able to connect)."""
+async def start_stream_server(listen: str, callback: StreamCallback, *, socket_mode: int = 0o660,
+                              socket_group: str = "") -> asyncio.AbstractServer:
+    """Listen on a TCP or unix socket. A unix socket gets `socket_mode` and `socket_group`
+    at every start (Postfix's daemons run as 'postfix' and must be able to connect; a chgrp
+    by hand would be lost at the next restart). A missing directory is created (0755: the
+    chrooted smtpd must reach the socket in it)."""
     kind, where, port = parse_listen(listen)
     if kind == "unix":
         path = Path(where)
-        if path.is_socket():
-            path.unlink()  # left behind by a previous run
-        server = await asyncio.start_unix_server(callback, path=str(path), backlog=1024)
-        os.chmod(path, socket_mode)
+        gid = _group_id(socket_group) if socket_group else -1
+        try:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
+        if path.exists() and not path.is_socket():
+            raise OSError(errno.EEXIST, f"cannot listen on unix:{path}: a file that is not a socket is in the way")
+        # Bound under a private name, given its mode and group, then renamed into place: no
+        # client ever finds the socket with the wrong permissions. The rename also replaces a
+        # socket a previous run left behind.
+        private = path.with_name(f".{path.name}.{os.getpid()}")
+        private.unlink(missing_ok=True)
+        try:
+            server = await asyncio.start_unix_server(callback, path=str(private), backlog=1024)
+            os.chmod(private, socket_mode)
+            if gid != -1:
+                os.chown(private, -1, gid)
+            os.replace(private, path)
+        except OSError as exc:
+            private.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"cannot listen on unix:{path}: {exc.strerror}") from None
         return server
     return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
+
+
+def _group_id(name: str) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"postfix.socket_group: no group named {name!r}") from None
 
 
 def listening_on(server: asyncio.AbstractServer) -> str:
     name = server.sockets[0].getsockname()
     if isinstance(name, tuple):
         return f"inet:{name[0]}:{name[1]}"
-    return f"unix:{name}"
+    # A unix socket was bound under its private name (start_stream_server), then renamed.
+    bound = Path(name)
+    public = re.fullmatch(r"\.(.+)\.\d+", bound.name)
+    return f"unix:{bound.with_name(public.group(1)) if public else bound}"
 
 
 def run_service(config: Config, name: str,

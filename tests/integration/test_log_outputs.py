@@ -78,14 +78,14 @@ def test_sighup_reloads_serve_and_reopens_its_log_file(tmp_path: Path) -> None:
 def test_sighup_reopens_the_policy_service_log_instead_of_killing_it(tmp_path: Path) -> None:
     # Before: SIGHUP (systemd's ExecReload, logrotate) had no handler in milter/policy and killed them.
     port = free_port()
-    process = launch(["policy", "--listen", f"inet:127.0.0.1:{port}", "--data-dir", "d",
+    process = launch(["policy", "--listen", f"inet:127.0.0.1:{port}", "--data-dir", "d", "--domain", "example.org",
                       "--http-listen", ""], tmp_path)
     log = tmp_path / "d/scattergate.log"
     try:
         log.rename(tmp_path / "d/scattergate.log.1")
         process.send_signal(signal.SIGHUP)
         request = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n"
-                   b"sender=someone@example.org\nrecipient=nobody@localhost\n\n")  # refused: logged
+                   b"sender=\nrecipient=prvs=0123456789=alice@example.org\n\n")  # forged tag: refused, logged
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client.sendall(request)
             assert client.recv(1000).startswith(b"action=5")

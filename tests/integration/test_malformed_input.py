@@ -81,6 +81,7 @@ def test_a_command_line_over_512_octets_is_500_5_5_2_and_the_session_goes_on(gw)
         assert d.command(b"NOOP " + b"x" * 600) == (500, "5.5.2 Line too long")  # RFC 5321 §4.5.3.1.4
         assert d.command(b"MAIL FROM:<" + b"a" * 700 + b"@sender.example>") == (500, "5.5.2 Line too long")
         assert d.command(b"NOOP " + b"x" * 50_000) == (500, "5.5.2 Line too long")  # beyond the reader's limit
+        assert d.command(b"NOOP " + b"x" * 994) == (500, "5.5.2 Line too long")  # 999 characters: never a line
         still_usable(d)
 
 
@@ -140,7 +141,7 @@ def test_invalid_utf8_in_an_address_is_501_even_with_smtputf8(gw) -> None:  # ty
 
 
 def test_a_bad_helo_name_never_stops_decisions_from_being_recorded(gw) -> None:  # type: ignore[no-untyped-def]
-    # aiosmtpd would keep undecodable octets as surrogates, which SQLite refuses: one such
+    # A server that kept undecodable octets as surrogates (aiosmtpd did) would hand SQLite what it refuses: one such
     # session would have cost the decisions of every session flushed with it.
     with Dialogue(gw.address, timeout=10) as d:
         assert d.command(b"EHLO \xff\xfe")[0] == 501
@@ -151,7 +152,7 @@ def test_a_bad_helo_name_never_stops_decisions_from_being_recorded(gw) -> None: 
     assert any(r.helo == "client.example" for r in gw.store.recent_decisions(20))
 
 
-def test_aiosmtpd_replies_get_enhanced_codes_and_echo_nothing(gw) -> None:  # type: ignore[no-untyped-def]
+def test_protocol_refusals_get_enhanced_codes_and_echo_nothing(gw) -> None:  # type: ignore[no-untyped-def]
     with session(gw) as d:
         for line in ("RCPT TO:<postmaster@example.org>", "DATA", "MAIL FROM:<a@sender.example> FOO=BAR",
                      "MAIL FROM:<a@sender.example> BODY=9BIT", "MAIL FROM:<a@sender.example> SMTPUTF8=yes",
@@ -189,12 +190,15 @@ def test_a_text_line_over_998_characters_is_refused_as_content(gw) -> None:  # t
     with session(gw) as d:
         code, _ = send_message(d, MESSAGE + b"y" * 998)
         assert code == 250
+        # Issue 15.5: 999 characters is one too many (it was accepted and relayed).
+        assert send_message(d, MESSAGE + b"y" * 999) == (
+            550, "5.6.0 Message refused: line longer than 998 characters (RFC 5322 2.1.1)")
         assert send_message(d, MESSAGE + b"y" * 1200) == (
             550, "5.6.0 Message refused: line longer than 998 characters (RFC 5322 2.1.1)")
         assert send_message(d, MESSAGE + b"y" * 100_000)[0] == 550
         still_usable(d)
     gw.flush()
-    assert gw.store.counters()["findings.message.line_too_long"] == 2
+    assert gw.store.counters()["findings.message.line_too_long"] == 3
 
 
 def test_commands_pipelined_after_the_final_dot_are_read_and_dots_unstuffed(gateway, make_config) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import threading
 from typing import Any, AsyncIterator
 
 from scattergate.config import Config
-from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.frontends.smtp import gateway_connection
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 
@@ -87,6 +87,6 @@ class GatewayThread(ServiceThread):
         return (self.host, self.port)
 
     async def open_servers(self) -> list[asyncio.AbstractServer]:
-        server = await self.loop.create_server(lambda: GatewaySMTP(self.gateway), self.host, 0)
+        server = await self.loop.create_server(lambda: gateway_connection(self.gateway), self.host, 0)
         self.port = server.sockets[0].getsockname()[1]
         return [server]

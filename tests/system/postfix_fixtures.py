@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from scattergate.config import Config
 from scattergate.frontends import milter, policy
+from scattergate.frontends.postfix_side import adapt
 from scattergate.serve import start_stream_server
 from tests.support.gateway import ServiceThread
 from tests.support.postfix import PrivatePostfix
@@ -37,6 +38,7 @@ class Services(ServiceThread):
         self.policy_port = 0
 
     async def open_servers(self) -> list[asyncio.AbstractServer]:
+        adapt(self.gateway, self.config)  # as `scattergate milter` / `policy` do
         self.policy = policy.PolicyService(self.gateway, budget=self.config.postfix.policy_budget,
                                            timeout_action=self.config.postfix.policy_timeout_action)
         m = await start_stream_server("inet:127.0.0.1:0", milter.handler(self.gateway))

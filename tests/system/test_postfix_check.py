@@ -32,3 +32,17 @@ def test_check_postfix_reads_postconf(extra: str, code: int, capsys: pytest.Capt
 def test_check_postfix_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
     require_binary("postconf")
     assert main(["check-postfix", "-c", "/nonexistent/postfix"]) == 2
+
+
+def test_check_postfix_reads_master_cf_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    require_binary("postconf")
+    root = world_dir("sg-check-")
+    try:
+        (root / "main.cf").write_text(
+            "compatibility_level = 3.6\nrelay_domains = example.org\n"
+            "relay_recipient_maps = inline:{ {user@example.org = ok} }\n")
+        (root / "master.cf").write_text("smtp inet n - n - - smtpd\n  -o content_filter=amavis:[127.0.0.1]:10024\n")
+        assert main(["check-postfix", "-c", str(root)]) == 1
+        assert "smtp/inet -o content_filter = amavis:[127.0.0.1]:10024" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -101,6 +101,7 @@ def world() -> Iterator[World]:
                                f" {{elsewhere.example = smtp:[127.0.0.1]:{sink.port}}} }}"),
             "smtpd_milters": f"inet:127.0.0.1:{services.milter_port}",
             "milter_default_action": "tempfail",
+            "smtpd_authorized_xclient_hosts": "127.0.0.1",
             "sg_policy_restrictions": (f"check_policy_service inet:127.0.0.1:{services.policy_port},"
                                        " permit_mynetworks, reject_unauth_destination"),
         },
@@ -125,9 +126,12 @@ def _message(token: str, extra: str = "") -> bytes:
             f"Message-ID: <{token}@example.net>\r\n{extra}\r\nbody {token}\r\n").encode()
 
 
-def _client(port: int) -> smtplib.SMTP:
+def _client(port: int, outside: bool = False) -> smtplib.SMTP:
     client = smtplib.SMTP("127.0.0.1", port, timeout=30)
     client.ehlo("client.example.net")
+    if outside:  # stand for a client outside mynetworks (127.0.0.0/8)
+        assert client.docmd("XCLIENT", "ADDR=192.0.2.66 NAME=[UNAVAILABLE]")[0] == 220
+        client.ehlo("client.example.net")
     return client
 
 
@@ -141,12 +145,17 @@ def test_milter_refuses_unknown_recipient_at_rcpt(world: World) -> None:
         assert client.rcpt("user@example.org")[0] == 250  # per recipient: the next one is fine
 
 
-def test_milter_refuses_relay(world: World) -> None:
-    # Postfix itself would relay for 127.0.0.0/8 (mynetworks); the milter does not trust it.
+def test_milter_leaves_relay_to_postfix(world: World) -> None:
+    # 127.0.0.0/8 is in Postfix's mynetworks: Postfix relays for it, the milter does not refuse.
+    token = uuid.uuid4().hex
     with _client(world.milter_port) as client:
+        client.sendmail("someone@example.org", ["friend@elsewhere.example"], _message(token))
+    world.delivered(token)
+    # A client outside mynetworks is refused by Postfix itself, before the milter is asked.
+    with _client(world.milter_port, outside=True) as client:
         client.mail("someone@example.net")
         code, text = client.rcpt("victim@elsewhere.example")
-        assert code == 554 and b"5.7.1" in text, text
+        assert code in (454, 554) and b"Relay access denied" in text, text  # defer_unauth_destination: 454
 
 
 def test_milter_refusal_at_end_of_data_reaches_the_client(world: World) -> None:
@@ -191,13 +200,13 @@ def test_milter_down_means_tempfail_never_unchecked_acceptance(world: World) -> 
 
 # -- policy service ----------------------------------------------------------------------------
 
-def test_policy_refuses_unknown_recipient_and_relay(world: World) -> None:
+def test_policy_refuses_unknown_recipient_and_leaves_relay_to_postfix(world: World) -> None:
     with _client(world.policy_port) as client:
         client.mail("someone@example.net")
-        code, text = client.rcpt("nobody@example.org")
+        code, text = client.rcpt("nobody@example.org")  # a recipient table is configured here
         assert (code, text[:5]) == (550, b"5.1.1")
-        code, text = client.rcpt("victim@elsewhere.example")
-        assert code == 554 and b"5.7.1" in text, text
+        assert text.count(b"Recipient address rejected") == 1, text
+        assert client.rcpt("victim@elsewhere.example")[0] == 250  # mynetworks: Postfix relays
         assert client.rcpt("user@example.org")[0] == 250
 
 
@@ -241,4 +250,4 @@ def test_postfix_sends_only_the_macros_the_milter_asked_for(world: World, monkey
     with _client(world.milter_port) as client:
         client.sendmail("someone@example.net", ["user@example.org"], _message(token))
     world.delivered(token)
-    assert seen and seen <= {"j", "{auth_authen}"}, sorted(seen)
+    assert seen and seen <= {"j", "{auth_authen}", "{daemon_name}"}, sorted(seen)

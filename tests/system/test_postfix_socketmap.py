@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from scattergate.frontends.socketmap import handler
+from scattergate.frontends.socketmap import Maps, handler
 from scattergate.rewrite.keys import SrsSecrets
 from scattergate.serve import start_stream_server
 from tests.conftest import require_binary
@@ -23,7 +23,7 @@ def socketmap_port() -> Iterator[int]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     secrets = SrsSecrets.of(["test-secret"])
-    start = start_stream_server("inet:127.0.0.1:0", handler("fwd.example.org", secrets, ["example.org"]))
+    start = start_stream_server("inet:127.0.0.1:0", handler(Maps(None, "fwd.example.org", secrets, ["example.org"])))
     server = asyncio.run_coroutine_threadsafe(start, loop).result(10)
     yield server.sockets[0].getsockname()[1]
     loop.call_soon_threadsafe(server.close)

@@ -84,3 +84,46 @@ def test_host_port_parsing() -> None:
     for bad in ("", ":25", "host:", "host:99999", "host:port"):
         with pytest.raises(ConfigError):
             parse_host_port(bad)
+
+
+def test_workers_default_to_one_per_core_and_take_auto_or_a_number() -> None:
+    # Issue 16.4: out of the box, one worker per core (as nginx's worker_processes auto).
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert Config().server.workers == "auto" and Config().server.process_count() == cores
+    assert from_dict({"server": {"workers": "auto"}}).server.process_count() == cores
+    assert from_dict({"server": {"workers": 3}}).server.process_count() == 3
+    for wrong in ("three", True, 2.5):
+        with pytest.raises(ConfigError, match=r"server\.workers"):
+            from_dict({"server": {"workers": wrong}})
+    config = from_dict({"server": {"workers": 0}})
+    with pytest.raises(ConfigError, match=r"server\.workers must be positive"):
+        config.validate()
+
+
+def test_the_workers_flag_takes_auto_or_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[server]\nworkers = 1\n")
+    assert load_config(build_parser().parse_args(["serve", "--config", str(path)])).server.workers == 1
+    assert load_config(build_parser().parse_args(["serve", "--config", str(path), "--workers", "auto"])).server.workers == "auto"
+    assert load_config(build_parser().parse_args(["serve", "--workers", "4"])).server.workers == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--workers", "many"])
+
+
+@pytest.mark.parametrize("command", ["milter", "policy"])
+def test_postfix_side_flags_dns_secret_and_socket_group(command: str) -> None:
+    args = build_parser().parse_args([command, "--dns", "127.0.0.1:5353", "--secret-file", "/etc/sg/site.key",
+                                      "--socket-group", "postfix"])
+    config = load_config(args)
+    assert (config.dns.nameservers, config.dns.port) == (["127.0.0.1"], 5353)
+    assert str(config.site_secret_file) == "/etc/sg/site.key"
+    assert config.postfix.socket_group == "postfix"
+
+
+@pytest.mark.parametrize("name", ["socketmap", "srs-socketmap"])
+def test_socketmap_command_has_two_names(name: str) -> None:
+    args = build_parser().parse_args([name, "--listen", "inet:127.0.0.1:1", "--secret-file", "/k"])
+    config = load_config(args)
+    assert (config.postfix.socketmap_listen, str(config.site_secret_file)) == ("inet:127.0.0.1:1", "/k")

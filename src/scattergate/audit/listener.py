@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Self
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from scattergate.frontends import smtp_protocol as sp
+from scattergate.frontends.smtp_server import MailboxHandler, SmtpConnection, Timing
+
+# hostname: the name must differ from the audited server's, or a Postfix would think the mail
+# loops back to itself.
+_SETTINGS = sp.Settings(hostname="scattergate-audit.invalid", ident="ESMTP scattergate audit",
+                        max_message_size=10 * 1024 * 1024, smtputf8=True)
+_TIMING = Timing()
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,24 +28,19 @@ class Received:
     peer: str
 
 
-class _Handler:
-    def __init__(self, address: str, inbox: asyncio.Queue[Received]) -> None:
+class _Handler(MailboxHandler):
+    """One connection to the listener: takes mail for `address` only."""
+
+    def __init__(self, address: str, inbox: asyncio.Queue[Received], peer: object) -> None:
+        super().__init__(peer)
         self.address = address.lower()
         self.inbox = inbox
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
-        if address.lower() != self.address:
-            return "550 5.1.1 Not the audit's address"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
+    def check_recipient(self, address: str) -> str | None:
+        return None if address.lower() == self.address else "550 5.1.1 Not the audit's address"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        content = envelope.original_content or b""
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        sender = (envelope.mail_from or "").strip("<>")  # aiosmtpd keeps the null sender as "<>"
-        self.inbox.put_nowait(Received(sender, tuple(envelope.rcpt_tos),
-                                       bytes(content), peer))
+    def take(self, sender: str, recipients: tuple[str, ...], content: bytes) -> str:
+        self.inbox.put_nowait(Received(sender, recipients, content, self.peer))
         return "250 2.0.0 Received by the scattergate audit"
 
 
@@ -51,14 +53,10 @@ class BounceListener:
         self._server: asyncio.AbstractServer | None = None
 
     async def __aenter__(self) -> Self:
-        handler = _Handler(self.address, self.inbox)
         loop = asyncio.get_running_loop()
 
-        def factory() -> Any:
-            # hostname= spares a getfqdn() per connection; the name must differ from the
-            # audited server's, or a Postfix would think the mail loops back to itself.
-            return SMTP(handler, hostname="scattergate-audit.invalid", ident="scattergate audit",
-                        enable_SMTPUTF8=True, data_size_limit=10 * 1024 * 1024)
+        def factory() -> SmtpConnection:
+            return SmtpConnection(_SETTINGS, _TIMING, lambda peer: _Handler(self.address, self.inbox, peer))
 
         self._server = await loop.create_server(factory, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]

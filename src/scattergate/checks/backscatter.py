@@ -146,8 +146,9 @@ class BackscatterCheck:
 
     async def evidence(self, envelope: Envelope, content: bytes, original_id: str | None) -> str:
         """Which evidence proves the message refers to our mail ('' when none does)."""
-        if any(f.key == "batv.valid" for f in envelope.rcpt_findings):
-            return "batv"
+        for finding in envelope.rcpt_findings:
+            if finding.key in ("batv.valid", "srs.valid"):  # srs: a bounce for mail we forwarded
+                return finding.check
         if original_id and await self.registry.sent(original_id):
             return "registry"
         if token.found_in(content, self.secret, original_id):

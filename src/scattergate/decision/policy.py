@@ -81,6 +81,7 @@ DEFAULT_RULES: dict[str, Rule] = {
     ),
     # Malformed or oversized structure (DATA; checks/structure.py): refused whole, never
     # truncated or repaired on the way through.
+    "message.too_large": Rule("reject", Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")),
     "message.header_too_large": Rule("reject", Reply(552, "5.3.4", "Message header too large ({detail})")),
     "message.mime_too_deep": Rule("reject", Reply(554, "5.6.0", "Message refused: MIME nesting too deep ({detail})")),
     "message.nul": Rule("reject", Reply(550, "5.6.0", "Message refused: NUL character in message (RFC 5322 2.3)")),

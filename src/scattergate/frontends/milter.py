@@ -13,6 +13,9 @@ is probably forged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import ipaddress
 import logging
 import socket
 from typing import Awaitable, Callable, Iterable, Sequence
@@ -23,7 +26,10 @@ from scattergate.checks.dmarc import aligned
 from scattergate.config import Config
 from scattergate.decision.headers import render_headers
 from scattergate.frontends import milter_codec as mc
-from scattergate.model import Accept, Envelope, Finding, Quarantine, RcptDsn, Reply, Session, Verdict
+from scattergate.frontends.postfix_side import PostfixTrust, adapt, for_postfix
+from scattergate.logfmt import SessionLog, fields
+from scattergate.model import (Accept, Envelope, Finding, Phase, Quarantine, RcptDsn, Reject, Reply, Session,
+                               Tempfail, Verdict)
 from scattergate.pipeline import Gateway
 from scattergate.rewrite import token
 
@@ -32,11 +38,12 @@ log = logging.getLogger(__name__)
 # What we may do to a message: headers, recipients (never-bounce), hold, change sender (BATV).
 WANTED_ACTIONS = (mc.ACT_ADDHDRS | mc.ACT_ADDRCPT | mc.ACT_ADDRCPT_PAR | mc.ACT_DELRCPT
                   | mc.ACT_QUARANTINE | mc.ACT_CHGFROM | mc.ACT_SETSYMLIST)
-# The only macro we read is {auth_authen} at MAIL (a SASL client is ours). Postfix otherwise
-# expands and sends a dozen macros at every step; asking for just this one (SMFIF_SETSYMLIST)
-# saves it that work and us their decoding. ("j", our host name, stands in for "none": a list
-# must name something.)
-WANTED_MACROS = {mc.STAGE_CONNECT: "j", mc.STAGE_HELO: "j", mc.STAGE_MAIL: "{auth_authen}",
+# The only macros we read say whether the client is one of our users: {daemon_name} at
+# connect (master.cf: `-o milter_macro_daemon_name=ORIGINATING` on submission) and
+# {auth_authen} at MAIL (a SASL client). Postfix otherwise expands and sends a dozen macros at
+# every step; asking for just these (SMFIF_SETSYMLIST) saves it that work and us their
+# decoding. ("j", our host name, stands in for "none": a list must name something.)
+WANTED_MACROS = {mc.STAGE_CONNECT: "{daemon_name}", mc.STAGE_HELO: "j", mc.STAGE_MAIL: "{auth_authen}",
                  mc.STAGE_RCPT: "j", mc.STAGE_DATA: "j", mc.STAGE_EOH: "j", mc.STAGE_EOM: "j"}
 # Steps we don't need, and steps whose answer can wait. We decide only at RCPT and at end of
 # message, so every other step is negotiated "no reply": Postfix does not wait for us, and we
@@ -55,6 +62,31 @@ NO_REPLY = {mc.P_NR_CONN: mc.Connect, mc.P_NR_HELO: mc.Helo, mc.P_NR_MAIL: mc.Ma
 
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 BAD_ADDRESS = Reply(553, "5.1.7", "Malformed address")
+# Said in the decision line and counted: this message's failures will never be bounced.
+DSN_SUPPRESSED = Finding("dsn", "suppressed", "NOTIFY=NEVER: sender not proven")
+# Milter buffers of all connections past postfix.milter_memory_limit ("*.error": tempfail).
+MEMORY_FULL = Finding("memory", "error", "milter buffers full")
+# Postfix hands mail submitted with sendmail(1) to non_smtpd_milters as a connection from
+# "localhost", a loopback address and port 0, which no TCP client can have: our own mail.
+LOCAL_SUBMISSION_HOST = "localhost"
+
+
+class MemoryBudget:
+    """Message bytes held by all milter connections of a process, bounded: a flood of large
+    messages is refused (tempfail) instead of growing the process without limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, amount: int) -> bool:
+        if self.used + amount > self.limit:
+            return False
+        self.used += amount
+        return True
+
+    def give(self, amount: int) -> None:
+        self.used -= amount
 
 # Outbound sender rewriting (BATV): given the session and envelope of a trusted client's
 # message, return the new MAIL FROM (e.g. prvs=...) or None to leave it (SMFIR_CHGFROM).
@@ -138,8 +170,13 @@ class MilterConnection:
     """One milter connection (one SMTP session at a time; 'K' starts the next)."""
 
     def __init__(self, gateway: Gateway, *, never_bounce: bool = True, no_reply: bool = True,
-                 rewrite_sender: SenderRewriter | None = None) -> None:
+                 rewrite_sender: SenderRewriter | None = None, memory: MemoryBudget | None = None) -> None:
         self.gateway = gateway
+        self.trust = PostfixTrust(gateway, gateway.config)
+        server = gateway.config.server
+        self.max_size, self.max_header_size = server.max_message_size, server.max_header_size
+        self.memory = memory or MemoryBudget(gateway.config.postfix.milter_memory_limit)
+        self.held = 0  # bytes of this message we hold (taken from self.memory)
         self.want_no_reply = no_reply
         self.silent: tuple[type, ...] = ()  # commands the MTA expects no reply to
         self.never_bounce = never_bounce
@@ -147,6 +184,7 @@ class MilterConnection:
         self.actions = 0
         self.macros: dict[str, str] = {}
         self.session: Session | None = None
+        self.log: logging.Logger | SessionLog = log
         self._counted = False
         self.leading_space = False  # negotiated: header values keep their leading space
         # Refusals found at a step Postfix expects no answer to, given at the next answered one:
@@ -157,8 +195,37 @@ class MilterConnection:
 
     def _reset_message(self) -> None:
         self.recipients: list[tuple[str, tuple[str, ...]]] = []  # as Postfix gave them
+        self.mail_path = ""  # MAIL FROM as Postfix gave it (for the record of a refusal)
+        self._drop_content()
+        self.size = self.header_size = 0
+        self.oversize: Finding | None = None  # why the content was dropped, said at end of message
+
+    def _drop_content(self) -> None:
         self.headers: list[bytes] = []
         self.body: list[bytes] = []
+        if self.held:
+            self.memory.give(self.held)
+        self.held = 0
+
+    def _keep(self, part: list[bytes], data: bytes, *, header: bool = False) -> None:
+        """Buffer a piece of the message within the size limits and the memory budget; past
+        them, drop what we hold and remember why (refused at end of message)."""
+        self.size += len(data)
+        if header:
+            self.header_size += len(data)
+        if self.oversize is not None:
+            return
+        if self.size > self.max_size:
+            self.oversize = Finding("message", "too_large", f"more than {self.max_size} bytes")
+        elif self.header_size > self.max_header_size:
+            self.oversize = Finding("message", "header_too_large", f"more than {self.max_header_size} bytes")
+        elif not self.memory.take(len(data)):
+            self.oversize = MEMORY_FULL
+        if self.oversize is not None:
+            self._drop_content()
+            return
+        self.held += len(data)
+        part.append(data)
 
     def close(self) -> None:
         """The SMTP session is over: release the gateway's connection count."""
@@ -175,7 +242,7 @@ class MilterConnection:
             responses = await self._dispatch(command)
         except Exception:
             # Never a crash and never a silent accept: the client is told to try again.
-            log.exception("milter: error handling %s", type(command).__name__)
+            self.log.exception("milter: error handling %s", type(command).__name__)
             if isinstance(command, (mc.Macros, mc.Abort, mc.OptNeg, mc.Quit)):
                 return None  # no reply expected: close, Postfix applies milter_default_action
             responses = [mc.TempfailReply(INTERNAL_ERROR)]
@@ -197,6 +264,16 @@ class MilterConnection:
     def _pending_refusal(self) -> mc.Response | None:
         return self.session_refusal or self.transaction_refusal
 
+    def _give(self, refusal: mc.Response, phase: Phase, recipients: Sequence[str]) -> list[mc.Response]:
+        """A refusal the Gateway did not decide at this step (kept from a silent one, or an
+        address we cannot parse), recorded like any decision: one line, one record each."""
+        reply = getattr(refusal, "reply", None)
+        if self.session is not None and reply is not None:
+            verdict = (Reject if isinstance(refusal, mc.RejectReply) else Tempfail)(
+                reply, (Finding("milter", "refused", f"{reply.code} {reply.status}"),))
+            self.gateway.recorder.record(self.session, phase, self.mail_path, recipients, verdict)
+        return [refusal]
+
     async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
         match command:
             case mc.Macros(stage, values):
@@ -206,8 +283,8 @@ class MilterConnection:
                 return []
             case mc.OptNeg(version, actions, protocol):
                 return [self._negotiate(version, actions, protocol)]
-            case mc.Connect(_, family, port, address):
-                return await self._connect(address if family in ("4", "6") else "unknown", port)
+            case mc.Connect(hostname, family, port, address):
+                return await self._connect(address if family in ("4", "6") else "unknown", port, hostname)
             case mc.Helo(name):
                 if self.session is not None:
                     self.session.helo = name
@@ -220,14 +297,15 @@ class MilterConnection:
                 sep = ":" if self.leading_space else ": "
                 raw = f"{name}{sep}{value}".encode("utf-8", "surrogateescape")
                 # Folded headers arrive with bare LF between lines: restore the wire form.
-                self.headers.append(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
+                self._keep(self.headers, raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n",
+                           header=True)
                 return [mc.Continue()]
             case mc.Body(chunk):
-                self.body.append(chunk)
+                self._keep(self.body, chunk)
                 return [mc.Continue()]
             case mc.EndOfMessage(chunk):
                 if chunk:
-                    self.body.append(chunk)
+                    self._keep(self.body, chunk)
                 return await self._end_of_message()
             case mc.Abort():
                 self._end_transaction()
@@ -243,22 +321,20 @@ class MilterConnection:
     def _negotiate(self, version: int, actions: int, protocol: int) -> mc.Response:
         if version < 6 and not actions & mc.ACT_ADDRCPT_PAR:
             log.warning("milter: MTA speaks milter protocol %d: no NOTIFY=NEVER (needs Postfix >= 3.0)", version)
-        self.actions = actions & WANTED_ACTIONS
-        if self.never_bounce and not self.actions & mc.ACT_ADDRCPT_PAR:
+        if self.never_bounce and not actions & WANTED_ACTIONS & mc.ACT_ADDRCPT_PAR:
             log.warning("milter: MTA cannot add recipients with parameters: never-bounce is off")
-        wanted = WANTED_PROTOCOL & protocol
-        if self.want_no_reply:
-            wanted |= sum(flag for flag in NO_REPLY if flag & protocol)
-            self.silent = tuple(NO_REPLY[flag] for flag in NO_REPLY if flag & wanted)
-        self.leading_space = bool(wanted & mc.P_HDR_LEADSPC)
-        macros = WANTED_MACROS if self.actions & mc.ACT_SETSYMLIST else {}
-        return mc.OptNegReply(self.actions, wanted, macros, version=min(version, mc.VERSION))
+        reply, self.silent = _negotiation(version, actions, protocol, self.want_no_reply)
+        self.actions, self.leading_space = reply.actions, bool(reply.protocol & mc.P_HDR_LEADSPC)
+        return reply
 
-    async def _connect(self, ip: str, port: int) -> list[mc.Response]:
+    async def _connect(self, ip: str, port: int, hostname: str = "") -> list[mc.Response]:
         self.close()  # a second Connect on one connection: forget the first session
         self.session = Session(client_ip=ip, client_port=port)
+        self.log = SessionLog(log, self.session.id)
         verdict = await self.gateway.connect(self.session)
         self._counted = True
+        if _local_submission(hostname, ip, port) or self.trust.trusted_daemon(self.macros.get("{daemon_name}", "")):
+            self.session.trusted = True
         if not isinstance(verdict, Accept):
             return [mc.refusal(verdict.reply)]
         return [mc.Continue()]
@@ -270,6 +346,7 @@ class MilterConnection:
     async def _mail(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
         session = await self._session()
         self._end_transaction()
+        self.mail_path = path
         try:
             sender = parse_path(path, allow_null=True)
         except AddressError:
@@ -283,7 +360,7 @@ class MilterConnection:
 
     async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
         if refusal := self._pending_refusal():
-            return [refusal]
+            return self._give(refusal, Phase.RCPT, (path,))
         session = await self._session()
         envelope = session.envelope
         if envelope is None:
@@ -291,10 +368,11 @@ class MilterConnection:
         try:
             recipient = parse_path(path)
         except AddressError:
-            return [mc.RejectReply(BAD_ADDRESS)]
+            return self._give(mc.RejectReply(BAD_ADDRESS), Phase.RCPT, (path,))
         params = _params(options)
         notify = frozenset(params["NOTIFY"].upper().split(",")) if "NOTIFY" in params else None
         dsn = RcptDsn(notify, params.get("ORCPT", ""))
+        self.trust.note_relay(session, recipient)
         verdict = await self.gateway.rcpt(session, envelope, recipient, dsn)
         if isinstance(verdict, (Accept, Quarantine)):
             self.recipients.append((path, options))
@@ -304,20 +382,33 @@ class MilterConnection:
 
     async def _end_of_message(self) -> list[mc.Response]:
         if refusal := self._pending_refusal():
+            given = self._give(refusal, Phase.DATA, [path for path, _ in self.recipients])
             self._end_transaction()
-            return [refusal]
+            return given
         session = await self._session()
         envelope = session.envelope
         if envelope is None:
             return [mc.Continue()]
         content = b"".join(self.headers) + b"\r\n" + b"".join(self.body)
-        recipients = self.recipients
+        recipients, oversize = self.recipients, self.oversize
         self._end_transaction()
-        verdict = await self.gateway.decide_data(session, envelope, content)
+        if oversize is not None:
+            verdict = self.gateway.decider.decide([*envelope.rcpt_findings, oversize])
+        else:
+            verdict = await self.gateway.decide_data(session, envelope, content)
+        suppress = (isinstance(verdict, (Accept, Quarantine)) and self._can_suppress_dsn()
+                    and needs_never_bounce(session, envelope.sender, verdict.findings))
+        if suppress:
+            verdict = dataclasses.replace(verdict, findings=(*verdict.findings, DSN_SUPPRESSED))
         self.gateway.record_data(session, envelope, verdict)
         if not isinstance(verdict, (Accept, Quarantine)):
             return [mc.refusal(verdict.reply)]
         edits = self._edits(session, envelope, verdict, recipients)
+        if suppress:
+            edits.extend(never_bounce_edits(recipients))
+            self.gateway.recorder.count("dsn.suppressed")
+            self.log.info("milter: DSNs suppressed (NOTIFY=NEVER), sender not proven: %s",
+                          fields(sender=str(envelope.sender), recipients=len(recipients)))
         if session.trusted and self.rewrite_sender is not None:
             edits += await self._remember_outbound(envelope, content)
         return [*edits, mc.Continue()]
@@ -331,7 +422,15 @@ class MilterConnection:
         if registry is None or secret is None or not message_id or not self.actions & mc.ACT_ADDHDRS:
             return []
         await registry.remember(message_id, str(envelope.sender))
-        return [mc.InsertHeader(0, token.HEADER, token.make(secret, message_id))]
+        return [mc.InsertHeader(0, token.HEADER, self._header_value(token.make(secret, message_id)))]
+
+    def _header_value(self, value: str) -> str:
+        """With SMFIP_HDR_LEADSPC negotiated, Postfix writes our value right after the colon:
+        the space that separates them is ours to give."""
+        return f" {value}" if self.leading_space else value
+
+    def _can_suppress_dsn(self) -> bool:
+        return bool(self.never_bounce and self.actions & mc.ACT_ADDRCPT_PAR and self.actions & mc.ACT_DELRCPT)
 
     def _edits(self, session: Session, envelope: Envelope, verdict: Verdict,
                recipients: list[tuple[str, tuple[str, ...]]]) -> list[mc.Response]:
@@ -339,12 +438,9 @@ class MilterConnection:
         if self.actions & mc.ACT_ADDHDRS:
             # No Received header of ours: Postfix adds its own. Results go on top.
             for name, value in reversed(render_headers(self.gateway.hostname, verdict.findings)):
-                edits.append(mc.InsertHeader(0, name, value))
+                edits.append(mc.InsertHeader(0, name, self._header_value(value)))
         if isinstance(verdict, Quarantine) and self.actions & mc.ACT_QUARANTINE:
             edits.append(mc.QuarantineMessage(f"scattergate {envelope.message_id}"))
-        if (self.never_bounce and self.actions & mc.ACT_ADDRCPT_PAR and self.actions & mc.ACT_DELRCPT
-                and needs_never_bounce(session, envelope.sender, verdict.findings)):
-            edits.extend(never_bounce_edits(recipients))
         if self.rewrite_sender is not None and session.trusted and self.actions & mc.ACT_CHGFROM:
             new_sender = self.rewrite_sender(session, envelope)
             if new_sender:
@@ -364,6 +460,30 @@ class MilterConnection:
             await self._connect("unknown", 0)
         assert self.session is not None
         return self.session
+
+
+@functools.lru_cache(maxsize=64)
+def _negotiation(version: int, actions: int, protocol: int, no_reply: bool) -> tuple[mc.OptNegReply, tuple[type, ...]]:
+    """Our answer to the MTA's offer, and the commands it will then send without waiting for
+    a reply. The same offer comes on every connection (one per SMTP session): computed once."""
+    actions &= WANTED_ACTIONS
+    wanted = WANTED_PROTOCOL & protocol
+    silent: tuple[type, ...] = ()
+    if no_reply:
+        wanted |= sum(flag for flag in NO_REPLY if flag & protocol)
+        silent = tuple(NO_REPLY[flag] for flag in NO_REPLY if flag & wanted)
+    macros = WANTED_MACROS if actions & mc.ACT_SETSYMLIST else {}
+    return mc.OptNegReply(actions, wanted, macros, version=min(version, mc.VERSION)), silent
+
+
+def _local_submission(hostname: str, ip: str, port: int) -> bool:
+    """Mail Postfix took from sendmail(1) (non_smtpd_milters), not from an SMTP client."""
+    if port != 0 or hostname != LOCAL_SUBMISSION_HOST:
+        return False
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 # -- the socket loop ---------------------------------------------------------------------------
@@ -402,19 +522,14 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 def handler(gateway: Gateway, **options: object) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    """The stream callback for asyncio.start_server / start_unix_server."""
+    """The stream callback for asyncio.start_server / start_unix_server. All connections share
+    one memory budget."""
+    options.setdefault("memory", MemoryBudget(gateway.config.postfix.milter_memory_limit))
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, MilterConnection(gateway, **options))  # type: ignore[arg-type]
 
     return on_connection
-
-
-def for_postfix(config: Config) -> Config:
-    """Postfix, not we, routes outbound mail: a trusted client's mail to other domains is not
-    'relay.no_route' here (unless the operator configured that finding's action)."""
-    config.policy.actions.setdefault("relay.no_route", "accept")
-    return config
 
 
 def run(config: Config) -> int:
@@ -424,9 +539,11 @@ def run(config: Config) -> int:
     for_postfix(config)
 
     async def start(gateway: Gateway) -> asyncio.AbstractServer:
+        adapt(gateway, config)
         callback = handler(gateway, never_bounce=config.postfix.never_bounce,
                            no_reply=config.postfix.milter_skip_replies, rewrite_sender=batv_signer(gateway))
         return await start_stream_server(config.postfix.milter_listen, callback,
-                                         socket_mode=config.postfix.socket_mode)
+                                         socket_mode=config.postfix.socket_mode,
+                                         socket_group=config.postfix.socket_group)
 
     return run_service(config, "milter", start)

@@ -25,6 +25,8 @@ from typing import Awaitable, Callable
 from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
 from scattergate.frontends import policy_codec as pc
+from scattergate.frontends.postfix_side import PostfixTrust, adapt, for_policy_service
+from scattergate.logfmt import fields
 from scattergate.model import Accept, Finding, Quarantine, Reject, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
 
@@ -40,12 +42,19 @@ StageHandler = Callable[[dict[str, str]], Awaitable[pc.Action]]
 MAX_INSTANCES = 4096
 
 
+# Postfix puts this before the text of a refusal in smtpd_recipient_restrictions itself.
+POSTFIX_PREFIX = "Recipient address rejected: "
+
+
 def action_for(verdict: Verdict) -> pc.Action:
     if isinstance(verdict, (Accept, Quarantine)):
         return pc.Dunno()  # never "OK": Postfix's own later restrictions must still apply
+    reply = verdict.reply
+    if reply.text.startswith(POSTFIX_PREFIX):
+        reply = Reply(reply.code, reply.status, reply.text[len(POSTFIX_PREFIX):])
     if isinstance(verdict, Reject):
-        return pc.RejectAction(verdict.reply)
-    return pc.DeferIfPermit(verdict.reply)
+        return pc.RejectAction(reply)
+    return pc.DeferIfPermit(reply)
 
 
 class PolicyService:
@@ -53,6 +62,7 @@ class PolicyService:
         if timeout_action not in ("dunno", "defer_if_permit"):
             raise ValueError(f"timeout action must be dunno or defer_if_permit, not {timeout_action!r}")
         self.gateway = gateway
+        self.trust = PostfixTrust(gateway, gateway.config)
         self.budget = budget
         self.timeout_action = timeout_action
         self.stages: dict[str, StageHandler] = {"RCPT": self._rcpt, "CONNECT": self._connect}
@@ -69,8 +79,9 @@ class PolicyService:
             async with asyncio.timeout(self.budget):
                 return await handle(request)
         except TimeoutError:
-            log.warning("policy: no decision within %.3g s for %s -> %s: %s",
-                        self.budget, request.get("sender"), request.get("recipient"), self.timeout_action)
+            log.warning("policy: no decision within %.3g s: %s", self.budget,
+                        fields(sender=request.get("sender"), recipient=request.get("recipient"),
+                               action=self.timeout_action))
             if self.timeout_action == "defer_if_permit":
                 return pc.DeferIfPermit(TIMEOUT_REPLY)
             return pc.Dunno()
@@ -94,7 +105,8 @@ class PolicyService:
             recipient = parse_path(f"<{request.get('recipient', '')}>")
         except AddressError as exc:
             # Postfix checked the syntax already; our stricter parser is no reason to block.
-            log.info("policy: cannot parse %r / %r: %s", request.get("sender"), request.get("recipient"), exc)
+            log.info("policy: cannot parse the addresses (%s): %s", exc,
+                     fields(sender=request.get("sender"), recipient=request.get("recipient")))
             return pc.Dunno()
         session = self.session_for(request)
         envelope = self.gateway.mail(session, sender, ())
@@ -103,6 +115,7 @@ class PolicyService:
         if held is not None:  # a later RCPT of a message already counted
             envelope.rate_counted = True
             envelope.sender_findings.extend(held)
+        self.trust.note_relay(session, recipient)
         verdict = await self.gateway.rcpt(session, envelope, recipient)
         if instance and envelope.rate_counted:
             self._messages[instance] = tuple(envelope.sender_findings)
@@ -142,15 +155,16 @@ def handler(service: PolicyService) -> Callable[[asyncio.StreamReader, asyncio.S
 
 def run(config: Config) -> int:
     """`scattergate policy`: serve until SIGTERM/SIGINT."""
-    from scattergate.frontends.milter import for_postfix
     from scattergate.serve import run_service, start_stream_server
 
-    for_postfix(config)
+    for_policy_service(config)
 
     async def start(gateway: Gateway) -> asyncio.AbstractServer:
+        adapt(gateway, config)
         service = PolicyService(gateway, budget=config.postfix.policy_budget,
                                 timeout_action=config.postfix.policy_timeout_action)
         return await start_stream_server(config.postfix.policy_listen, handler(service),
-                                         socket_mode=config.postfix.socket_mode)
+                                         socket_mode=config.postfix.socket_mode,
+                                         socket_group=config.postfix.socket_group)
 
     return run_service(config, "policy", start)

@@ -1,11 +1,16 @@
-"""`scattergate srs-socketmap`: SRS forward/reverse as a Postfix socketmap (postsrsd-compatible).
+"""`scattergate socketmap`: BATV and SRS address rewriting as a Postfix socketmap.
 
 Postfix's socketmap protocol: each request and reply is a netstring ("LEN:DATA,"); a request
-is "MAPNAME KEY", a reply "OK value", "NOTFOUND ", "TEMP reason", "PERM reason". The answers
-come from rewrite/srs.py's pure `socketmap_reply`; this module only frames and serves them.
+is "MAPNAME KEY", a reply "OK value", "NOTFOUND ", "TEMP reason", "PERM reason". Maps:
+- `batv`: a recipient with a *valid* BATV tag of ours (`prvs=...=alice@example.org`, the
+  address genuine bounces for our signed mail come back to) maps to the bare address; anything
+  else is NOTFOUND. Postfix's smtpd counts an address that `recipient_canonical_maps` matches
+  as a valid recipient, so a forged tag stays unknown and is refused at RCPT.
+- `forward`, `reverse`: SRS, postsrsd-compatible (rewrite/srs.py's pure `socketmap_reply`),
+  when an SRS domain and secrets are configured.
 
+    recipient_canonical_maps = socketmap:inet:127.0.0.1:10044:batv, socketmap:inet:127.0.0.1:10044:reverse
     sender_canonical_maps = socketmap:inet:127.0.0.1:10044:forward
-    recipient_canonical_maps = socketmap:inet:127.0.0.1:10044:reverse
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import logging
 import time
 from typing import Awaitable, Callable, Collection
 
-from scattergate.config import Config, ConfigError
-from scattergate.rewrite.keys import SrsSecrets, load_srs_secrets
+from dataclasses import dataclass
+
+from scattergate.config import Config
+from scattergate.rewrite import batv
+from scattergate.rewrite.keys import BatvKeyring, SrsSecrets, load_batv_keys, load_or_create_site_secret, load_srs_secrets
 from scattergate.rewrite.srs import socketmap_reply
 
 log = logging.getLogger(__name__)
@@ -67,20 +75,41 @@ def today() -> int:
     return int(time.time() // 86400)
 
 
-def answer(request: bytes, domain: str, secrets: SrsSecrets, local_domains: Collection[str] = ()) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Maps:
+    """What the socketmap serves: BATV always, SRS when configured."""
+
+    batv_keys: BatvKeyring | None = None
+    srs_domain: str = ""
+    srs_secrets: SrsSecrets | None = None
+    local_domains: Collection[str] = ()
+
+
+def batv_reply(key: str, keyring: BatvKeyring, day: int) -> str:
+    """The `batv` map: the bare address for a valid tag of ours, else NOTFOUND."""
+    result = batv.verify(key, keyring, day)
+    return f"OK {result.address}" if result.valid else "NOTFOUND "
+
+
+def answer(request: bytes, maps: Maps) -> bytes:
     text = request.decode("utf-8", "surrogateescape")
-    reply = socketmap_reply(text, domain, secrets, today(), local_domains=local_domains)
+    name, _, key = text.partition(" ")
+    if name == "batv" and maps.batv_keys is not None:
+        reply = batv_reply(key, maps.batv_keys, today())
+    elif name in ("forward", "reverse") and maps.srs_secrets is not None:
+        reply = socketmap_reply(text, maps.srs_domain, maps.srs_secrets, today(), local_domains=maps.local_domains)
+    else:
+        reply = "PERM Invalid map."
     return netstring(reply.encode("utf-8", "surrogateescape"))
 
 
-def handler(domain: str, secrets: SrsSecrets, local_domains: Collection[str] = ()
-            ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+def handler(maps: Maps) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = NetstringDecoder()
         try:
             while data := await reader.read(65536):
                 for request in decoder.feed(data):
-                    writer.write(answer(request, domain, secrets, local_domains))
+                    writer.write(answer(request, maps))
                 await writer.drain()
         except NetstringError as exc:
             log.warning("socketmap: protocol error, closing: %s", exc)
@@ -92,15 +121,27 @@ def handler(domain: str, secrets: SrsSecrets, local_domains: Collection[str] = (
     return on_connection
 
 
+def load_maps(config: Config) -> Maps:
+    """BATV keys as the milter signs with them (the same site secret or keys file), and SRS
+    when both postfix.srs_domain and postfix.srs_secrets_file are set."""
+    keys = None
+    if config.backscatter.batv_mode != "off" or config.backscatter.batv_modes:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        keys = load_batv_keys(load_or_create_site_secret(config.site_secret_file), config.backscatter.batv_keys_file)
+    settings = config.postfix
+    srs_secrets = None
+    if settings.srs_domain and settings.srs_secrets_file:
+        srs_secrets = load_srs_secrets(settings.srs_secrets_file)
+    return Maps(keys, settings.srs_domain, srs_secrets, tuple(config.receive.domains))
+
+
 def run(config: Config) -> int:
-    """`scattergate srs-socketmap`: serve until SIGTERM/SIGINT (no Gateway involved)."""
+    """`scattergate socketmap`: serve until SIGTERM/SIGINT (no Gateway involved)."""
     from scattergate.logsetup import setup_logging
     from scattergate.serve import listening_on, new_event_loop, start_stream_server
 
+    maps = load_maps(config)
     settings = config.postfix
-    if not settings.srs_domain or not settings.srs_secrets_file:
-        raise ConfigError("srs-socketmap needs postfix.srs_domain and postfix.srs_secrets_file (--srs-domain, --secrets)")
-    secrets = load_srs_secrets(settings.srs_secrets_file)
     config.logging.file = ""
     setup_logging(config)
 
@@ -111,10 +152,11 @@ def run(config: Config) -> int:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        server = await start_stream_server(settings.socketmap_listen,
-                                           handler(settings.srs_domain, secrets, config.receive.domains),
-                                           socket_mode=settings.socket_mode)
-        log.info("scattergate srs-socketmap listening on %s for %s", listening_on(server), settings.srs_domain)
+        server = await start_stream_server(settings.socketmap_listen, handler(maps),
+                                           socket_mode=settings.socket_mode, socket_group=settings.socket_group)
+        served = ["batv"] if maps.batv_keys is not None else []
+        served += ["forward", "reverse"] if maps.srs_secrets is not None else []
+        log.info("scattergate socketmap listening on %s: maps %s", listening_on(server), ", ".join(served) or "none")
         await stop.wait()
         server.close()
 

@@ -78,7 +78,7 @@ def days_since_epoch(unix_time: float) -> int:
 
 def _signature(secret: Secret, key: str, day: str, address: str) -> str:
     # Exim hashes the three strings concatenated, the address byte-for-byte as given.
-    mac = hmac.new(secret.reveal(), f"{key}{day}{address}".encode("utf-8"), hashlib.sha1)
+    mac = hmac.new(secret.reveal(), f"{key}{day}{address}".encode("utf-8", "surrogateescape"), hashlib.sha1)
     return mac.hexdigest()[:6]
 
 

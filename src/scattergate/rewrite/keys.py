@@ -211,3 +211,10 @@ def load_or_create_site_secret(path: str | os.PathLike[str]) -> Secret:
     if not lines:
         raise SecretFileError(f"secrets file {name} holds no secret")
     return Secret(lines[0])
+
+
+def load_batv_keys(site_secret: Secret, keys_file: str) -> BatvKeyring:
+    """The BATV keyring: the keys file when one is configured, else one key from the site secret."""
+    if keys_file:
+        return load_batv_keyring(keys_file)
+    return BatvKeyring.from_mapping({"0": site_secret}, current="0")

@@ -135,7 +135,7 @@ def _secrets(secrets: SecretsArg) -> tuple[Secret, ...]:
 
 def _hash(secret: Secret, fields: Iterable[str], length: int, urlsafe: bool) -> str:
     # Only ASCII letters are folded (as C tolower() in libsrs2); other bytes pass unchanged.
-    data = "".join(f.translate(_ASCII_LOWER) for f in fields).encode("utf-8")
+    data = "".join(f.translate(_ASCII_LOWER) for f in fields).encode("utf-8", "surrogateescape")
     digest = hmac.new(secret.reveal(), data, hashlib.sha1).digest()
     enc = base64.urlsafe_b64encode(digest) if urlsafe else base64.b64encode(digest)
     return enc.decode("ascii")[:length]
@@ -143,7 +143,7 @@ def _hash(secret: Secret, fields: Iterable[str], length: int, urlsafe: bool) -> 
 
 def _canonical_hash(value: str) -> bytes:
     # One comparison form for both alphabets and both cases.
-    return value.translate(_ASCII_LOWER).replace("-", "+").replace("_", "/").encode("utf-8")
+    return value.translate(_ASCII_LOWER).replace("-", "+").replace("_", "/").encode("utf-8", "surrogateescape")
 
 
 def _hash_ok(given: str, secrets: tuple[Secret, ...], fields: tuple[str, ...], length: int) -> SrsReason | None:
@@ -200,7 +200,7 @@ def _is_local(domain: str, local_domains: Collection[str]) -> bool:
 
 def database_alias(address: str) -> str:
     """postsrsd's database key for `address`: base32hex(SHA1(address)) + "@1"."""
-    digest = hashlib.sha1(address.encode("utf-8")).digest()
+    digest = hashlib.sha1(address.encode("utf-8", "surrogateescape")).digest()
     return base64.b32hexencode(digest).decode("ascii").rstrip("=") + "@" + _DB_HOST
 
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosmtplib
-from aiosmtpd.smtp import SMTP as SMTPServer
 
 from scattergate.config import Config
-from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.frontends.smtp import gateway_connection
+from scattergate.frontends.smtp_protocol import Settings
+from scattergate.frontends.smtp_server import MailboxHandler, SmtpConnection, Timing
 from scattergate.pipeline import Gateway
 from scattergate.simulate.dns_server import DnsTestServer
 from scattergate.state.sqlite import SqliteStore
@@ -40,17 +41,28 @@ class Downstream:
     def __init__(self) -> None:
         self.received: list[tuple[str, list[str], bytes]] = []
 
-    async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+    def connection(self) -> SmtpConnection:
+        return SmtpConnection(_STORE, Timing(), lambda peer: _StoreSession(self, peer))
+
+
+_STORE = Settings(hostname="store.example")
+
+
+class _StoreSession(MailboxHandler):
+    def __init__(self, store: Downstream, peer: object) -> None:
+        super().__init__(peer)
+        self.store = store
+
+    def check_recipient(self, address: str) -> str | None:
         local, _, domain = address.lower().partition("@")
         if domain == DOMAIN and local not in USERS:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 Ok"
+        return None
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        if any(r.lower() == f"full@{DOMAIN}" for r in envelope.rcpt_tos):
+    def take(self, sender: str, recipients: tuple[str, ...], content: bytes) -> str:
+        if any(r.lower() == f"full@{DOMAIN}" for r in recipients):
             return "552 5.2.2 <full@example.org>: Mailbox full"
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content or b""))
+        self.store.received.append((sender, list(recipients), content))
         return "250 2.0.0 Ok: queued"
 
 
@@ -107,7 +119,7 @@ async def simulate(rounds: int = 5, *, progress=None) -> tuple[Tally, Tally]:  #
     dns = DnsTestServer(ZONE).start()
     downstream = Downstream()
     loop = asyncio.get_running_loop()
-    down_server = await loop.create_server(lambda: SMTPServer(downstream, hostname="store.example"), "127.0.0.1", 0)
+    down_server = await loop.create_server(downstream.connection, "127.0.0.1", 0)
     config = Config()
     config.server.listen = "127.0.0.1:0"
     config.server.hostname = "mx.example.org"
@@ -123,7 +135,7 @@ async def simulate(rounds: int = 5, *, progress=None) -> tuple[Tally, Tally]:  #
     store = SqliteStore(work / "state.sqlite3")
     gateway = Gateway(config, store)
     await gateway.start()
-    server = await loop.create_server(lambda: GatewaySMTP(gateway), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: gateway_connection(gateway), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     sg, naive = Tally(), Tally()
     forged: set[str] = set()

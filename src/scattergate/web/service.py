@@ -41,7 +41,7 @@ def prepare(config: Config) -> WebSetup | None:
     if not config.http.listen:
         return None
     token = read_token(config.http.token_file) if config.http.token_file else ""
-    several = config.server.workers > 1
+    several = config.server.process_count() > 1
     if several:
         prepare_multiprocess(config.data_dir)
         # Each worker binds the port with SO_REUSEPORT; port 0 must be resolved once here.

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from scattergate.bounce import classify as C
-from scattergate.bounce import classify_mime as M
-from scattergate.bounce import classify_rules as R
+from scattergate.bounce.classify import core as C
+from scattergate.bounce.classify import mime as M
+from scattergate.bounce.classify import rules as R
 from scattergate.bounce.classify import Kind, classify
 
 GUARDED = {

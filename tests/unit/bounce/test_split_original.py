@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from scattergate.bounce.classify_mime import _HEADER_LINE, _KEY_HEADERS, _header_run, split_original
+from scattergate.bounce.classify.mime import _HEADER_LINE, _KEY_HEADERS, _header_run, split_original
 
 
 def reference_start(body: str) -> int | None:

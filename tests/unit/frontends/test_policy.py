@@ -9,8 +9,10 @@ import pytest
 
 from scattergate.checks import CheckContext, RemoteCheck
 from scattergate.frontends import policy_codec as pc
-from scattergate.frontends.milter import for_postfix
+from scattergate.frontends.milter import batv_signer
 from scattergate.frontends.policy import PolicyService
+from scattergate.frontends.postfix_side import adapt, for_policy_service
+from scattergate.address import parse_path
 from scattergate.model import Finding, Phase
 from scattergate.pipeline import Gateway
 from tests.support.gateway import running_gateway
@@ -19,8 +21,8 @@ from tests.support.gateway import running_gateway
 @pytest.fixture
 async def gateway(make_config) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     config = make_config(receive={"domains": ["example.org"], "trusted_networks": ["10.0.0.0/8"]})
-    async with running_gateway(for_postfix(config)) as gw:
-        yield gw
+    async with running_gateway(for_policy_service(config)) as gw:
+        yield adapt(gw, config)
 
 
 def _request(**attrs: str) -> dict[str, str]:
@@ -32,17 +34,54 @@ def _request(**attrs: str) -> dict[str, str]:
 async def test_answers(gateway: Gateway) -> None:
     service = PolicyService(gateway)
     assert await service.answer(_request()) == pc.Dunno()
-    unknown = await service.answer(_request(recipient="nobody@example.org"))
-    assert isinstance(unknown, pc.RejectAction) and unknown.reply.code == 550
-    relay = await service.answer(_request(recipient="x@elsewhere.example"))
-    assert isinstance(relay, pc.RejectAction) and relay.reply.status == "5.7.1"
-    # Postfix routes outbound mail: trusted (network or SASL) clients may send anywhere.
+    # Behind Postfix, relay control and recipient tables are Postfix's (applied before it asks).
+    assert await service.answer(_request(recipient="nobody@example.org")) == pc.Dunno()
+    assert await service.answer(_request(recipient="x@elsewhere.example")) == pc.Dunno()
     assert await service.answer(_request(recipient="x@elsewhere.example", client_address="10.1.2.3")) == pc.Dunno()
     assert await service.answer(_request(recipient="x@elsewhere.example", sasl_username="alice")) == pc.Dunno()
     # Stages without checks, other requests, and unparseable addresses: no opinion.
     assert await service.answer(_request(protocol_state="DATA")) == pc.Dunno()
     assert await service.answer({"request": "something_else"}) == pc.Dunno()
     assert await service.answer(_request(recipient="bad address")) == pc.Dunno()
+
+
+async def test_recipient_table_when_configured_and_postfix_words_the_prefix(make_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "recipients").write_text("user@example.org\n")
+    config = make_config(receive={"domains": ["example.org"], "recipients_file": str(tmp_path / "recipients")})
+    async with running_gateway(for_policy_service(config)) as gw:
+        service = PolicyService(adapt(gw, config))
+        unknown = await service.answer(_request(recipient="nobody@example.org"))
+        assert isinstance(unknown, pc.RejectAction) and unknown.reply.code == 550
+        # Postfix writes "Recipient address rejected:" before our text itself: not twice.
+        assert pc.encode(unknown) == b"action=550 5.1.1 User unknown\n\n"
+        assert await service.answer(_request(recipient="user@example.org")) == pc.Dunno()
+
+
+async def test_policy_only_install_does_not_refuse_untagged_bounces(gateway: Gateway) -> None:
+    # It never signs, so a bounce to a bare address says nothing about backscatter.
+    assert await PolicyService(gateway).answer(_request(sender="", recipient="postmaster@example.org")) == pc.Dunno()
+
+
+async def test_a_milter_signed_bounce_passes_the_policy_service(make_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One site secret for every service: the milter's tag verifies in the policy service."""
+    shared = str(tmp_path / "site.key")
+    milter_config = make_config(receive={"domains": ["example.org"]}, backscatter={"secret_file": shared},
+                                state={"data_dir": str(tmp_path / "milter")})
+    policy_config = make_config(receive={"domains": ["example.org"]}, backscatter={"secret_file": shared},
+                                state={"data_dir": str(tmp_path / "policy")})
+    other_config = make_config(receive={"domains": ["example.org"]}, state={"data_dir": str(tmp_path / "other")})
+    async with running_gateway(milter_config) as milter_gw:
+        sign = batv_signer(milter_gw)
+        assert sign is not None
+        from scattergate.model import Envelope, Session
+        tagged = sign(Session(client_ip="10.0.0.1"), Envelope(sender=parse_path("<alice@example.org>")))
+        assert tagged and tagged.startswith("prvs=")
+    bounce = _request(sender="", recipient=tagged)
+    async with running_gateway(for_policy_service(policy_config)) as gw:
+        assert await PolicyService(adapt(gw, policy_config)).answer(bounce) == pc.Dunno()
+    async with running_gateway(for_policy_service(other_config)) as gw:  # its own secret: not ours
+        refused = await PolicyService(adapt(gw, other_config)).answer(bounce)
+        assert isinstance(refused, pc.RejectAction), refused
 
 
 @pytest.mark.parametrize("action, expected", [("dunno", pc.Dunno), ("defer_if_permit", pc.DeferIfPermit)])
@@ -73,7 +112,7 @@ async def limited(make_config) -> AsyncIterator[Gateway]:  # type: ignore[no-unt
         receive={"domains": ["example.org"]},
         rate_limits={"connections_per_client": 1, "messages_per_client": 2, "recipients_per_sender_domain": 5},
     )
-    async with running_gateway(for_postfix(config)) as gw:
+    async with running_gateway(for_policy_service(config)) as gw:
         yield gw
 
 
@@ -123,7 +162,7 @@ async def dnsbl_gateway(make_config) -> AsyncIterator[Gateway]:  # type: ignore[
             dnsbl={"zones": ["bl.test"]},
             dns={"nameservers": ["127.0.0.1"], "port": dns.port},
         )
-        async with running_gateway(for_postfix(config)) as gw:
+        async with running_gateway(for_policy_service(config)) as gw:
             yield gw
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scattergate.postfix_audit import audit, main, parse_postconf
+from scattergate.postfix_audit import audit, main, parse_master_overrides, parse_postconf
 
 SAFE = """\
 compatibility_level = 3.6
@@ -63,3 +63,27 @@ def test_exit_codes(tmp_path: Path) -> None:
     assert main(postconf_output=str(tmp_path / "risky")) == 1
     assert main(postconf_output=str(tmp_path / "junk")) == 2
     assert main(postconf_output=str(tmp_path / "missing")) == 2
+
+
+def test_relay_domains_verified_by_probe_need_no_recipient_map() -> None:
+    text = SAFE.replace("relay_recipient_maps = inline:{ {user@example.org = ok}, {other@example.org = ok} }\n", "")
+    assert _risky_settings(text) == {"relay_recipient_maps"}
+    verified = text + "smtpd_recipient_restrictions = reject_unverified_recipient\n"
+    assert _risky_settings(verified) == set()
+
+
+def test_content_filter_in_master_cf_is_named() -> None:
+    services = parse_master_overrides("smtp/inet/content_filter = amavis:[127.0.0.1]:10024\n"
+                                      "smtp/inet/smtpd_tls_security_level = may\n")
+    risks = audit(parse_postconf(SAFE), read=lambda path: None, services=services)
+    assert [(r.setting, r.value) for r in risks] == [("smtp/inet -o content_filter", "amavis:[127.0.0.1]:10024")]
+
+
+def test_virtual_alias_catch_all_is_named(tmp_path: Path) -> None:
+    assert _risky_settings(SAFE + "virtual_alias_maps = inline:{ {@example.org = someone@elsewhere.example} }\n") == {
+        "virtual_alias_maps"}
+    assert _risky_settings(SAFE + "virtual_alias_maps = inline:{ {info@example.org = someone@elsewhere.example} }\n") == set()
+    regexp = tmp_path / "virtual.regexp"
+    regexp.write_text("/^info@example\\.org$/ a@elsewhere.example\n/@example\\.org$/ catchall@elsewhere.example\n")
+    risks = audit(parse_postconf(SAFE + f"virtual_alias_maps = regexp:{regexp}\n"))
+    assert [r.setting for r in risks] == ["virtual_alias_maps"] and "@example" in risks[0].problem

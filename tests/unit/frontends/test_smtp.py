@@ -6,29 +6,32 @@ import asyncio
 from typing import Any, Callable
 
 import aiosmtplib
-import pytest
 
 from scattergate.config import Config
-from scattergate.frontends.smtp import GatewaySMTP
+from scattergate.frontends.smtp import gateway_connection
 from tests.support.gateway import running_gateway
 
 
 async def test_a_multi_line_ehlo_reply_leaves_in_one_write(
-        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+        make_config: Callable[..., Config]) -> None:
     async with running_gateway(make_config()) as gateway:
-        server = await asyncio.get_running_loop().create_server(lambda: GatewaySMTP(gateway), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        # Every write the server side makes (aiosmtpd writes through a StreamWriter; the
-        # client's own writes are told apart by their local port).
+        # Every write the server side makes, as the transport is asked for it.
         writes: list[bytes] = []
-        real_write = asyncio.StreamWriter.write
 
-        def recording_write(self: asyncio.StreamWriter, data: Any) -> None:
-            if self.get_extra_info("sockname")[1] == port:
-                writes.append(bytes(data))
-            real_write(self, data)
+        def recording_connection() -> asyncio.Protocol:
+            connection = gateway_connection(gateway)
+            made = connection.connection_made
 
-        monkeypatch.setattr(asyncio.StreamWriter, "write", recording_write)
+            def connection_made(transport: Any) -> None:
+                real_write = transport.write
+                transport.write = lambda data: (writes.append(bytes(data)), real_write(data))[1]
+                made(transport)
+
+            connection.connection_made = connection_made  # type: ignore[method-assign]
+            return connection
+
+        server = await asyncio.get_running_loop().create_server(recording_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
         client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, local_hostname="client.example.net",
                                  start_tls=False, timeout=10)
         try:
@@ -52,5 +55,56 @@ async def test_a_multi_line_ehlo_reply_leaves_in_one_write(
             assert len(writes) == 5 and all(w.count(b"\r\n") == 1 and w[3:4] == b" " for w in writes[2:])
         finally:
             client.close()
+            server.close()
+            await server.wait_closed()
+
+
+async def test_a_client_that_pipelines_without_reading_is_paused_not_buffered(
+        make_config: Callable[..., Config]) -> None:
+    # Backpressure: 2 MB of pipelined NOOPs from a client that reads no reply. Once the replies
+    # back up, the server stops reading instead of holding the rest; every reply still arrives
+    # once the client reads.
+    from scattergate.frontends import smtp_server
+
+    config = make_config(server={"max_commands": 400_000})
+    async with running_gateway(config) as gateway:
+        connections: list[Any] = []
+        peak = [0]
+
+        def factory() -> asyncio.Protocol:
+            connection = gateway_connection(gateway)
+            received = connection.data_received
+
+            def data_received(data: bytes) -> None:
+                received(data)
+                peak[0] = max(peak[0], connection.machine.buffered)
+
+            connection.data_received = data_received  # type: ignore[method-assign]
+            connections.append(connection)
+            return connection
+
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await reader.readline()  # the banner
+            count = 350_000
+            writer.write(b"NOOP\r\n" * count)
+            for _ in range(1_000_000):  # bounded: yield to the server until it stops reading
+                if connections[0]._reading_paused:
+                    break
+                await asyncio.sleep(0)
+            assert connections[0]._reading_paused
+            replies = 0
+            async with asyncio.timeout(120):
+                while replies < count:
+                    line = await reader.readline()
+                    assert line == b"250 2.0.0 OK\r\n", line
+                    replies += 1
+            await writer.drain()
+            # At most one read (256 KiB) beyond the high-water mark was ever held.
+            assert peak[0] <= smtp_server._HIGH_WATER + 256 * 1024, peak
+        finally:
+            writer.close()
             server.close()
             await server.wait_closed()
