@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 import pytest
 
 from scattergate.config import Config
+from scattergate.config_check import validate
 from tests.support.gateway import GatewayThread
 from tests.support.sink import SmtpSink
 
@@ -44,7 +45,7 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
         for section, values in sections.items():
             for key, value in values.items():
                 setattr(getattr(config, section), key, value)
-        config.validate()
+        validate(config)
         return config
 
     return make

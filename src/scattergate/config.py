@@ -3,12 +3,15 @@
 Each TOML table maps to one dataclass below. The loader walks the dataclasses, so a key that
 no field names is reported with its dotted path (``server.listen_port``) instead of being
 silently ignored, and a value of the wrong type is reported with the type it should have.
+
+Whether the values make sense together, and whether the files and addresses they name can be
+used, is checked by config_check.py: this module imports nothing of ours, so every module may
+import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
 import types
@@ -393,144 +396,6 @@ class Config:
     smtp_auth: SmtpAuthConfig = field(default_factory=SmtpAuthConfig)
     dkim_signing: DkimSigningConfig = field(default_factory=DkimSigningConfig)
 
-    def validate(self) -> None:
-        """Check values whose type is right but whose content is not; raise ConfigError."""
-        parse_host_port(self.server.listen, "server.listen")
-        if self.delivery.relay:
-            parse_host_port(self.delivery.relay, "delivery.relay")
-        for net in self.receive.trusted_networks:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ConfigError(f"receive.trusted_networks: not a network: {net!r}") from None
-        positive = {
-            "server.workers": self.server.process_count(),
-            "server.max_connections": self.server.max_connections,
-            "server.max_connections_per_client": self.server.max_connections_per_client,
-            "server.max_recipients": self.server.max_recipients,
-            "server.max_message_size": self.server.max_message_size,
-            "server.data_deadline": self.server.data_deadline,
-            "server.rcpt_deadline": self.server.rcpt_deadline,
-            "server.command_timeout": self.server.command_timeout,
-            "server.data_timeout": self.server.data_timeout,
-            "server.max_commands": self.server.max_commands,
-            "server.max_session_time": self.server.max_session_time,
-            "server.max_header_size": self.server.max_header_size,
-            "server.max_mime_depth": self.server.max_mime_depth,
-            "delivery.relay_timeout": self.delivery.relay_timeout,
-            "delivery.relay_pool_size": self.delivery.relay_pool_size,
-            "delivery.verify_timeout": self.delivery.verify_timeout,
-            "dns.timeout": self.dns.timeout,
-            "dns.lifetime": self.dns.lifetime,
-            "auth.spf_budget": self.auth.spf_budget,
-            "auth.dkim_budget": self.auth.dkim_budget,
-            "spool.retry_initial": self.spool.retry_initial,
-            "spool.retry_max": self.spool.retry_max,
-            "spool.give_up": self.spool.give_up,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be positive, not {value}")
-        if self.postfix.policy_budget <= 0:
-            raise ConfigError(f"postfix.policy_budget must be positive, not {self.postfix.policy_budget}")
-        if self.postfix.policy_timeout_action not in ("dunno", "defer_if_permit"):
-            raise ConfigError("postfix.policy_timeout_action: dunno or defer_if_permit, "
-                              f"not {self.postfix.policy_timeout_action!r}")
-        if self.server.data_min_rate < 0:
-            raise ConfigError(f"server.data_min_rate must be 0 (no extension) or positive, not {self.server.data_min_rate}")
-        if self.server.data_deadline >= 600:
-            raise ConfigError("server.data_deadline must stay below the client's 600 s DATA timeout")
-        if self.backscatter.mode not in ("reject", "quarantine", "tag", "off"):
-            raise ConfigError(f"backscatter.mode: unknown mode {self.backscatter.mode!r} (reject, quarantine, tag, off)")
-        for key, mode in {"": self.backscatter.batv_mode, **self.backscatter.batv_modes}.items():
-            if mode not in ("enforce", "score", "off"):
-                name = f"backscatter.batv_modes.{key}" if key else "backscatter.batv_mode"
-                raise ConfigError(f"{name}: unknown mode {mode!r} (enforce, score, off)")
-        self._validate_dnsbl()
-        if self.spool.dsn_route:
-            parse_host_port(self.spool.dsn_route, "spool.dsn_route")
-        if self.state.backend not in ("sqlite", "redis"):
-            raise ConfigError(f"state.backend: unknown backend {self.state.backend!r} (sqlite, redis)")
-        if self.state.backend == "redis" and not self.state.redis_url.startswith(
-            ("redis://", "rediss://", "unix://", "redis+sentinel://")
-        ):
-            raise ConfigError("state.redis_url: backend redis needs redis://, rediss://, unix:// or redis+sentinel://")
-        if self.spool.enabled and not self.delivery.relay:
-            raise ConfigError("spool.enabled needs delivery.relay: the spool delivers to a downstream")
-        for server in self.dns.nameservers:
-            try:
-                ipaddress.ip_address(server)
-            except ValueError:
-                raise ConfigError(f"dns.nameservers: not an IP address: {server!r}") from None
-        if not 0 < self.dns.port < 65536:
-            raise ConfigError(f"dns.port out of range: {self.dns.port}")
-        if self.logging.format not in ("text", "json"):
-            raise ConfigError(f"logging.format: expected text or json, got {self.logging.format!r}")
-        if self.http.listen:
-            http_host, _ = parse_host_port(self.http.listen, "http.listen")
-            if not self.http.token_file and not _is_loopback(http_host):
-                raise ConfigError(f"http.listen: {self.http.listen} is not loopback: set http.token_file")
-        from scattergate.logsetup import validate as validate_logging  # cycle-free: lazy
-
-        validate_logging(self)
-        if self.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"logging.level: unknown level {self.logging.level!r}")
-        from scattergate.decision.policy import validate_policy  # cycle-free: lazy
-
-        validate_policy(self.policy)
-        from scattergate.checks.scanners import validate_scan
-
-        validate_scan(self.scan, self.server.data_deadline)
-        self._validate_rate_limits()
-        self._validate_tls()
-
-    def _validate_dnsbl(self) -> None:
-        from scattergate.checks.dnsbl import MODES, valid_zone  # cycle-free: lazy
-
-        if self.dnsbl.mode not in MODES:
-            raise ConfigError(f"dnsbl.mode: unknown mode {self.dnsbl.mode!r} (safe, all)")
-        if self.dnsbl.budget <= 0:
-            raise ConfigError(f"dnsbl.budget must be positive, not {self.dnsbl.budget}")
-        for zone in self.dnsbl.zones:
-            if not valid_zone(zone):
-                raise ConfigError(f"dnsbl.zones: not a DNS zone: {zone!r}")
-
-    def _validate_rate_limits(self) -> None:
-        limits = self.rate_limits
-        if limits.window <= 0 or limits.budget <= 0:
-            raise ConfigError("rate_limits.window and rate_limits.budget must be positive")
-        for prefix, values in (("rate_limits", limits), ("rate_limits.trusted", limits.trusted)):
-            for name in ("connections_per_client", "messages_per_client", "recipients_per_sender_domain"):
-                if getattr(values, name) < 0:
-                    raise ConfigError(f"{prefix}.{name} must be 0 (no limit) or positive")
-
-    def _validate_tls(self) -> None:
-        """TLS and AUTH settings; loads the files, so a bad certificate stops the start."""
-        from scattergate.net import tls  # cycle-free: lazy
-
-        if self.delivery.tls not in ("none", "opportunistic", "required"):
-            raise ConfigError(f"delivery.tls: {self.delivery.tls!r} is not none, opportunistic or required")
-        if self.delivery.tls != "none":
-            tls.checked_client_context(verify=self.delivery.tls_verify, ca_file=self.delivery.tls_ca_file)
-        settings = self.tls
-        if settings.min_version not in tls.VERSIONS:
-            raise ConfigError(f"tls.min_version: {settings.min_version!r} is not one of {', '.join(tls.VERSIONS)}")
-        if settings.cert_file or settings.key_file or settings.required:
-            tls.server_context(settings.cert_file, settings.key_file, settings.min_version)
-        if self.smtp_auth.max_failures <= 0:
-            raise ConfigError(f"smtp_auth.max_failures must be positive, not {self.smtp_auth.max_failures}")
-        if self.smtp_auth.failures_per_client < 0 or self.smtp_auth.failures_window <= 0:
-            raise ConfigError("smtp_auth.failures_per_client must be >= 0 and failures_window positive")
-        if self.smtp_auth.users_file:
-            if not settings.cert_file:
-                raise ConfigError("smtp_auth.users_file needs tls.cert_file: AUTH is offered only over TLS")
-            from scattergate.credentials import CredentialsError, load_credentials
-
-            try:
-                load_credentials(self.smtp_auth.users_file)
-            except CredentialsError as exc:
-                raise ConfigError(f"smtp_auth.users_file: {exc}") from None
-
     @property
     def data_dir(self) -> Path:
         return Path(self.state.data_dir)
@@ -543,15 +408,6 @@ class Config:
     @property
     def maildir(self) -> Path:
         return Path(self.delivery.maildir) if self.delivery.maildir else self.data_dir / "maildir"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name could resolve anywhere
 
 
 def parse_host_port(text: str, key: str = "address") -> tuple[str, int]:

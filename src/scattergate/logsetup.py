@@ -92,7 +92,7 @@ def syslog_address(text: str) -> str | tuple[str, int]:
 
 
 def validate(config: Config) -> None:
-    """The [logging] settings that config.validate() cannot check by type alone. Like
+    """The [logging] settings that config_check.validate() cannot check by type alone. Like
     check-config's other checks, it opens what it names: a syslog socket must be listening."""
     if config.logging.syslog:
         address = syslog_address(config.logging.syslog)

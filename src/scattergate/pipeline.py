@@ -1,58 +1,28 @@
 """The gateway pipeline: checks by SMTP phase → findings → decision → verdict → delivery.
 
-Front ends (SMTP now; milter and policy later) translate their wire format into calls on
-`Gateway` and its verdicts back into replies. They never deliver: only this module hands an
-accepted message to delivery, and only after the decision layer said so.
+Front ends (smtp, milter, policy) translate their wire format into calls on `Gateway` and its
+verdicts back into replies. They never deliver: only this module hands an accepted message to
+delivery, and only after the decision layer said so. What the Gateway runs with (checks per
+phase, decider, delivery, outbound marking) is built by assembly.py; what delivery reports is
+turned into the client's verdict by decision/outcomes.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
-import socket
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Sequence
 
 from scattergate.address import Address
-from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck, by_phase
-from scattergate.checks.dnsbl import DnsblCheck
-from scattergate.checks.limits import RecipientLimit
-from scattergate.checks.ratelimit import AuthFailureLimit, RateLimiter
-from scattergate.checks.recipients import RecipientCheck, RecipientTable
-from scattergate.checks.relay import RelayCheck
-from scattergate.checks.scanners import build_scanners
-from scattergate.checks.smuggling import check_bare_line_endings
-from scattergate.checks.structure import MessageStructure
-from scattergate.checks.verify import RecipientVerifier
-from scattergate.config import Config, parse_host_port
-from scattergate.credentials import Credentials, load_credentials
-from scattergate.net.tls import server_context
-from scattergate.bounce.notifier import BounceNotifier
-from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
-from scattergate.checks.backscatter import (
-    BackscatterCheck,
-    BatvGuard,
-    BatvSettings,
-    SentRegistry,
-    outbound_message_id,
-)
-from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck, sender_verification
+from scattergate.assembly import GatewayParts, assemble
+from scattergate.checks import CheckContext
+from scattergate.config import Config
 from scattergate.decision.headers import render_headers, strip_fields, strip_forged_results
-from scattergate.delivery.quarantine import Quarantine as QuarantineStore
-from scattergate.delivery.scheduler import Scheduler
-from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
-from scattergate.net.dns import DnsConfig, Resolver
-from scattergate.rewrite import token
-from scattergate.rewrite.keys import load_batv_keys, load_or_create_site_secret
-from scattergate.decision.policy import Decider
-from scattergate.decision.record import DecisionRecorder
-from scattergate.delivery import maildir
-from scattergate.rewrite.dkim_sign import load_signer
-from scattergate.delivery.relay import DownstreamPool, DsnParams, Relay, downstream_tls
+from scattergate.decision.outcomes import verdict_for
+from scattergate.delivery.outcome import DeliveryOutcome
 from scattergate.model import (
     Accept,
     Envelope,
@@ -60,10 +30,8 @@ from scattergate.model import (
     Phase,
     Quarantine,
     RcptDsn,
-    Reject,
     Reply,
     Session,
-    Tempfail,
     Verdict,
     header_date,
 )
@@ -76,171 +44,42 @@ MAIL_OK = Reply(250, "2.1.0", "OK")
 
 
 class Gateway:
-    def __init__(self, config: Config, store: StateStore) -> None:
+    """The phases of an SMTP transaction, as the front ends call them: connect, mail, rcpt,
+    decide_data / data, disconnect. What it runs with comes from assembly.py."""
+
+    def __init__(self, config: Config, store: StateStore, parts: GatewayParts | None = None) -> None:
+        parts = parts if parts is not None else assemble(config, store)
         self.config = config
-        self.hostname = config.server.hostname or socket.getfqdn()
-        self.decider = Decider(config.policy)
-        self.recorder = DecisionRecorder(store, flush_interval=config.state.flush_interval)
-        self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.receive.trusted_networks]
+        self.parts = parts
+        self.hostname = parts.hostname
+        self.decider = parts.decider
+        self.recorder = parts.recorder
+        self.checks = parts.checks
+        self.domains = parts.domains
+        self.relay_check = parts.relay_check
+        self.quarantine = parts.quarantine
+        self.delivery = parts.delivery
+        self.renderers = parts.renderers
+        self.owned_fields = parts.owned_fields
+        self.tls_context = parts.tls_context
+        self.credentials = parts.credentials
+        self.auth_failures = parts.auth_failures
+        self.relay = parts.relay
+        self.resolver = parts.resolver
+        self.batv = parts.batv
+        self.registry = parts.registry
+        self.outbound = parts.outbound  # marks our users' mail (outbound.py)
+        self.site_secret = parts.site_secret
+        self.rate = parts.rate
+        self.dkim_signer = parts.dkim_signer
+        self.spool = parts.spool
+        self.scheduler = parts.scheduler
+        self._trusted = parts.trusted_networks
         self._active: Counter[str] = Counter()
         self._active_total = 0
         self._idle = asyncio.Event()
-        # Read here, so a SIGHUP (a new Gateway) picks up a renewed certificate and new users.
-        tls = config.tls
-        self.tls_context = server_context(tls.cert_file, tls.key_file, tls.min_version) if tls.cert_file else None
-        self.credentials: Credentials | None = (
-            load_credentials(config.smtp_auth.users_file) if config.smtp_auth.users_file else None
-        )
         # Password checks run in threads; bounded, so a guessing flood cannot take every core.
         self._auth_slots = asyncio.Semaphore(2)
-        smtp_auth = config.smtp_auth
-        self.auth_failures = (
-            AuthFailureLimit(store, smtp_auth.failures_per_client, smtp_auth.failures_window)
-            if self.credentials is not None and smtp_auth.failures_per_client else None
-        )
-
-        delivery = config.delivery
-        self.relay: Relay | None = None
-        if delivery.relay:
-            host, port = parse_host_port(delivery.relay, "delivery.relay")
-            pool = DownstreamPool(
-                host, port, size=delivery.relay_pool_size, timeout=delivery.relay_timeout,
-                local_hostname=self.hostname,
-                tls=downstream_tls(delivery.tls, verify=delivery.tls_verify, ca_file=delivery.tls_ca_file,
-                                   server_name=delivery.tls_server_name),
-            )
-            self.relay = Relay(pool)
-
-        # Recipient table: the file if given; with no file and no downstream to ask, only the
-        # role addresses every domain must have. With a downstream, it is asked instead.
-        table: RecipientTable | None = None
-        if config.receive.recipients_file or self.relay is None:
-            table = RecipientTable(config.receive.recipients_file or None)
-        domains = list(config.receive.domains)
-        if not domains and table is not None:
-            domains = sorted(table.domains)
-        self.domains = [d.lower() for d in (domains or ["localhost"])]
-
-        self.relay_check = RelayCheck(self.domains, outbound_route=self.relay is not None)
-        self.checks: dict[Phase, PhaseChecks] = by_phase()
-        rcpt = self.checks[Phase.RCPT]
-        rcpt.local.append(RecipientLimit(config.server.max_recipients))
-        rcpt.local.append(self.relay_check)
-        if table is not None:
-            rcpt.local.append(RecipientCheck(table, self.relay_check.is_local))
-        if self.relay is not None and delivery.verify_recipients:
-            verifier = RecipientVerifier(
-                self.relay, self.relay_check.is_local,
-                positive_ttl=delivery.verify_positive_ttl, negative_ttl=delivery.verify_negative_ttl,
-            )
-            rcpt.remote.append(RemoteCheck("verify", verifier, delivery.verify_timeout))
-        self.checks[Phase.DATA].local.append(check_bare_line_endings)
-        self.checks[Phase.DATA].local.append(
-            MessageStructure(config.server.max_header_size, config.server.max_mime_depth)
-        )
-        self.checks[Phase.DATA].remote.extend(build_scanners(config.scan, self.hostname))
-
-        self.resolver = self._setup_auth()
-        if config.dnsbl.zones:
-            self.resolver = self._setup_dnsbl(self.resolver)
-        # Header fields only we may set: removed from mail that arrives from outside with them.
-        scanning = any(getattr(config.scan, name).enabled for name in ("spamd", "rspamd", "clamav"))
-        self.owned_fields: tuple[bytes, ...] = (b"x-scattergate-",) + (
-            (b"x-spam-", b"x-scan-skipped:", b"x-virus-") if scanning else ()
-        )
-        self.batv: BatvGuard | None = None
-        self.registry: SentRegistry | None = None
-        if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
-            self._setup_backscatter(store)
-        self.quarantine = QuarantineStore(config.data_dir / "quarantine", store)
-        # None when no rate limit is set: then connect and RCPT make no store round trip.
-        self.rate = RateLimiter(store, config.rate_limits) if RateLimiter.wanted(config.rate_limits) else None
-        self.dkim_signer = load_signer(config.dkim_signing.key_table)  # raises for an unsafe key
-        self.spool: Spool | None = None
-        self.scheduler: Scheduler | None = None
-        if config.spool.enabled and self.relay is not None:
-            self.spool, self.scheduler = self._setup_spool(self.relay)
-
-    def _setup_auth(self) -> Resolver | None:
-        """Sender authentication: findings for the policy, and proof for the safe-bounce rule."""
-        auth = self.config.auth
-        if not (auth.spf or auth.dkim):
-            return None
-        resolver = self._new_resolver()
-        if auth.spf:
-            spf = SpfCheck(resolver, receiver=self.hostname, budget=auth.spf_budget)
-            self.checks[Phase.RCPT].remote.append(RemoteCheck("spf", spf, auth.spf_budget))
-        if auth.dkim:
-            dkim = DkimDmarcCheck(resolver, dmarc=auth.dmarc)
-            self.checks[Phase.DATA].remote.append(RemoteCheck("dkim", dkim, auth.dkim_budget))
-        return resolver
-
-    def _new_resolver(self) -> Resolver:
-        dns = self.config.dns
-        return Resolver(DnsConfig(
-            nameservers=tuple(dns.nameservers), port=dns.port, timeout=dns.timeout, lifetime=dns.lifetime,
-        ))
-
-    def _setup_dnsbl(self, resolver: Resolver | None) -> Resolver:
-        """DNS blocklists at RCPT (docs/backscatter.md), sharing the SPF resolver and its cache."""
-        settings = self.config.dnsbl
-        resolver = resolver or self._new_resolver()
-        budget = min(settings.budget, self.config.server.rcpt_deadline)
-        check = DnsblCheck(resolver, settings.zones, mode=settings.mode, budget=budget)
-        self.checks[Phase.RCPT].remote.append(RemoteCheck("dnsbl", check, budget))
-        return resolver
-
-    def _setup_backscatter(self, store: StateStore) -> None:
-        """BATV at RCPT, the sent-message registry, and the end-of-DATA backscatter check."""
-        settings = self.config.backscatter
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.site_secret = load_or_create_site_secret(self.config.site_secret_file)
-        keyring = load_batv_keys(self.site_secret, settings.batv_keys_file)
-        domains = frozenset(d.lower() for d in (settings.batv_domains or self.domains))
-        self.batv = BatvGuard(BatvSettings(
-            keyring, domains, settings.batv_mode, {k.lower(): v for k, v in settings.batv_modes.items()},
-        ))
-        self.registry = SentRegistry(store, keep_days=settings.registry_days)
-        if settings.mode != "off":
-            check = BackscatterCheck(self.registry, self.site_secret)
-            self.checks[Phase.DATA].remote.append(RemoteCheck("backscatter", check, 10.0))
-        # The mode is the default action for unsolicited automated mail; explicit policy wins.
-        action = {"reject": None, "quarantine": "quarantine", "tag": "observe"}.get(settings.mode)
-        if action and "backscatter.unsolicited" not in self.config.policy.actions:
-            self.decider = Decider(self.config.policy, defaults={
-                "backscatter.unsolicited": action, "backscatter.multiple_recipients": action,
-            })
-
-    def _setup_spool(self, relay: Relay) -> tuple[Spool, Scheduler]:
-        """Store-and-forward: the spool, its scheduler, and the safe-bounce notifier."""
-        spool_config, delivery = self.config.spool, self.config.delivery
-        spool = Spool(self.config.data_dir / "spool")
-        notifier = BounceNotifier(
-            spool, self.quarantine,
-            DsnRateLimiter(
-                per_address=Rate.per_hour(spool_config.dsn_per_address_hour),
-                per_domain=Rate.per_hour(spool_config.dsn_per_domain_hour),
-                clock=time.monotonic,
-            ),
-            reporting_mta=self.hostname,
-            max_return=spool_config.dsn_max_return,
-            count=self.recorder.count,
-            sign=self.dkim_signer.sign if self.dkim_signer is not None else None,
-        )
-        dsn_pool = None
-        if spool_config.dsn_route:
-            dsn_host, dsn_port = parse_host_port(spool_config.dsn_route, "spool.dsn_route")
-            # Same TLS policy as the relay; its certificate must name the DSN route's own host.
-            dsn_pool = DownstreamPool(dsn_host, dsn_port, size=2, timeout=delivery.relay_timeout,
-                                      local_hostname=self.hostname,
-                                      tls=downstream_tls(delivery.tls, verify=delivery.tls_verify,
-                                                         ca_file=delivery.tls_ca_file))
-        scheduler = Scheduler(
-            spool, relay.pool, notifier, spool_config,
-            attempt_timeout=delivery.relay_timeout, dsn_pool=dsn_pool, count=self.recorder.count,
-        )
-        notifier.on_dsn = scheduler.wake  # a new DSN is due for delivery now
-        return spool, scheduler
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -402,9 +241,13 @@ class Gateway:
     def added_headers(self, session: Session, envelope: Envelope, verdict: Verdict) -> bytes:
         """The trace and result headers we prepend to a message we accept."""
         lines = [self.received_header(session, envelope)]
-        for name, value in render_headers(self.hostname, verdict.findings):
+        for name, value in self.result_headers(verdict.findings):
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
         return b"".join(lines)
+
+    def result_headers(self, findings: Sequence[Finding]) -> list[tuple[str, str]]:
+        """The result headers (Authentication-Results, X-Spam-*, ...) the findings call for."""
+        return render_headers(self.hostname, findings, self.renderers)
 
     async def data(self, session: Session, envelope: Envelope, content: bytes) -> Verdict:
         """End of DATA: content checks, then delivery inside the same deadline."""
@@ -438,138 +281,21 @@ class Gateway:
     async def _deliver(
         self, session: Session, envelope: Envelope, content: bytes, verdict: Verdict, budget: float
     ) -> Verdict:
+        """Prepare the message (our headers on, forged ones off, outbound marking), hand it to
+        delivery, and let decision/outcomes.py say what the client is told."""
         if self.resolver is not None:
             content = strip_forged_results(content, self.hostname)
         if not session.trusted:
             content = strip_fields(content, self.owned_fields)
         message = self.added_headers(session, envelope, verdict) + content
         sender = envelope.sender
-        if session.trusted and self.batv is not None:
+        if session.trusted and self.outbound is not None:
             try:
-                sender, message = await self._outbound(envelope, message)
+                sender, message = await self.outbound.mark(envelope.sender, message)
             except OSError as exc:  # the state store (e.g. Redis) is down: its bounces would lack proof
-                log.error("cannot remember outbound message: %s", exc)
-                return Tempfail(Reply(451, "4.3.0", "Cannot record the message now, try again later"), verdict.findings)
+                log.error("session %s: cannot remember outbound message: %s", session.id, exc)
+                return verdict_for(DeliveryOutcome("outbound", "failed"), verdict.findings)
         if session.trusted and self.dkim_signer is not None and self.config.dkim_signing.outbound:
             message = await asyncio.to_thread(self.dkim_signer.sign, message)  # an RSA signature: off the loop
-        findings = verdict.findings
-        if budget <= 0:
-            return Tempfail(Reply(451, "4.4.3", "Out of time, try again later"), findings)
-        if isinstance(verdict, Quarantine):
-            return await self._hold(envelope, message, verdict, budget)
-        if self.spool is not None:
-            return await self._spool(session, envelope, sender, message, verdict, budget)
-        if self.relay is not None:
-            result = await self.relay.send(
-                sender, envelope.recipients, message,
-                mail_options=_relay_options(envelope.mail_options),
-                smtputf8="SMTPUTF8" in envelope.mail_options,
-                deadline=min(budget, self.config.delivery.relay_timeout),
-                dsn=DsnParams(
-                    envelope.ret, envelope.envid,
-                    tuple((tuple(sorted(d.notify)) if d.notify else None, d.orcpt) for d in envelope.rcpt_dsn),
-                ),
-            )
-            reply = result.reply
-            outcome = Finding("delivery", "relayed" if reply.code < 300 else "refused", str(reply))
-            return _verdict_for(reply, findings + (outcome,))
-        return await self._write_maildir(self.config.maildir, envelope, message, verdict, budget)
-
-    async def _outbound(self, envelope: Envelope, message: bytes) -> tuple[Address, bytes]:
-        """Our users' mail: BATV-sign the envelope sender, carry the token, remember the ID,
-        so the genuine bounces for it can prove they are ours."""
-        assert self.batv is not None and self.registry is not None
-        message_id = outbound_message_id(message)
-        if message_id:
-            await self.registry.remember(message_id, str(envelope.sender))
-            mark = f"{token.HEADER}: {token.make(self.site_secret, message_id)}\r\n".encode()
-            message = mark + message
-        return self.batv.sign(envelope.sender), message
-
-    async def _spool(
-        self, session: Session, envelope: Envelope, sender: Address, message: bytes, verdict: Verdict, budget: float
-    ) -> Verdict:
-        """Store-and-forward: durable (fsynced) before the 250; the scheduler delivers it."""
-        assert self.spool is not None and self.scheduler is not None
-        spf_result, dkim_aligned = sender_verification(envelope)
-        entry = SpoolEntry(
-            id=envelope.message_id,
-            sender=str(sender),
-            recipients=[
-                SpooledRecipient(str(r), sorted(d.notify) if d.notify is not None else None, d.orcpt)
-                for r, d in zip(envelope.recipients, envelope.rcpt_dsn)
-            ],
-            arrival=time.time(),
-            client_ip=session.client_ip,
-            helo=session.helo,
-            ret=envelope.ret,
-            envid=envelope.envid,
-            mail_options=_relay_options(envelope.mail_options),
-            spf_result=spf_result,
-            dkim_aligned=dkim_aligned,
-            content_verdict=content_verdict(verdict.findings),
-        )
-        try:
-            async with asyncio.timeout(budget):
-                # Group commit; delivery starts as soon as the message is durable.
-                await self.scheduler.put(entry, message)
-        except TimeoutError:
-            return Tempfail(Reply(451, "4.3.0", "Spool write too slow, try again later"), verdict.findings)
-        except OSError as exc:
-            log.error("spool write failed: %s", exc)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                return Tempfail(Reply(452, "4.3.1", "Insufficient system storage"), verdict.findings)
-            return Tempfail(Reply(451, "4.3.0", "Spool write failed, try again later"), verdict.findings)
-        self.recorder.count("spool.queued")
-        return Accept(Reply(250, "2.0.0", f"Ok: queued as {entry.id}"), verdict.findings)
-
-    async def _hold(self, envelope: Envelope, message: bytes, verdict: Verdict, budget: float) -> Verdict:
-        reason = "; ".join(str(f) for f in verdict.findings) or "policy"
-        try:
-            async with asyncio.timeout(budget):
-                item = await asyncio.to_thread(
-                    self.quarantine.hold, message, str(envelope.sender), [str(r) for r in envelope.recipients], reason
-                )
-        except (TimeoutError, OSError) as exc:
-            log.error("quarantine write failed: %s", exc)
-            return Tempfail(Reply(451, "4.3.0", "Cannot store the message now, try again later"), verdict.findings)
-        return Quarantine(Reply(250, "2.0.0", f"Ok: held as {item.id}"), verdict.findings)
-
-    async def _write_maildir(
-        self, root: Path, envelope: Envelope, message: bytes, verdict: Verdict, budget: float
-    ) -> Verdict:
-        try:
-            async with asyncio.timeout(budget):
-                await asyncio.to_thread(maildir.deliver, root, envelope.recipients, message)
-        except TimeoutError:
-            # The write may still finish in its thread: at worst a duplicate after the retry.
-            return Tempfail(Reply(451, "4.3.0", "Local delivery too slow, try again later"), verdict.findings)
-        except OSError as exc:
-            log.error("local delivery failed: %s", exc)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                return Tempfail(Reply(452, "4.3.1", "Insufficient system storage"), verdict.findings)
-            return Tempfail(Reply(451, "4.3.0", "Local delivery failed, try again later"), verdict.findings)
-        return Accept(Reply(250, "2.0.0", f"Ok: delivered as {envelope.message_id}"), verdict.findings)
-
-
-def content_verdict(findings: Sequence[Finding]) -> str:
-    """What the content checks judged, for the safe-bounce rule: virus, spam or clean."""
-    results = {f.result for f in findings}
-    if "virus" in results:
-        return "virus"
-    if results & {"spam", "reject", "tag"}:
-        return "spam"
-    return "clean"
-
-
-def _relay_options(options: Sequence[str]) -> list[str]:
-    # Pass on what describes the message; SIZE is recomputed by the client library if needed.
-    return [o for o in options if o.split("=", 1)[0] in ("BODY", "SMTPUTF8")]
-
-
-def _verdict_for(reply: Reply, findings: tuple[Finding, ...]) -> Verdict:
-    if reply.code < 300:
-        return Accept(reply, findings)
-    if reply.code < 500:
-        return Tempfail(reply, findings)
-    return Reject(reply, findings)
+        outcome = await self.delivery.deliver(session, envelope, sender, message, verdict, budget)
+        return verdict_for(outcome, verdict.findings)

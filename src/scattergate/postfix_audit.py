@@ -1,12 +1,10 @@
-"""`scattergate check-postfix`: which Postfix settings make this Postfix a backscatter source.
+"""Which Postfix settings make this Postfix a backscatter source.
 
 A Postfix makes backscatter when it accepts mail it later cannot deliver (unknown recipients,
 relay domains without a recipient list, after-queue filters that refuse) and then bounces it
 to the (forged) sender. We read `postconf -n` and the per-service overrides of master.cf
 (`postconf -P`), fill in Postfix's defaults for the settings we judge, and name each risky one
-with its fix. Pure core (`audit`), thin shell (`main`).
-
-Exit codes: 0 no risk found, 1 risks found, 2 could not run postconf / read its output.
+with its fix. Pure core (`audit`); the command's shell is cli/check_postfix.py.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -259,22 +256,3 @@ def run_postconf(config_dir: str | None, *what: str) -> str:
     if result.returncode != 0:
         raise OSError(f"{' '.join(command)} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def main(config_dir: str | None = None, postconf_output: str | None = None) -> int:
-    try:
-        text = Path(postconf_output).read_text() if postconf_output else run_postconf(config_dir)
-        explicit = parse_postconf(text)
-        # master.cf overrides (-o) only with a live Postfix: saved `postconf -n` has none.
-        services = master_overrides(config_dir) if not postconf_output else {}
-    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        print(f"scattergate check-postfix: cannot read the Postfix configuration: {exc}", file=sys.stderr)
-        return 2
-    risks = audit(explicit, services=services)
-    for risk in risks:
-        print(risk)
-    if risks:
-        print(f"\n{len(risks)} setting(s) make this Postfix a backscatter source.")
-        return 1
-    print("No backscatter risk found in the Postfix settings checked.")
-    return 0

@@ -27,6 +27,7 @@ from scattergate.state.sqlite import SqliteStore
 from scattergate.state.store import StateStore
 from scattergate.web import service as web_service
 from scattergate.web.service import WebSetup
+from scattergate.config_check import LISTEN_SETTINGS, StartError, listen_error, validate
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,13 @@ def bind(listen: str, *, reuse_port: bool) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        # The operator's words, not a bare [Errno]: which setting, which address, why.
+        problem = f"server.listen: cannot listen on {listen}: {listen_error(exc)}"
+        raise (StartError if exc.errno == errno.EADDRINUSE else ConfigError)(problem) from None
     return sock
 
 
@@ -113,7 +120,7 @@ def _reload(reload: Callable[[], Config], running: Config, store: StateStore,
     request_reopen()  # SIGHUP also serves log rotation
     try:
         config = reload()
-        config.validate()
+        validate(config)
         if config.server.listen != running.server.listen or config.state != running.state:
             log.warning("reload: listen address and state settings change only with a restart")
             config.server.listen, config.state = running.server.listen, running.state
@@ -243,9 +250,9 @@ async def start_stream_server(listen: str, callback: StreamCallback, *, socket_m
         try:
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
+            raise StartError(f"cannot create the socket directory {path.parent}: {exc.strerror}") from None
         if path.exists() and not path.is_socket():
-            raise OSError(errno.EEXIST, f"cannot listen on unix:{path}: a file that is not a socket is in the way")
+            raise StartError(f"cannot listen on unix:{path}: a file that is not a socket is in the way")
         # Bound under a private name, given its mode and group, then renamed into place: no
         # client ever finds the socket with the wrong permissions. The rename also replaces a
         # socket a previous run left behind.
@@ -259,9 +266,13 @@ async def start_stream_server(listen: str, callback: StreamCallback, *, socket_m
             os.replace(private, path)
         except OSError as exc:
             private.unlink(missing_ok=True)
-            raise OSError(exc.errno, f"cannot listen on unix:{path}: {exc.strerror}") from None
+            raise StartError(f"cannot listen on unix:{path}: {listen_error(exc)}") from None
         return server
-    return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
+    try:
+        return await asyncio.start_server(callback, where, port, reuse_address=True, backlog=1024)
+    except OSError as exc:
+        # asyncio words it "[Errno 98] error while attempting to bind ...": say it plainly.
+        raise StartError(f"cannot listen on {listen}: {listen_error(exc)}") from None
 
 
 def _group_id(name: str) -> int:
@@ -302,7 +313,11 @@ def run_service(config: Config, name: str,
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, stop.set)
         try:
-            server = await start(gateway)
+            try:
+                server = await start(gateway)
+            except StartError as exc:
+                setting = next(iter(LISTEN_SETTINGS.get(name, ("listen",))))
+                raise StartError(f"{setting}: {exc}") from None
             _settle_garbage_collector()
             log.info("scattergate %s listening on %s for %s", name, listening_on(server), ", ".join(gateway.domains))
             await stop.wait()

@@ -119,6 +119,7 @@ def test_check_config_prints_a_config_that_loads_back(tmp_path: Path) -> None:
     import tomllib
 
     from scattergate.config import from_dict
+    from scattergate.config_check import validate
 
     result = subprocess.run(
         [sys.executable, "-m", "scattergate", "check-config", "--domain", "example.org", "--relay", "127.0.0.1:25"],
@@ -126,7 +127,7 @@ def test_check_config_prints_a_config_that_loads_back(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     config = from_dict(tomllib.loads(result.stdout))
-    config.validate()
+    validate(config)
     assert config.receive.domains == ["example.org"] and config.delivery.relay == "127.0.0.1:25"
     bad = subprocess.run([sys.executable, "-m", "scattergate", "check-config", "--listen", "nowhere"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=30)

@@ -22,6 +22,7 @@ ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):  # type: ignore[no-untyped-def]
     from scattergate.config import Config
+    from scattergate.config_check import validate
     from tests.support.gateway import GatewayThread
 
     config = Config()
@@ -33,7 +34,7 @@ def gw(tmp_path_factory):  # type: ignore[no-untyped-def]
     config.logging.file = ""
     config.auth.spf = config.auth.dkim = config.auth.dmarc = False
     config.receive.domains = ["example.org"]
-    config.validate()
+    validate(config)
     thread = GatewayThread(config)
     thread.start()
     yield thread

@@ -21,6 +21,7 @@ from pathlib import Path
 import dkim
 
 from scattergate.config import Config
+from scattergate.config_check import validate
 from tests.support.dns_server import DnsTestServer
 from tests.support.gateway import GatewayThread
 from tests.support.postfix import PrivatePostfix
@@ -105,7 +106,7 @@ class Scenario:
         config.auth.spf = config.auth.dkim = config.auth.dmarc = True
         config.dns.nameservers = ["127.0.0.1"]
         config.dns.port = self.dns.port
-        config.validate()
+        validate(config)
         self.gateway = GatewayThread(config)
         self.gateway.start()
 

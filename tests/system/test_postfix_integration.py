@@ -21,6 +21,7 @@ import pytest
 from scattergate.checks import CheckContext, RemoteCheck
 from scattergate.config import Config
 from scattergate.model import Finding, Phase
+from scattergate.config_check import validate
 from tests.conftest import require_binary
 from tests.support.dns_server import DnsTestServer
 from tests.support.sink import SmtpSink, free_port
@@ -82,7 +83,7 @@ def world() -> Iterator[World]:
     config.policy.actions["virus.found"] = "reject"
     config.policy.replies["virus.found"] = "554 5.7.0 Virus found: {detail}"
     config.postfix.policy_budget = 0.5
-    config.validate()
+    validate(config)
     services = Services(config).start()
     assert services.gateway is not None
     services.gateway.checks[Phase.DATA].local.append(_virus_check)

@@ -4,11 +4,12 @@ import pytest
 
 from scattergate.cli import build_parser, load_config
 from scattergate.config import Config, ConfigError, from_dict, load, parse_host_port
+from scattergate.config_check import validate
 
 
 def test_defaults_are_a_safe_local_gateway() -> None:
     config = Config()
-    config.validate()
+    validate(config)
     assert config.server.listen == "127.0.0.1:2525"
     assert config.receive.trusted_networks == []  # relays for nobody, loopback included
     assert config.maildir == Path("scattergate-data/maildir")
@@ -53,7 +54,7 @@ def test_invalid_values_are_errors(mutate, key: str) -> None:  # type: ignore[no
     config = Config()
     mutate(config)
     with pytest.raises(ConfigError, match=key):
-        config.validate()
+        validate(config)
 
 
 def test_toml_file_and_cli_overrides(tmp_path: Path) -> None:
@@ -99,7 +100,7 @@ def test_workers_default_to_one_per_core_and_take_auto_or_a_number() -> None:
             from_dict({"server": {"workers": wrong}})
     config = from_dict({"server": {"workers": 0}})
     with pytest.raises(ConfigError, match=r"server\.workers must be positive"):
-        config.validate()
+        validate(config)
 
 
 def test_the_workers_flag_takes_auto_or_a_number(tmp_path: Path) -> None:
@@ -113,12 +114,14 @@ def test_the_workers_flag_takes_auto_or_a_number(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["milter", "policy"])
-def test_postfix_side_flags_dns_secret_and_socket_group(command: str) -> None:
-    args = build_parser().parse_args([command, "--dns", "127.0.0.1:5353", "--secret-file", "/etc/sg/site.key",
+def test_postfix_side_flags_dns_secret_and_socket_group(command: str, tmp_path: Path) -> None:
+    # The secret's directory must exist: load_config opens what the configuration names.
+    secret = tmp_path / "site.key"
+    args = build_parser().parse_args([command, "--dns", "127.0.0.1:5353", "--secret-file", str(secret),
                                       "--socket-group", "postfix"])
     config = load_config(args)
     assert (config.dns.nameservers, config.dns.port) == (["127.0.0.1"], 5353)
-    assert str(config.site_secret_file) == "/etc/sg/site.key"
+    assert config.site_secret_file == secret
     assert config.postfix.socket_group == "postfix"
 
 

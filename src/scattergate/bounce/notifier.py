@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from scattergate.bounce.dsn import FailedMessage, RecipientStatus, build_dsn
 from scattergate.bounce.policy import may_bounce
-from scattergate.bounce.ratelimit import DsnRateLimiter
+from scattergate.bounce.dsn_rate import DsnRateLimiter
 from scattergate.delivery.quarantine import Quarantine
 from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
 from scattergate.logfmt import fields

@@ -7,7 +7,8 @@ hostile (the "sender" of spam or a virus is almost always forged, and telling th
     allowed  <=>  sender is not null
              and  NOTIFY permits this kind of DSN (absent NOTIFY = default = permitted)
              and  the content verdict is "clean"
-             and  (SPF pass for the MAIL FROM domain  or  an aligned DKIM pass)
+             and  the sender is proven genuine (decision/sender_proof.py: SPF pass for the
+                  MAIL FROM domain, or a DKIM pass aligned with it under DMARC relaxed alignment)
 
 Everything else is suppressed; the caller quarantines/drops and logs
 "bounce suppressed: <reason>". Reasons are stable strings (dashboards and tests key on them).
@@ -15,9 +16,12 @@ Everything else is suppressed; the caller quarantines/drops and logs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from scattergate.decision.sender_proof import SenderProof, sender_domain
+from scattergate.model import Finding
 
 CLEAN = "clean"
 DsnKind = Literal["failure", "delay", "success"]
@@ -30,12 +34,15 @@ class BounceDecision:
     reason: str  # "ok" when allowed, else why not (e.g. "null-sender")
 
 
-def _sender_domain(sender: str) -> str | None:
-    addr = sender.strip()
-    if addr.startswith("<") and addr.endswith(">"):
-        addr = addr[1:-1]
-    local, at, domain = addr.rpartition("@")
-    return domain.lower().rstrip(".") if at and local and domain else None
+def content_verdict(findings: Sequence[Finding]) -> str:
+    """What the content checks judged, for this rule: "virus", "spam" or "clean". Kept with a
+    spooled message, because the bounce is decided long after the findings are gone."""
+    results = {f.result for f in findings}
+    if "virus" in results:
+        return "virus"
+    if results & {"spam", "reject", "tag"}:
+        return "spam"
+    return "clean"
 
 
 def is_null_sender(sender: str) -> bool:
@@ -57,7 +64,7 @@ def may_bounce(
         any verdict other than "clean" suppresses, so an unknown verdict fails safe.
     spf_result: the RFC 7208 result for the MAIL FROM identity, or None if not checked.
     dkim_aligned_pass: a valid DKIM signature whose d= is aligned with the MAIL FROM domain
-        (see dkim_aligned()).
+        (decision.sender_proof.dkim_aligned).
     notify: the RCPT NOTIFY= keywords, or None when the client gave no NOTIFY.
     """
     if is_null_sender(sender):
@@ -73,36 +80,10 @@ def may_bounce(
         if verdict in ("spam", "virus"):
             return BounceDecision(False, verdict)
         return BounceDecision(False, f"content-{verdict or 'unknown'}")
-    if _sender_domain(sender) is None:
+    if not sender_domain(sender):
         return BounceDecision(False, "sender-no-domain")
-    spf = (spf_result or "none").strip().lower()
-    if spf == "pass" or dkim_aligned_pass:
+    proof = SenderProof(spf_result, dkim_aligned_pass)
+    if proof.proven:
         return BounceDecision(True, "ok")
     # "dkim=none" means: no valid DKIM signature aligned with the MAIL FROM domain.
-    return BounceDecision(False, f"sender-unverified (spf={spf}, dkim=none)")
-
-
-def dkim_aligned(
-    mail_from_domain: str,
-    dkim_domain: str,
-    organizational_domain: Callable[[str], str],
-) -> bool:
-    """Relaxed alignment (as in DMARC): the signing domain d= and the MAIL FROM domain are equal,
-    or one is a subdomain of the other within the same organisational domain.
-
-    `organizational_domain` maps a domain to its registrable domain (a public-suffix lookup),
-    injected so this stays pure. The parent/child requirement keeps "example.co.uk" from
-    aligning with "other.co.uk" even if the lookup were coarse.
-    """
-    a = mail_from_domain.strip().lower().rstrip(".")
-    b = dkim_domain.strip().lower().rstrip(".")
-    if not a or not b:
-        return False
-    if a == b:
-        return True
-    related = a.endswith("." + b) or b.endswith("." + a)
-    if not related:
-        return False
-    org_a = organizational_domain(a).lower().rstrip(".")
-    org_b = organizational_domain(b).lower().rstrip(".")
-    return bool(org_a) and org_a == org_b
+    return BounceDecision(False, f"sender-unverified ({proof.explanation})")

@@ -7,50 +7,25 @@ Three kinds of evidence prove that an automated message refers to mail we did se
 - our HMAC token header quoted from the original.
 Anything automated (null sender, or classified as bounce / auto-reply / challenge) without
 any of them is unsolicited: `backscatter.unsolicited`, which the policy refuses by default.
+The outbound side that leaves this evidence on our own mail is scattergate/outbound.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 from scattergate.address import Address, AddressError, parse_path
 from scattergate.bounce.classify import Kind, classify
 from scattergate.checks import CheckContext
-from scattergate.decision.headers import RENDERERS
 from scattergate.model import Envelope, Finding
+from scattergate.outbound import BatvSettings, SentRegistry
 from scattergate.rewrite import batv, token
-from scattergate.rewrite.keys import BatvKeyring, Secret
-from scattergate.state.store import StateStore
+from scattergate.rewrite.keys import Secret
 
 # Kinds that only exist because of some earlier message: they need evidence that it was ours.
 # (ARF feedback reports are addressed to abuse desks on purpose; they are not backscatter.)
 _AUTOMATED = {Kind.DSN, Kind.BOUNCE, Kind.AUTO_REPLY, Kind.CHALLENGE}
-
-
-def message_hash(message_id: str) -> str:
-    return hashlib.sha256(token.normalize_message_id(message_id).encode("utf-8", "replace")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class BatvSettings:
-    keyring: BatvKeyring
-    domains: frozenset[str]
-    default_mode: str
-    modes: dict[str, str]
-
-    def mode_for(self, address: str) -> str:
-        """The BATV mode of an address: per address, else per domain, else the default."""
-        address = address.lower()
-        domain = address.rpartition("@")[2]
-        if address in self.modes:
-            return self.modes[address]
-        if domain in self.modes:
-            return self.modes[domain]
-        return self.default_mode if domain in self.domains else "off"
 
 
 class BatvGuard:
@@ -90,31 +65,6 @@ class BatvGuard:
             elif mode == "score":
                 findings.append(Finding("batv", "unsigned", recipient.normalized, score=1.0))
         return recipient, findings
-
-    def sign(self, sender: Address) -> Address:
-        """Our outbound envelope sender, tagged when its domain uses BATV."""
-        if sender.is_null or self.settings.mode_for(str(sender)) == "off" or batv.parse(str(sender)):
-            return sender
-        try:
-            return parse_path(f"<{batv.sign(str(sender), self.settings.keyring, self.today())}>")
-        except AddressError:  # a local part too long to tag: send it untagged
-            return sender
-
-
-class SentRegistry:
-    """Message-IDs (hashed) of our outbound mail, in the shared state store."""
-
-    def __init__(self, store: StateStore, *, keep_days: float, clock=time.time) -> None:  # type: ignore[no-untyped-def]
-        self.store = store
-        self.keep = keep_days * 86400
-        self._clock = clock
-
-    async def remember(self, message_id: str, sender: str) -> None:
-        await asyncio.to_thread(self.store.sent_add, message_hash(message_id), sender, self._clock(), self.keep)
-
-    async def sent(self, message_id: str) -> bool:
-        found = await asyncio.to_thread(self.store.sent_lookup, message_hash(message_id), self._clock() - self.keep)
-        return found is not None
 
 
 class BackscatterCheck:
@@ -156,16 +106,6 @@ class BackscatterCheck:
         return ""
 
 
-def outbound_message_id(content: bytes) -> str | None:
-    """The Message-ID of a message we send (header block only)."""
-    head = content.split(b"\r\n\r\n", 1)[0]
-    for line in head.split(b"\r\n"):
-        if line[:11].lower() == b"message-id:":
-            value = line[11:].strip().decode("utf-8", "replace")
-            return value or None
-    return None
-
-
 def backscatter_header(hostname: str, findings: Sequence[Finding]) -> list[tuple[str, str]]:
     """Say on delivered mail what the backscatter check saw (tag mode relies on it)."""
     return [
@@ -174,5 +114,3 @@ def backscatter_header(hostname: str, findings: Sequence[Finding]) -> list[tuple
         if f.check == "backscatter"
     ]
 
-
-RENDERERS.append(backscatter_header)

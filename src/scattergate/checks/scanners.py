@@ -3,7 +3,7 @@
 Each scanner module is a small protocol client whose `scan(ctx)` returns findings for a
 well-formed answer and raises `ScanError` (or an OSError) for anything else. This module holds
 what they share: socket addresses, streaming, the budget and failure policy around a scan, the
-headers rendered from scanner findings, and `build_scanners()`, the one call the pipeline makes.
+headers rendered from scanner findings (assembly.build_scanners() makes the checks).
 
 Finding conventions (the policy table in decision/policy.py turns them into verdicts):
   clamav.clean | clamav.virus[signature]
@@ -21,14 +21,12 @@ import asyncio
 import contextlib
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from scattergate.checks import CheckContext, RemoteCheck
-from scattergate.decision.headers import RENDERERS
+from scattergate.config import ConfigError, ScanConfig, ScannerConfig, parse_host_port
 from scattergate.model import Finding
 
-if TYPE_CHECKING:
-    from scattergate.config import ScanConfig, ScannerConfig
 
 SCANNERS = ("clamav", "spamd", "rspamd")
 ON_FAILURE = ("tempfail", "accept")
@@ -55,7 +53,6 @@ class SocketAddress:
 
 def parse_address(text: str, key: str = "address") -> SocketAddress:
     """'unix:/run/clamav/clamd.ctl' or 'HOST:PORT' ('[::1]:783')."""
-    from scattergate.config import ConfigError, parse_host_port
 
     if text.startswith("unix:"):
         path = text[len("unix:"):]
@@ -142,23 +139,7 @@ def oversize(name: str, size: int, cap: int) -> Finding:
     return Finding(name, "oversize", f"{size} bytes, above max_size {cap}")
 
 
-def build_scanners(config: "ScanConfig", hostname: str) -> list[RemoteCheck]:
-    """The enabled scanners as remote checks of the DATA phase (run concurrently by the runner)."""
-    from scattergate.checks import clamav, rspamd, spamd
-
-    checks: list[RemoteCheck] = []
-    if config.clamav.enabled:
-        checks.append(scanner_check("clamav", clamav.ClamdScanner(config.clamav).scan, config.clamav))
-    if config.spamd.enabled:
-        checks.append(scanner_check("spamd", spamd.SpamdScanner(config.spamd, hostname).scan, config.spamd))
-    if config.rspamd.enabled:
-        checks.append(scanner_check("rspamd", rspamd.RspamdScanner(config.rspamd, hostname).scan, config.rspamd))
-    return checks
-
-
-def validate_scan(config: "ScanConfig", data_deadline: float) -> None:
-    from scattergate.config import ConfigError
-
+def validate_scan(config: ScanConfig, data_deadline: float) -> None:
     for name in SCANNERS:
         settings: ScannerConfig = getattr(config, name)
         key = f"scan.{name}"
@@ -225,6 +206,3 @@ def render_scan_headers(hostname: str, findings: Sequence[Finding]) -> list[tupl
         headers.insert(0, ("X-Spam-Flag", "YES"))
     return headers
 
-
-if render_scan_headers not in RENDERERS:
-    RENDERERS.append(render_scan_headers)

@@ -1,25 +1,20 @@
 """Sender authentication in the pipeline: SPF at the first RCPT, DKIM and DMARC at end of DATA.
 
 The results are findings for the policy table *and* are kept on the envelope, because the
-safe-bounce rule later needs to know whether the sender was proven genuine: SPF `pass` for
-the MAIL FROM domain, or a valid DKIM signature aligned with it.
+safe-bounce rule later needs to know whether the sender was proven genuine (the one rule:
+decision/sender_proof.py, which reads envelope.spf and envelope.dkim).
 """
 
 from __future__ import annotations
 
-import email.utils
-import re
 import time
 
-from scattergate.bounce.policy import dkim_aligned
 from scattergate.checks import CheckContext
 from scattergate.checks.dkim import verify_dkim
-from scattergate.checks.dmarc import check_dmarc, organizational_domain
+from scattergate.checks.dmarc import dmarc_for_message
 from scattergate.checks.spf import SpfResult, check_spf
-from scattergate.model import Envelope, Finding
+from scattergate.model import Finding
 from scattergate.net.dns import Resolver
-
-_FROM = re.compile(rb"^From:[ \t]*(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 class SpfCheck:
@@ -83,34 +78,6 @@ class DkimDmarcCheck:
         envelope.dkim = tuple(results)
         findings = [r.finding() for r in results]
         if self._dmarc:
-            from_domain = header_from_domain(ctx.content)
-            if from_domain:
-                findings.append((await check_dmarc(self._resolver, from_domain, envelope.spf, results)).finding())
-            else:
-                findings.append(Finding("dmarc", "permerror", "no usable From header"))
+            # No single usable From (none, two, unparsable) is DMARC's own permerror.
+            findings.append((await dmarc_for_message(self._resolver, ctx.content, envelope.spf, results)).finding())
         return findings
-
-
-def header_from_domain(message: bytes) -> str:
-    """The domain of the (single) RFC 5322 From address, '' when there is none usable."""
-    head = message.split(b"\r\n\r\n", 1)[0][:65536]
-    matches = _FROM.findall(head)
-    if len(matches) != 1:
-        return ""
-    text = matches[0].decode("utf-8", "replace").replace("\r\n", " ")
-    addresses = email.utils.getaddresses([text])
-    if len(addresses) != 1 or "@" not in addresses[0][1]:
-        return ""
-    return addresses[0][1].rpartition("@")[2].lower().rstrip(".")
-
-
-def sender_verification(envelope: Envelope) -> tuple[str | None, bool]:
-    """(SPF result for the MAIL FROM identity, whether an aligned DKIM signature passed)."""
-    sender = str(envelope.sender)
-    domain = sender.rpartition("@")[2].lower()
-    spf = envelope.spf
-    spf_result = spf.result if spf is not None and spf.identity == "mailfrom" else None
-    aligned = bool(domain) and any(
-        r.result == "pass" and dkim_aligned(domain, r.domain, organizational_domain) for r in envelope.dkim
-    )
-    return spf_result, aligned

@@ -2,24 +2,25 @@
 
 Checks never touch the message: they report findings, and each renderer here turns the
 findings it understands into header fields (Authentication-Results from spf/dkim/dmarc,
-X-Spam-* from the content scanners, ...). Register a renderer by appending to RENDERERS.
+X-Spam-* from the content scanners, ...). The renderers are chosen where the gateway is
+assembled (assembly.py) and passed in: nothing registers itself by being imported.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from scattergate.checks.authresults import build, is_ours
 from scattergate.model import Finding
 
 # (authserv-id / our hostname, findings) -> [(name, value)]; values on one line, no CRLF.
 HeaderRenderer = Callable[[str, Sequence[Finding]], list[tuple[str, str]]]
 
-RENDERERS: list[HeaderRenderer] = []
 
-
-def render_headers(hostname: str, findings: Sequence[Finding]) -> list[tuple[str, str]]:
+def render_headers(hostname: str, findings: Sequence[Finding],
+                   renderers: Sequence[HeaderRenderer]) -> list[tuple[str, str]]:
     headers: list[tuple[str, str]] = []
-    for renderer in RENDERERS:
+    for renderer in renderers:
         for name, value in renderer(hostname, findings):
             # A header value with a line break could inject fields: fold it to one line.
             headers.append((name, " ".join(value.split())))
@@ -28,14 +29,10 @@ def render_headers(hostname: str, findings: Sequence[Finding]) -> list[tuple[str
 
 def authentication_results(hostname: str, findings: Sequence[Finding]) -> list[tuple[str, str]]:
     """RFC 8601 Authentication-Results from the spf/dkim/dmarc findings, when there are any."""
-    from scattergate.checks.authresults import build
-
     if not any(f.check in ("spf", "spf_helo", "dkim", "dmarc") for f in findings):
         return []
     return [("Authentication-Results", build(hostname, findings, linesep=None))]
 
-
-RENDERERS.append(authentication_results)
 
 
 def _drop_fields(content: bytes, hints: tuple[bytes, ...], drop: Callable[[bytes], bool]) -> bytes:
@@ -70,8 +67,6 @@ def strip_fields(content: bytes, prefixes: tuple[bytes, ...]) -> bytes:
 def strip_forged_results(content: bytes, authserv_id: str) -> bytes:
     """Remove incoming Authentication-Results fields that claim our authserv-id (RFC 8601 §5):
     from outside they can only be forgeries meant to look like our verdict."""
-    from scattergate.checks.authresults import is_ours
-
     def forged(line: bytes) -> bool:
         name, colon, value = line.partition(b":")
         return bool(colon) and name.strip().lower() == b"authentication-results" and is_ours(

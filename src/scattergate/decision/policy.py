@@ -8,12 +8,11 @@ configuration may override the action (including "observe": log only) and the re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from scattergate.model import Accept, Finding, Quarantine, Reject, Reply, Tempfail, Verdict
 
-if TYPE_CHECKING:
-    from scattergate.config import PolicyConfig
+from scattergate.config import ConfigError, PolicyConfig
 
 ACTIONS = ("reject", "tempfail", "quarantine", "accept", "observe")
 
@@ -175,9 +174,7 @@ def _generic_reply(action: str) -> Reply:
     return Reply(250, "2.0.0", "OK")
 
 
-def validate_policy(config: "PolicyConfig") -> None:
-    from scattergate.config import ConfigError
-
+def validate_policy(config: PolicyConfig) -> None:
     for key, action in config.actions.items():
         if action not in ACTIONS:
             raise ConfigError(f"policy.actions.{key}: unknown action {action!r} (one of {', '.join(ACTIONS)})")

@@ -14,6 +14,7 @@ from itertools import count
 from pathlib import Path
 from typing import Sequence
 
+from scattergate import durable
 from scattergate.address import Address
 
 _sequence = count()
@@ -41,14 +42,6 @@ def _ensure_maildir(path: Path) -> None:
         (path / sub).mkdir(parents=True, exist_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def deliver(root: Path, recipients: Sequence[Address], content: bytes) -> list[Path]:
     """Deliver `content` to every recipient; return the paths written. Blocking: run in a thread."""
     boxes = list(dict.fromkeys(mailbox_path(root, r) for r in recipients))
@@ -56,20 +49,13 @@ def deliver(root: Path, recipients: Sequence[Address], content: bytes) -> list[P
         _ensure_maildir(box)
     name = _unique_name()
     staging = boxes[0] / "tmp" / name
-    try:
-        with open(staging, "xb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        staging.unlink(missing_ok=True)  # disk full: leave nothing half-written behind
-        raise
+    durable.write_new(staging, content)  # disk full: leaves nothing half-written behind
     delivered = []
     try:
         for box in boxes:
             target = box / "new" / name
             os.link(staging, target)
-            _fsync_dir(box / "new")
+            durable.fsync_dir(box / "new")
             delivered.append(target)
     finally:
         os.unlink(staging)

@@ -6,11 +6,11 @@ row is added, so an indexed message always has its file.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Sequence
 
+from scattergate import durable
 from scattergate.model import new_id
 from scattergate.state.store import QuarantineItem, StateStore
 
@@ -25,19 +25,8 @@ class Quarantine:
         """Keep a message; blocking (run it in a thread from the event loop)."""
         item_id = new_id()
         path = self.root / f"{item_id}.eml"
-        try:
-            with open(path, "xb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable.write_new(path, content)
+        durable.fsync_dir(self.root)
         item = QuarantineItem(item_id, time.time(), sender, tuple(recipients), reason, len(content), str(path))
         try:
             self.store.quarantine_add(item)

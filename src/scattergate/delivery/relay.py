@@ -202,6 +202,22 @@ _NO_DATA_REPLY = Response(451, "4.4.0 no reply to DATA")
 _NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 
 
+_SOME_REFUSED = Reply(451, "4.5.3", "Some recipients refused downstream, try again later")
+
+
+def one_reply_for(recipients: int, refusals: Sequence[Reply]) -> Reply:
+    """The one reply for a message of which the downstream refused some recipients at RCPT.
+
+    One reply must answer for every recipient. Relaying to only some of them would leave us
+    owing a bounce for the others, so nothing is relayed: if the downstream refused them all
+    permanently, so do we (its first refusal); otherwise the client retries later (the
+    downstream's temporary refusal, or 451 4.5.3)."""
+    if len(refusals) == recipients and all(r.code >= 500 for r in refusals):
+        return refusals[0]
+    temporary = next((r for r in refusals if 400 <= r.code < 500), None)
+    return temporary or _SOME_REFUSED
+
+
 class Relay:
     def __init__(self, pool: DownstreamPool) -> None:
         self.pool = pool
@@ -271,18 +287,8 @@ class Relay:
         refused = [(str(rcpt), downstream_reply(reply.code, reply.message))
                    for rcpt, reply in zip(recipients, envelope.rcpts) if reply is not None and not reply.ok]
         if refused:
-            # One reply must answer for every recipient. Relaying to only some of them would
-            # leave us owing a bounce for the others, so nothing is relayed: if the downstream
-            # refused them all permanently, so do we; otherwise the client retries later.
             await _abandon(client, envelope.data)
-            replies = [reply for _, reply in refused]
-            if len(refused) == len(recipients) and all(r.code >= 500 for r in replies):
-                return RelayResult(replies[0], tuple(refused))
-            temp = next((r for r in replies if r.code < 500), None)
-            reply = temp or Reply(451, "4.5.3", "Some recipients refused downstream, try again later")
-            if reply.code >= 500 or reply.code < 400:
-                reply = Reply(451, "4.5.3", "Some recipients refused downstream, try again later")
-            return RelayResult(reply, tuple(refused))
+            return RelayResult(one_reply_for(len(recipients), [reply for _, reply in refused]), tuple(refused))
         if envelope.data is None or envelope.data.code != 354:
             await _abandon(client, envelope.data)
             data = envelope.data or _NO_DATA_REPLY

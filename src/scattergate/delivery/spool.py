@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from scattergate import durable
 from scattergate.model import new_id
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,6 @@ class SpoolEntry:
 
 _ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(SpoolEntry))
 _RECIPIENT_FIELDS = tuple(f.name for f in dataclasses.fields(SpooledRecipient))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)  # disk full: leave nothing half-written behind
-        raise
 
 
 def _write_all(fd: int, parts: Sequence[bytes]) -> None:
@@ -222,14 +210,6 @@ def _still_named(fd: int, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Claim:
     """An exclusive hold on one spooled message while it is being delivered."""
 
@@ -262,7 +242,7 @@ class Claim:
 
     def save(self) -> None:
         """Write the changed delivery state (it supersedes the line in the .msg)."""
-        _write_atomically(self.spool.meta_path(self.entry.id), self.entry.to_json())
+        durable.replace(self.spool.meta_path(self.entry.id), self.entry.to_json())
         self._state_file = True
 
     def finish(self) -> None:
@@ -350,7 +330,7 @@ class Spool:
                 written.remove(index)
         if written:
             try:
-                _fsync_dir(self.root)  # the new names (ext4 has them already; other filesystems may not)
+                durable.fsync_dir(self.root)  # the new names (ext4 has them already; other filesystems may not)
             except BaseException as exc:
                 for index in written:  # not acknowledged: must not be delivered either
                     claim = results[index]

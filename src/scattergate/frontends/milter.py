@@ -20,18 +20,15 @@ import logging
 import socket
 from typing import Awaitable, Callable, Iterable, Sequence
 
-from scattergate.address import Address, AddressError, parse_path
-from scattergate.checks.backscatter import outbound_message_id
-from scattergate.checks.dmarc import aligned
+from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
-from scattergate.decision.headers import render_headers
+from scattergate.decision.sender_proof import envelope_proof
 from scattergate.frontends import milter_codec as mc
 from scattergate.frontends.postfix_side import PostfixTrust, adapt, for_postfix
 from scattergate.logfmt import SessionLog, fields
 from scattergate.model import (Accept, Envelope, Finding, Phase, Quarantine, RcptDsn, Reject, Reply, Session,
                                Tempfail, Verdict)
 from scattergate.pipeline import Gateway
-from scattergate.rewrite import token
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +91,14 @@ SenderRewriter = Callable[[Session, Envelope], str | None]
 
 
 def batv_signer(gateway: Gateway) -> SenderRewriter | None:
-    """The Gateway's BATV signing as a SenderRewriter (None when the Gateway has none)."""
-    guard = getattr(gateway, "batv", None)
-    if guard is None:
+    """The Gateway's outbound BATV signing (outbound.py) as a SenderRewriter (None when the
+    Gateway marks no outbound mail)."""
+    outbound = getattr(gateway, "outbound", None)
+    if outbound is None:
         return None
 
     def sign(session: Session, envelope: Envelope) -> str | None:
-        signed = guard.sign(envelope.sender)
+        signed = outbound.sign(envelope.sender)
         return str(signed) if signed != envelope.sender else None
 
     return sign
@@ -108,47 +106,20 @@ def batv_signer(gateway: Gateway) -> SenderRewriter | None:
 
 # -- the never-bounce predicate (pure) ---------------------------------------------------------
 
-def sender_verified(sender: Address, findings: Iterable[Finding]) -> bool:
-    """True when the findings prove the MAIL FROM domain genuine: an SPF pass for it, or a
-    DKIM pass whose d= aligns (relaxed) with it. Only then may a DSN go back to the sender."""
-    if sender.is_null:
-        return False
-    domain = sender.domain.lower()
-    for finding in findings:
-        if finding.result != "pass":
-            continue
-        if finding.check == "spf":
-            checked = _detail_value(finding.detail, "smtp.mailfrom")
-            if checked.rpartition("@")[2].lower() == domain:
-                return True
-        elif finding.check == "dkim":
-            signer = _detail_value(finding.detail, "d")
-            if signer and aligned(signer, domain, strict=False):
-                return True
-    return False
-
-
-def needs_never_bounce(session: Session, sender: Address, findings: Iterable[Finding]) -> bool:
+def needs_never_bounce(session: Session, envelope: Envelope) -> bool:
     """Should Postfix be told never to send a DSN for this message?
 
     Not for the null sender (Postfix never bounces a bounce anyway), not for our own trusted
-    clients (they are not forged, and must learn of failures), not for a verified sender."""
-    if sender.is_null or session.trusted:
+    clients (they are not forged, and must learn of failures), not for a sender the one
+    sender-proof rule (decision/sender_proof.py) finds genuine."""
+    if envelope.sender.is_null or session.trusted:
         return False
-    return not sender_verified(sender, findings)
+    return not envelope_proof(envelope).proven
 
 
 def _params(options: Iterable[str]) -> dict[str, str]:
     """ESMTP parameters of MAIL/RCPT as Postfix passes them ("NOTIFY=NEVER", "BODY=8BITMIME")."""
     return {k.upper(): v for k, _, v in (o.partition("=") for o in options)}
-
-
-def _detail_value(detail: str, name: str) -> str:
-    for token in detail.replace(";", " ").split():
-        key, eq, value = token.partition("=")
-        if eq and key == name:
-            return value
-    return ""
 
 
 def never_bounce_edits(recipients: Sequence[tuple[str, tuple[str, ...]]]) -> list[mc.Response]:
@@ -397,7 +368,7 @@ class MilterConnection:
         else:
             verdict = await self.gateway.decide_data(session, envelope, content)
         suppress = (isinstance(verdict, (Accept, Quarantine)) and self._can_suppress_dsn()
-                    and needs_never_bounce(session, envelope.sender, verdict.findings))
+                    and needs_never_bounce(session, envelope))
         if suppress:
             verdict = dataclasses.replace(verdict, findings=(*verdict.findings, DSN_SUPPRESSED))
         self.gateway.record_data(session, envelope, verdict)
@@ -416,13 +387,14 @@ class MilterConnection:
     async def _remember_outbound(self, envelope: Envelope, content: bytes) -> list[mc.Response]:
         """Our user's mail: remember its Message-ID and carry the token, so that genuine
         bounces for it can prove they are ours (as `serve` does for its outbound mail)."""
-        registry = getattr(self.gateway, "registry", None)
-        secret = getattr(self.gateway, "site_secret", None)
-        message_id = outbound_message_id(content)
-        if registry is None or secret is None or not message_id or not self.actions & mc.ACT_ADDHDRS:
+        outbound = getattr(self.gateway, "outbound", None)
+        if outbound is None or not self.actions & mc.ACT_ADDHDRS:
             return []
-        await registry.remember(message_id, str(envelope.sender))
-        return [mc.InsertHeader(0, token.HEADER, self._header_value(token.make(secret, message_id)))]
+        header = await outbound.remember(envelope.sender, content)
+        if header is None:
+            return []
+        name, value = header
+        return [mc.InsertHeader(0, name, self._header_value(value))]
 
     def _header_value(self, value: str) -> str:
         """With SMFIP_HDR_LEADSPC negotiated, Postfix writes our value right after the colon:
@@ -437,7 +409,7 @@ class MilterConnection:
         edits: list[mc.Response] = []
         if self.actions & mc.ACT_ADDHDRS:
             # No Received header of ours: Postfix adds its own. Results go on top.
-            for name, value in reversed(render_headers(self.gateway.hostname, verdict.findings)):
+            for name, value in reversed(self.gateway.result_headers(verdict.findings)):
                 edits.append(mc.InsertHeader(0, name, self._header_value(value)))
         if isinstance(verdict, Quarantine) and self.actions & mc.ACT_QUARANTINE:
             edits.append(mc.QuarantineMessage(f"scattergate {envelope.message_id}"))

@@ -19,6 +19,9 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from scattergate import durable
 
 
 class SecretFileError(ValueError):
@@ -196,11 +199,8 @@ def load_or_create_site_secret(path: str | os.PathLike[str]) -> Secret:
         # starting at once all end up with the same, complete secret (the link fails for all
         # but the first, and nobody can read a half-written file).
         temporary = f"{name}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(_random.token_hex(32) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        Path(temporary).unlink(missing_ok=True)  # left by a crash of a process with our pid
+        durable.write_new(temporary, (_random.token_hex(32) + "\n").encode(), mode=0o600)
         try:
             os.link(temporary, name)
         except FileExistsError:

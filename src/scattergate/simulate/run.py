@@ -24,6 +24,7 @@ from scattergate.frontends.smtp_server import MailboxHandler, SmtpConnection, Ti
 from scattergate.pipeline import Gateway
 from scattergate.simulate.dns_server import DnsTestServer
 from scattergate.state.sqlite import SqliteStore
+from scattergate.config_check import validate
 
 DOMAIN = "example.org"
 USERS = {"alice", "bob", "full"}  # full@ exists, but its mailbox is full: fails after DATA
@@ -131,7 +132,7 @@ async def simulate(rounds: int = 5, *, progress=None) -> tuple[Tally, Tally]:  #
     config.dns.nameservers, config.dns.port = ["127.0.0.1"], dns.port
     config.state.data_dir = str(work)
     config.logging.file = ""
-    config.validate()
+    validate(config)
     store = SqliteStore(work / "state.sqlite3")
     gateway = Gateway(config, store)
     await gateway.start()

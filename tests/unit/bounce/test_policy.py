@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scattergate.bounce.policy import BounceDecision, dkim_aligned, may_bounce
-from scattergate.bounce.ratelimit import DsnRateLimiter, Rate
+from scattergate.bounce.policy import BounceDecision, may_bounce
+from scattergate.bounce.dsn_rate import DsnRateLimiter, Rate
 
 VERIFIED = dict(content_verdict="clean", spf_result="pass", dkim_aligned_pass=False, notify=None)
 
@@ -101,31 +101,6 @@ def test_may_bounce_is_safe(sender: str, verdict: str, spf: str | None, dkim: bo
         assert d.reason == "ok"
     else:
         assert d.reason and d.reason != "ok"
-
-
-def _org(domain: str) -> str:
-    # A tiny public-suffix stand-in for the tests.
-    labels = domain.split(".")
-    n = 3 if domain.endswith(".co.uk") else 2
-    return ".".join(labels[-n:])
-
-
-@pytest.mark.parametrize(
-    ("mail_from", "d", "aligned"),
-    [
-        ("example.org", "example.org", True),
-        ("EXAMPLE.org.", "example.org", True),
-        ("mail.example.org", "example.org", True),
-        ("example.org", "bounces.example.org", True),
-        ("example.org", "example.net", False),
-        ("a.example.co.uk", "co.uk", False),  # a public suffix is not an organisation
-        ("example.co.uk", "other.co.uk", False),
-        ("notexample.org", "example.org", False),
-        ("", "example.org", False),
-    ],
-)
-def test_dkim_alignment(mail_from: str, d: str, aligned: bool) -> None:
-    assert dkim_aligned(mail_from, d, _org) is aligned
 
 
 class FakeClock:

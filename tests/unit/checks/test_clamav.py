@@ -12,11 +12,13 @@ import pytest
 from scattergate.address import Address
 from scattergate.checks import CheckContext
 from scattergate.checks.clamav import ClamdScanner, encode_instream, parse_reply
-from scattergate.checks.scanners import ScanError, build_scanners, parse_address, scanner_check
+from scattergate.assembly import build_scanners
+from scattergate.checks.scanners import ScanError, parse_address, scanner_check
 from scattergate.cli import apply_overrides, build_parser
 from scattergate.config import ClamavConfig, Config, ConfigError, from_dict
 from scattergate.decision.policy import Decider
 from scattergate.model import Accept, Envelope, Finding, Quarantine, Reject, Session, Tempfail
+from scattergate.config_check import validate
 
 
 def context(content: bytes) -> CheckContext:
@@ -153,7 +155,7 @@ def test_scan_section_from_toml_tables() -> None:
         "spamd": {"enabled": True, "address": "127.0.0.1:783", "tag_score": 4, "reject_score": 8.5},
         "rspamd": {"enabled": True, "on_failure": "accept"},
     }})
-    config.validate()
+    validate(config)
     assert config.scan.clamav.budget == 5.0 and config.scan.spamd.reject_score == 8.5
     assert config.scan.rspamd.address == "127.0.0.1:11333"  # its own default
     assert [c.name for c in build_scanners(config.scan, "mx.example")] == ["clamav", "spamd", "rspamd"]
@@ -172,7 +174,7 @@ def test_scan_section_from_toml_tables() -> None:
 ])
 def test_bad_scan_settings_are_named(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        from_dict({"scan": raw}).validate()
+        validate(from_dict({"scan": raw}))
 
 
 def test_address_forms() -> None:

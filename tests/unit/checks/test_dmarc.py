@@ -119,6 +119,7 @@ async def test_none_temperror_permerror(resolver: Resolver, server: DnsTestServe
 
 def test_header_from_domain() -> None:
     assert header_from_domain(b"From: \"A, B\" <a@Example.ORG>\r\nTo: x@y\r\n\r\nbody") == "example.org"
+    assert header_from_domain(b"From:\r\n \"A\"\r\n\t<a@folded.example>\r\nTo: x@y\r\n\r\nFrom: b@body.example") == "folded.example"
     for bad in (b"To: x@y\r\n\r\n", b"From: a@x.example\r\nFrom: b@y.example\r\n\r\n",
                 b"From: a@x.example, b@y.example\r\n\r\n", b"From: nobody\r\n\r\n"):
         with pytest.raises(ValueError):

@@ -7,36 +7,11 @@ from typing import AsyncIterator
 
 import pytest
 
-from scattergate.address import parse_path
 from scattergate.frontends import milter_codec as mc
-from scattergate.frontends.milter import MilterConnection, for_postfix, needs_never_bounce, sender_verified
-from scattergate.model import Finding, Reply, Session
+from scattergate.frontends.milter import MilterConnection, for_postfix
+from scattergate.model import Finding, Reply
 from scattergate.pipeline import Gateway
 from tests.support.gateway import running_gateway
-
-SENDER = parse_path("<a@mail.example.net>")
-
-
-@pytest.mark.parametrize("findings, verified", [
-    ([], False),
-    ([Finding("spf", "pass", "smtp.mailfrom=a@mail.example.net ip=192.0.2.1")], True),
-    ([Finding("spf", "pass", "smtp.mailfrom=a@other.example ip=192.0.2.1")], False),
-    ([Finding("spf_helo", "pass", "smtp.helo=mail.example.net")], False),
-    ([Finding("spf", "softfail", "smtp.mailfrom=a@mail.example.net")], False),
-    ([Finding("dkim", "pass", "d=example.net s=sel")], True),  # relaxed alignment
-    ([Finding("dkim", "pass", "d=mail.example.net s=sel")], True),
-    ([Finding("dkim", "pass", "d=example.com s=sel")], False),
-    ([Finding("dkim", "fail", "d=example.net s=sel; bad signature")], False),
-])
-def test_sender_verified(findings: list[Finding], verified: bool) -> None:
-    assert sender_verified(SENDER, findings) is verified
-
-
-def test_never_bounce_spares_null_sender_and_trusted_clients() -> None:
-    assert needs_never_bounce(Session("192.0.2.1"), SENDER, [])
-    assert not needs_never_bounce(Session("192.0.2.1"), parse_path("<>", allow_null=True), [])
-    assert not needs_never_bounce(Session("192.0.2.1", trusted=True), SENDER, [])
-
 
 @pytest.fixture
 async def gateway(make_config, tmp_path: Path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]

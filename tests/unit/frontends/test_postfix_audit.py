@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scattergate.postfix_audit import audit, main, parse_master_overrides, parse_postconf
+from scattergate.cli.check_postfix import main
+from scattergate.postfix_audit import audit, parse_master_overrides, parse_postconf
 
 SAFE = """\
 compatibility_level = 3.6

@@ -13,6 +13,7 @@ from scattergate.state.factory import _host_port, open_store, redact, redis_clie
 from scattergate.state.redis import RedisStore, StoreUnavailable
 from scattergate.state.sqlite import SqliteStore
 from scattergate.state.store import QuarantineItem
+from scattergate.config_check import validate
 from tests.support.redis_server import RedisServer, redis_sentinel, redis_server  # noqa: F401  (fixtures)
 
 
@@ -25,7 +26,7 @@ def config_for(tmp_path: Path, **state: object) -> Config:
     config.state.data_dir = str(tmp_path / "data")
     for key, value in state.items():
         setattr(config.state, key, value)
-    config.validate()
+    validate(config)
     return config
 
 

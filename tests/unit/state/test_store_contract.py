@@ -14,6 +14,7 @@ import pytest
 from scattergate.config import Config
 from scattergate.state.factory import open_store
 from scattergate.state.store import DecisionRecord, QuarantineItem, StateStore
+from scattergate.config_check import validate
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401  (fixture)
 
 StoreFactory = Callable[..., StateStore]
@@ -25,7 +26,7 @@ def _config(tmp_path: Path, backend: str, url: str = "", keep: int = 100_000) ->
     config.state.backend = backend
     config.state.redis_url = url
     config.state.keep_decisions = keep
-    config.validate()
+    validate(config)
     return config
 
 

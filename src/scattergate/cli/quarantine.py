@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from scattergate.admin_cli import common_args, config_of, confirm
+from scattergate.cli.admin import common_args, config_of, confirm
 from scattergate.config import ConfigError
 from scattergate.state.store import QuarantineItem
 

@@ -6,8 +6,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from scattergate import __version__, passwd_cli, quarantine_cli, queue_cli, tools
+from scattergate import __version__
+from scattergate.cli import passwd as passwd_cli
+from scattergate.cli import quarantine as quarantine_cli
+from scattergate.cli import queue as queue_cli
+from scattergate.cli import tools
 from scattergate.config import Config, ConfigError, load, parse_host_port
+from scattergate.config_check import StartError, preflight, validate
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -249,10 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(args: argparse.Namespace) -> Config:
+def load_config(args: argparse.Namespace, *, probe_listen: bool = True) -> Config:
+    """The configuration `args` name, validated, and everything it names opened (config_check):
+    a problem is a ConfigError naming the setting, before anything starts."""
     overrides = getattr(args, "overrides", apply_overrides)
     config = overrides(load(args.config), args)
-    config.validate()
+    validate(config)
+    for warning in preflight(config, args.command, probe_listen=probe_listen):
+        print(f"scattergate: warning: {warning}", file=sys.stderr)
     from scattergate.rewrite.dkim_sign import load_signer
 
     load_signer(config.dkim_signing.key_table)  # key files: refused before any worker starts
@@ -278,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return audit(args)
     if args.command == "check-postfix":
-        from scattergate.postfix_audit import main as check_postfix
+        from scattergate.cli.check_postfix import main as check_postfix
 
         return check_postfix(args.config_dir, args.postconf_output)
     try:
@@ -286,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from scattergate.serve import serve
 
-            return serve(config, reload=lambda: load_config(args))
+            # A reload must not probe the addresses the running gateway holds.
+            return serve(config, reload=lambda: load_config(args, probe_listen=False))
         if args.command == "check-config":
             from scattergate.config import to_toml
 
@@ -307,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"scattergate: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"scattergate: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"scattergate: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Callable
 
-from scattergate.admin_cli import common_args, config_of, confirm
+from scattergate.cli.admin import common_args, config_of, confirm
 from scattergate.config import ConfigError
 from scattergate.delivery import queue_admin
 from scattergate.delivery.queue_admin import QueuedMessage, QueueError

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from scattergate.config import Config, load
+from scattergate.config_check import validate
 
 
 def common_args() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def config_of(args: argparse.Namespace) -> Config:
     config = load(args.config)
     if args.data_dir is not None:
         config.state.data_dir = args.data_dir
-    config.validate()
+    validate(config)
     return config
 
 
