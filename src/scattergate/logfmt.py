@@ -31,12 +31,17 @@ def _escape_char(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def escape(text: str) -> str:
+    """`text` with what could forge a field or reach a terminal escaped, without quotes."""
+    return "".join(_escape_char(char) for char in text)
+
+
 def quote(value: object) -> str:
     """One logfmt value: bare when that is unambiguous, else double-quoted with escapes."""
     text = value if isinstance(value, str) else str(value)
     if text and all(char in _SAFE for char in text):
         return text
-    return '"' + "".join(_escape_char(char) for char in text) + '"'
+    return '"' + escape(text) + '"'
 
 
 def fields(**values: object) -> str:

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 from scattergate.config import Config, ConfigError, parse_host_port
+from scattergate.state.store import storable_decision
 
 # SIGUSR1 reopens the log file everywhere; SIGHUP too, unless a service gives it another job
 # (serve re-reads its configuration on SIGHUP, and reopens the log file as part of that).
@@ -72,10 +73,13 @@ class JsonFormatter(logging.Formatter):
         }
         decision = getattr(record, "decision", None)
         if decision is not None:
-            entry["decision"] = dataclasses.asdict(decision)
+            # The fields as the state store keeps them: bytes that were not UTF-8 as \xNN.
+            entry["decision"] = dataclasses.asdict(storable_decision(decision))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # ASCII only: client text then can carry no terminal escape (C1 controls included) and
+        # no lone surrogate, which would make the line unwritable, and so lost.
+        return json.dumps(entry, ensure_ascii=True)
 
 
 def syslog_address(text: str) -> str | tuple[str, int]:

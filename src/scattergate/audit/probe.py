@@ -14,6 +14,8 @@ from typing import Self
 
 import aiosmtplib
 
+from scattergate.logfmt import escape
+
 PROBE_PREFIX = "sg-audit-"  # lets the audited server's admin find our probes in the logs
 
 
@@ -42,7 +44,13 @@ class Reply:
 
     def __str__(self) -> str:
         text = " ".join(self.text.split())  # multi-line replies on one line
-        return f"{self.command} → {self.code} {text}"
+        return displayable(f"{self.command} → {self.code} {text}")
+
+
+def displayable(line: str) -> str:
+    """The audited server's text is untrusted: no control character (ESC, C1) reaches the
+    auditor's terminal raw; printable text, non-ASCII included, stays as it is."""
+    return "".join(char if char.isprintable() else escape(char) for char in line)
 
 
 class SmtpProbe:

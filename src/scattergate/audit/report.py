@@ -8,18 +8,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .probe import Reply
+from .probe import Reply, displayable
 
 
 class Status(enum.StrEnum):
     PASS = "PASS"
     RISK = "RISK"  # the server behaves like a backscatter source
     SKIPPED = "SKIPPED"  # not run: nothing to learn, or the audit lacks what it needs
-    ERROR = "ERROR"  # could not be completed (refused connection, timeout, 4xx)
+    ERROR = "ERROR"  # could not be completed (refused connection, timeout, 4xx that stays)
+    INCONCLUSIVE = "INCONCLUSIVE"  # completed, but refused for a reason other than the recipient
 
 
 # Exit codes (also in docs/audit.md).
 SAFE, RISK_FOUND, INCOMPLETE = 0, 1, 2
+_NO_EVIDENCE = (Status.ERROR, Status.INCONCLUSIVE, Status.SKIPPED)
 
 
 @dataclass(slots=True)
@@ -55,7 +57,9 @@ class AuditReport:
         # A risk seen is a finding even if another test could not finish.
         if any(t.status is Status.RISK for t in self.tests):
             return RISK_FOUND
-        if any(t.status is Status.ERROR for t in self.tests):
+        # Safe only when every test ran and gave evidence: a refusal for our HELO name or
+        # sender is none, and a test not run (after-queue without a listener) proves nothing.
+        if any(t.status in _NO_EVIDENCE for t in self.tests):
             return INCOMPLETE
         return SAFE
 
@@ -71,27 +75,30 @@ def render_text(report: AuditReport) -> str:
         lines.append(f"greeting: {banner.code} {' '.join(banner.text.split())}")
     lines.append("")
     for test in report.tests:
-        lines.append(f"{test.status.value:<8} {test.title}: {test.explanation}")
+        lines.append(f"{test.status.value:<12} {test.title}: {test.explanation}")
         for reply in test.replies:
             if not (_greeting(reply) and reply.accepted):  # the same each time; JSON keeps them
-                lines.append(f"         {reply}")
+                lines.append(f"{'':13}{reply}")
         if test.bounce is not None:
             b = test.bounce
             codes = ", ".join(b.status_codes) or "none"
-            lines.append(f"         bounce from {b.peer}, MAIL FROM:<{b.sender}>, {b.size} bytes: "
+            lines.append(f"{'':13}bounce from {b.peer}, MAIL FROM:<{b.sender}>, {b.size} bytes: "
                          f"{b.kind} (confidence {b.confidence:.2f}), status {codes}, "
                          f"{'names' if b.names_probe else 'does not name'} our probe")
     risks = sum(t.status is Status.RISK for t in report.tests)
-    errors = sum(t.status is Status.ERROR for t in report.tests)
+    missing = [t for t in report.tests if t.status in _NO_EVIDENCE]
     lines.append("")
     if risks:
         lines.append(f"Verdict: BACKSCATTER RISK ({risks} of {len(report.tests)} tests): "
-                     "refuse unknown recipients during the SMTP dialogue (at RCPT), never after.")
-    elif errors:
-        lines.append(f"Verdict: INCOMPLETE ({errors} test(s) could not be completed); no risk seen so far.")
+                     "refuse during the SMTP dialogue (at RCPT, or at the end of DATA) what would "
+                     "fail later, and bounce only to senders proven genuine.")
+    elif missing:
+        lines.append(f"Verdict: INCOMPLETE (not run or no evidence about recipients: "
+                     f"{', '.join(t.name for t in missing)}); no risk seen so far.")
     else:
-        lines.append("Verdict: SAFE: unknown recipients are refused during the SMTP dialogue.")
-    return "\n".join(lines)
+        lines.append("Verdict: SAFE: unknown recipients are refused during the SMTP dialogue, and "
+                     "accepted mail did not bounce.")
+    return "\n".join(displayable(line) for line in lines)
 
 
 def _greeting(reply: Reply) -> bool:

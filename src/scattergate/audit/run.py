@@ -1,28 +1,33 @@
 """`scattergate audit HOST:PORT --domain DOMAIN`: is this server a backscatter source?
 
-Four tests, judged the way blocklist operators judge a server (docs/audit.md):
-1. unknown-recipient: is a random, surely non-existent recipient accepted at RCPT?
-2. null-sender: is MAIL FROM:<> to such a recipient accepted?
-3. bounce: if accepted, does a bounce really come back to an address the audit controls?
-4. catch-all: are several random local parts all accepted?
-Tests 1, 2 and 4 never send a message (RCPT only); test 3 sends one only when the server
-accepted the recipient, because only then is there anything to bounce. We connect to nothing
-but HOST:PORT; the bounce comes to our own listener.
+Four tests, each in its own SMTP session (docs/audit.md has the evidence behind each verdict):
+1. unknown-recipient: a random, surely non-existent recipient;
+2. null-sender: the same from MAIL FROM:<>, as a bounce would come;
+3. catch-all: several random local parts in one transaction;
+4. after-queue (with --bounce-sender): a test message (GTUBE and EICAR test strings) to an
+   address that exists; does it come back as a bounce after being accepted?
+Whenever a server accepts a random recipient at RCPT, the test goes on into DATA with a short
+harmless message, because a server may still refuse it at the end of DATA (a before-queue
+filter) and then nothing is ever bounced. A refusal counts as evidence only if it is about the
+recipient (evidence.py); a temporary refusal is tried again a bounded number of times. We
+connect to nothing but HOST:PORT; bounces come to our own listener.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 
 from scattergate.config import ConfigError, parse_host_port
 
+from .evidence import Concern, concern, definitely_about_recipient
 from .listener import BounceListener, Received
 from .probe import ProbeError, Reply, SmtpProbe, random_local_part
 from .report import (
@@ -36,6 +41,10 @@ from .report import (
 )
 
 CATCH_ALL_PROBES = 3
+# The test strings every spam and virus filter knows (harmless by design): a filter that
+# bounces what it refuses after accepting it shows itself on them.
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,179 +52,309 @@ class Options:
     host: str
     port: int
     domain: str
-    sender: str  # MAIL FROM of the RCPT-only probes
+    sender: str  # MAIL FROM of the unknown-recipient probes
     helo: str
     timeout: float  # per SMTP command, and for the connection
     bounce_sender: str | None  # an address whose mail reaches our listener
     listen_host: str
     listen_port: int
-    wait: float  # how long to wait for the bounce
+    wait: float  # how long to wait for bounces
+    recipient: str = ""  # an existing address (after-queue test); default postmaster@domain
+    retries: int = 2  # new attempts after a temporary refusal
+    retry_delay: float = 20.0  # before the first new attempt; doubled each time
 
     @property
     def server(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def known_recipient(self) -> str:
+        return self.recipient or f"postmaster@{self.domain}"
 
 
 class _Unreachable(Exception):
     """The server could not be reached: the remaining tests are not run."""
 
 
-def _judge_rcpt(reply: Reply, risk: str, safe: str) -> tuple[Status, str]:
-    if reply.accepted:
-        return Status.RISK, risk
-    if reply.temporary:
-        return Status.ERROR, ("temporary refusal (greylisting, pending recipient verification or "
-                              "a rate limit?): run the audit again later")
-    return Status.PASS, safe
+class Stage(enum.Enum):
+    MAIL_REFUSED = "refused at MAIL FROM"
+    RCPT_REFUSED = "refused at RCPT"
+    DATA_REFUSED = "refused at DATA"
+    TEMPORARY = "refused temporarily"
+    ACCEPTED = "accepted"
 
 
-async def _run(opts: Options, result: CheckResult,
-               body: Callable[[SmtpProbe, CheckResult], Awaitable[None]]) -> CheckResult:
-    """One SMTP session for one test; a failure mid-way makes the test ERROR, replies kept."""
+@dataclass(slots=True)
+class Outcome:
+    """How one probe transaction ended, and the reply that ended it."""
+    stage: Stage
+    reply: Reply | None = None
+    accepted_rcpts: int = 0
+    attempts: int = 1
+    token: str = ""
+
+
+@dataclass(slots=True)
+class Pending:
+    """A message the server accepted: a bounce for it may still come to our listener."""
+    result: CheckResult
+    token: str
+    on_bounce: Callable[[CheckResult, Received], None]
+    on_silence: Callable[[CheckResult], None]
+    bounce: Received | None = field(default=None)
+
+
+async def _session(opts: Options, result: CheckResult,
+                   body: Callable[[SmtpProbe], Awaitable[Outcome]]) -> Outcome | None:
+    """One SMTP session; None when it failed mid-way (the test is then ERROR, replies kept)."""
     probe = SmtpProbe(opts.host, opts.port, helo=opts.helo, timeout=opts.timeout)
-    result.replies = probe.replies  # the report shows whatever was said, even on failure
+    before = len(result.replies)
+    probe.replies = result.replies  # every attempt's replies end up in the report
     try:
         await probe.__aenter__()
     except ProbeError as exc:
-        if not probe.replies:  # not even a banner: no other test can do better
+        if len(result.replies) == before:  # not even a banner: no other test can do better
             raise _Unreachable(str(exc)) from exc
         result.status, result.explanation = Status.ERROR, str(exc)
-        return result
+        return None
     try:
-        await body(probe, result)
+        return await body(probe)
     except ProbeError as exc:
         result.status, result.explanation = Status.ERROR, str(exc)
+        return None
     finally:
         await probe.__aexit__(None, None, None)
+
+
+async def _transaction(opts: Options, result: CheckResult, sender: str, recipients: list[str],
+                       message: Callable[[str], bytes]) -> Outcome | None:
+    """MAIL, the RCPTs, and DATA if any RCPT was accepted; a temporary refusal at RCPT or
+    DATA is tried again (same recipients: a verification cache is per address) up to
+    `opts.retries` times, `opts.retry_delay` doubling in between."""
+    token = recipients[0].partition("@")[0]
+
+    async def body(probe: SmtpProbe) -> Outcome:
+        mail = await probe.command(f"MAIL FROM:<{sender}>")
+        if not mail.accepted:
+            return Outcome(Stage.TEMPORARY if mail.temporary else Stage.MAIL_REFUSED, mail)
+        replies = [await probe.command(f"RCPT TO:<{r}>") for r in recipients]
+        accepted = sum(r.accepted for r in replies)
+        if not accepted:
+            refusal = next((r for r in replies if not r.temporary), replies[0])
+            return Outcome(Stage.RCPT_REFUSED if not refusal.temporary else Stage.TEMPORARY, refusal)
+        data = await probe.data(message(token))
+        if data.accepted:
+            return Outcome(Stage.ACCEPTED, data, accepted, token=token)
+        return Outcome(Stage.TEMPORARY if data.temporary else Stage.DATA_REFUSED, data, accepted)
+
+    outcome: Outcome | None = None
+    for attempt in range(opts.retries + 1):
+        outcome = await _session(opts, result, body)
+        if outcome is None or outcome.stage is not Stage.TEMPORARY or attempt == opts.retries:
+            break
+        delay = opts.retry_delay * 2 ** attempt
+        print(f"scattergate audit: temporary refusal ({outcome.reply}); trying again in {delay:g} s",
+              file=sys.stderr, flush=True)
+        await asyncio.sleep(delay)
+    if outcome is not None:
+        outcome.attempts = attempt + 1
+    return outcome
+
+
+def _quote(reply: Reply | None) -> str:
+    return f"{reply.code} {' '.join(reply.text.split())}" if reply is not None else "no reply"
+
+
+def _judge_unknown(result: CheckResult, outcome: Outcome, accepted_means: str) -> None:
+    """The verdict for a transaction to recipient(s) that cannot exist."""
+    reply = outcome.reply
+    if outcome.stage is Stage.ACCEPTED:
+        result.status = Status.RISK
+        result.explanation = accepted_means
+    elif outcome.stage in (Stage.RCPT_REFUSED, Stage.DATA_REFUSED):
+        assert reply is not None
+        about = concern(reply)
+        where = "at RCPT" if outcome.stage is Stage.RCPT_REFUSED else "at the end of DATA"
+        if about is Concern.RECIPIENT:
+            result.status = Status.PASS
+            result.explanation = (f"refused {where} because of the recipient ({_quote(reply)}): "
+                                  "the sending client learns of the failure, nothing is bounced")
+        else:
+            result.status = Status.INCONCLUSIVE
+            result.explanation = (f"refused {where} because of the {about} ({_quote(reply)}), not "
+                                  "the recipient: this says nothing about unknown recipients"
+                                  + _hint(about))
+    elif outcome.stage is Stage.MAIL_REFUSED:
+        result.status = Status.INCONCLUSIVE
+        result.explanation = (f"our MAIL FROM was refused ({_quote(reply)}): the recipient was never "
+                              "tested; pass --sender with an address the server accepts")
+    else:
+        _judge_temporary(result, outcome)
+
+
+def _judge_temporary(result: CheckResult, outcome: Outcome) -> None:
+    reply = outcome.reply
+    assert reply is not None
+    if definitely_about_recipient(reply):
+        # Postfix's reject_unverified_recipient: 450 4.1.1 by default, on every attempt.
+        result.status = Status.PASS
+        result.explanation = (f"refused temporarily on each of {outcome.attempts} attempts, with a status "
+                              f"that names the recipient as the problem ({_quote(reply)}): the "
+                              "message is never accepted, so never bounced; the sending MTA gives "
+                              "up and tells its own user (a 5xx code would tell it at once)")
+    else:
+        result.status = Status.ERROR
+        result.explanation = (f"refused temporarily on each of {outcome.attempts} attempts "
+                              f"({_quote(reply)}; greylisting or a rate limit?): run the audit again later")
+
+
+def _hint(about: Concern) -> str:
+    return {
+        Concern.HELO: "; run it again with --helo set to a name the server accepts",
+        Concern.SENDER: "; run it again with --sender set to an address the server accepts",
+        Concern.CLIENT: "; run it from an address the server accepts mail from",
+        Concern.RELAY: "; is --domain a domain this server receives mail for?",
+    }.get(about, "")
+
+
+def _probe_message(sender: str, recipient: str, token: str, *, test_strings: bool = False) -> bytes:
+    domain = sender.rpartition("@")[2] or "scattergate-audit.invalid"
+    body = (f"A backscatter test by `scattergate audit` ({token}).\r\n"
+            "A bounce of this message to its sender means the server accepts mail it cannot\r\n"
+            "deliver and bounces it later.\r\n")
+    head = (f"From: <{sender or 'MAILER-DAEMON@' + domain}>\r\nTo: <{recipient}>\r\n"
+            f"Subject: scattergate audit probe {token}\r\nDate: {formatdate()}\r\n"
+            f"Message-ID: <{token}@{domain}>\r\n")
+    if not test_strings:
+        return (head + "\r\n" + body).encode()
+    boundary = f"=_{token}"
+    return (head + f"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n"
+            f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n{body}"
+            f"The test strings of spam and virus filters (harmless by design):\r\n{GTUBE}\r\n"
+            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Disposition: attachment; filename=\"eicar.com\"\r\n\r\n{EICAR}\r\n"
+            f"--{boundary}--\r\n").encode()
+
+
+def _bounce_confirms(result: CheckResult, message: Received) -> None:
+    result.explanation += (f"; then a bounce came to {message.recipients[0] if message.recipients else 'us'}: "
+                           "a backscatter source, confirmed")
+
+
+def _no_bounce_yet(wait: float) -> Callable[[CheckResult], None]:
+    def note(result: CheckResult) -> None:
+        result.explanation += (f"; no bounce came within {wait:g} s (one may come later, or the "
+                               "message may be delivered to a catch-all or discarded)")
+    return note
+
+
+async def _to_unknown(opts: Options, pending: list[Pending], result: CheckResult, count: int,
+                      accepted_means: Callable[[Outcome], str]) -> CheckResult:
+    """A probe from --sender to `count` random recipients; a bounce is awaited if it can come to us."""
+    recipients = [f"{random_local_part()}@{opts.domain}" for _ in range(count)]
+    outcome = await _transaction(opts, result, opts.sender, recipients,
+                                 lambda token: _probe_message(opts.sender, recipients[0], token))
+    if outcome is not None:
+        _judge_unknown(result, outcome, accepted_means(outcome))
+        if outcome.stage is Stage.ACCEPTED and opts.sender == opts.bounce_sender:
+            pending.append(Pending(result, outcome.token, _bounce_confirms, _no_bounce_yet(opts.wait)))
     return result
 
 
-async def check_unknown_recipient(opts: Options) -> CheckResult:
-    async def body(probe: SmtpProbe, result: CheckResult) -> None:
-        await probe.command(f"MAIL FROM:<{opts.sender}>", fail_on_refusal=True)
-        reply = await probe.command(f"RCPT TO:<{random_local_part()}@{opts.domain}>")
-        result.status, result.explanation = _judge_rcpt(
-            reply,
-            "accepted a recipient that cannot exist: mail it cannot deliver is accepted first "
-            "and must be bounced later (accept-then-bounce)",
-            "refused at RCPT: the sending client learns of the failure, no bounce is needed")
-
-    return await _run(opts, CheckResult("unknown-recipient", "random unknown recipient",
-                                       Status.ERROR, ""), body)
+async def check_unknown_recipient(opts: Options, pending: list[Pending]) -> CheckResult:
+    return await _to_unknown(
+        opts, pending, CheckResult("unknown-recipient", "random unknown recipient", Status.ERROR, ""), 1,
+        lambda _: ("accepted a message for a recipient that cannot exist, at RCPT and at the end "
+                   "of DATA: it must be bounced later (accept-then-bounce)"))
 
 
-async def check_null_sender(opts: Options) -> CheckResult:
-    async def body(probe: SmtpProbe, result: CheckResult) -> None:
-        mail = await probe.command("MAIL FROM:<>")
-        if mail.temporary:
-            result.explanation = "temporary refusal of MAIL FROM:<>: run the audit again later"
-        elif not mail.accepted:
-            result.status = Status.PASS
-            result.explanation = ("refuses the null sender altogether: no backscatter, but RFC 5321 "
-                                  "§4.5.5 requires accepting it (genuine bounces are lost)")
-        else:
-            reply = await probe.command(f"RCPT TO:<{random_local_part()}@{opts.domain}>")
-            result.status, result.explanation = _judge_rcpt(
-                reply,
-                "accepted a bounce (MAIL FROM:<>) for a user that does not exist: it will fail "
-                "after acceptance, the pattern blocklists test for",
-                "refused at RCPT")
-
-    return await _run(opts, CheckResult("null-sender", "null sender to unknown recipient",
-                                       Status.ERROR, ""), body)
-
-
-async def check_catch_all(opts: Options) -> CheckResult:
-    async def body(probe: SmtpProbe, result: CheckResult) -> None:
-        await probe.command(f"MAIL FROM:<{opts.sender}>", fail_on_refusal=True)
-        replies = [await probe.command(f"RCPT TO:<{random_local_part()}@{opts.domain}>")
-                   for _ in range(CATCH_ALL_PROBES)]
-        accepted = sum(r.accepted for r in replies)
-        if any(r.temporary for r in replies):
-            result.explanation = "temporary refusal: run the audit again later"
-        elif accepted == len(replies):
-            result.status = Status.RISK
-            result.explanation = (f"accepted all {accepted} random local parts: a catch-all takes "
-                                  "every forged or misspelt address and bounces what it cannot deliver")
-        elif accepted:
-            result.status = Status.RISK
-            result.explanation = f"accepted {accepted} of {len(replies)} random local parts"
-        else:
-            result.status = Status.PASS
-            result.explanation = f"refused all {len(replies)} random local parts at RCPT: no catch-all"
-
-    return await _run(opts, CheckResult("catch-all", "wildcard / catch-all", Status.ERROR, ""), body)
+async def check_null_sender(opts: Options, pending: list[Pending]) -> CheckResult:
+    result = CheckResult("null-sender", "null sender to unknown recipient", Status.ERROR, "")
+    recipient = f"{random_local_part()}@{opts.domain}"
+    outcome = await _transaction(opts, result, "", [recipient],
+                                 lambda token: _probe_message("", recipient, token))
+    if outcome is None:
+        return result
+    if outcome.stage is Stage.MAIL_REFUSED:
+        result.status = Status.PASS
+        result.explanation = (f"refuses the null sender altogether ({_quote(outcome.reply)}): no "
+                              "backscatter, but RFC 5321 §4.5.5 requires accepting it (genuine "
+                              "bounces are lost)")
+        return result
+    # A message from <> is never bounced, so nothing to wait for: acceptance is the evidence.
+    _judge_unknown(result, outcome,
+                   "accepted a bounce (MAIL FROM:<>) for a user that does not exist: it fails "
+                   "after acceptance, the pattern blocklists test for")
+    return result
 
 
-def _probe_message(opts: Options, recipient: str, token: str) -> bytes:
-    assert opts.bounce_sender is not None
-    domain = opts.bounce_sender.rpartition("@")[2]
-    return (
-        f"From: <{opts.bounce_sender}>\r\nTo: <{recipient}>\r\n"
-        f"Subject: scattergate audit probe {token}\r\nDate: {formatdate()}\r\n"
-        f"Message-ID: <{token}@{domain}>\r\n\r\n"
-        f"A backscatter test by `scattergate audit` ({token}).\r\n"
-        f"The recipient does not exist; a bounce of this message to the sender means the\r\n"
-        f"server accepts mail it cannot deliver and bounces it later.\r\n"
-    ).encode()
+async def check_catch_all(opts: Options, pending: list[Pending]) -> CheckResult:
+    return await _to_unknown(
+        opts, pending, CheckResult("catch-all", "wildcard / catch-all", Status.ERROR, ""), CATCH_ALL_PROBES,
+        lambda outcome: (f"accepted a message for {outcome.accepted_rcpts} of {CATCH_ALL_PROBES} random "
+                         "local parts: a catch-all takes every forged or misspelt address and bounces "
+                         "what it cannot deliver"))
 
 
-async def check_bounce(opts: Options, listener: BounceListener | None) -> CheckResult:
-    result = CheckResult("bounce", "bounce to a sender we control", Status.SKIPPED, "")
-    if listener is None or opts.bounce_sender is None:
-        result.explanation = ("no --bounce-sender given: pass an address whose mail reaches "
-                              "--listen-bounce to see whether a bounce really comes")
+async def check_after_queue(opts: Options, pending: list[Pending]) -> CheckResult:
+    result = CheckResult("after-queue", "bounce after acceptance", Status.SKIPPED, "")
+    if opts.bounce_sender is None:
+        result.explanation = ("no --bounce-sender given: a bounce after acceptance (content filter, "
+                              "downstream refusal) cannot be seen")
         return result
     result.status = Status.ERROR
+    sender, recipient = opts.bounce_sender, opts.known_recipient
     token = random_local_part()
-    recipient = f"{token}@{opts.domain}"
-    sent = False
 
-    async def body(probe: SmtpProbe, result: CheckResult) -> None:
-        nonlocal sent
-        await probe.command(f"MAIL FROM:<{opts.bounce_sender}>", fail_on_refusal=True)
-        reply = await probe.command(f"RCPT TO:<{recipient}>")
-        if not reply.accepted:
-            result.status, result.explanation = _judge_rcpt(
-                reply, "", "refused at RCPT: no message was sent, there is nothing to bounce")
-            return
-        data = await probe.data(_probe_message(opts, recipient, token))
-        if not data.accepted:
-            result.status, result.explanation = _judge_rcpt(
-                data, "", "refused at end of DATA: the client is told, no bounce is needed")
-            return
-        sent = True
+    def message(_: str) -> bytes:
+        return _probe_message(sender, recipient, token, test_strings=True)
 
-    await _run(opts, result, body)
-    if not sent:
+    outcome = await _transaction(opts, result, sender, [recipient], message)
+    if outcome is None:
         return result
-    print(f"scattergate audit: message accepted; waiting up to {opts.wait:g} s for a bounce to "
-          f"<{opts.bounce_sender}>", file=sys.stderr, flush=True)
-    seen = await _wait_for_bounce(listener, token, opts.wait)
-    if seen is None:
+    if outcome.stage is Stage.ACCEPTED:
+        def bounced(result: CheckResult, received: Received) -> None:
+            result.status = Status.RISK
+            result.explanation = (f"accepted the test message for <{recipient}>, then bounced it to "
+                                  f"<{sender}>: whatever refuses mail after acceptance (a content "
+                                  "filter, the next hop) bounces to senders that may be forged")
+
+        def silent(result: CheckResult) -> None:
+            result.status = Status.PASS
+            result.explanation = (f"accepted the test message for <{recipient}> and no bounce came "
+                                  f"within {opts.wait:g} s")
+
+        pending.append(Pending(result, token, bounced, silent))
+    elif outcome.stage is Stage.DATA_REFUSED:
         result.status = Status.PASS
-        result.explanation = (f"accepted the message but no bounce arrived within {opts.wait:g} s "
-                              "(it may be discarded, or bounced later)")
-        return result
-    result.bounce = _describe_bounce(seen, token)
-    result.status = Status.RISK
-    result.explanation = (f"accepted the message for a non-existent recipient, then sent a bounce "
-                          f"to {opts.bounce_sender}: a backscatter source")
+        result.explanation = (f"refused the test message at the end of DATA ({_quote(outcome.reply)}): "
+                              "the client is told, nothing is bounced")
+    elif outcome.stage is Stage.TEMPORARY and not (
+            outcome.reply is not None and definitely_about_recipient(outcome.reply)):
+        result.status = Status.ERROR
+        result.explanation = (f"refused temporarily on each of {outcome.attempts} attempts "
+                              f"({_quote(outcome.reply)}): run the audit again later")
+    else:
+        result.status = Status.INCONCLUSIVE
+        about = concern(outcome.reply) if outcome.reply is not None else Concern.OTHER
+        result.explanation = f"{outcome.stage.value} ({_quote(outcome.reply)}): " + (
+            "the test needs an address that exists; pass --recipient" if about is Concern.RECIPIENT
+            else f"because of the {about}, so no test message went through" + _hint(about))
     return result
 
 
-async def _wait_for_bounce(listener: BounceListener, token: str, wait: float) -> Received | None:
-    """The first message naming our probe; failing that, any message that came in time."""
+async def _collect_bounces(listener: BounceListener, pending: list[Pending], wait: float) -> None:
+    """Wait up to `wait` seconds, until every pending message has its bounce (matched by the
+    probe's token, which our subject, Message-ID and recipient carry)."""
     deadline = time.monotonic() + wait
-    other: Received | None = None
-    while (remaining := deadline - time.monotonic()) > 0:
+    while any(p.bounce is None for p in pending) and (remaining := deadline - time.monotonic()) > 0:
         message = await listener.next(remaining)
         if message is None:
             break
-        if token.encode() in message.data:
-            return message
-        other = other or message
-    return other
+        for p in pending:
+            if p.bounce is None and p.token.encode() in message.data:
+                p.bounce = message
+                break
 
 
 def _describe_bounce(message: Received, token: str) -> BounceSeen:
@@ -227,36 +366,55 @@ def _describe_bounce(message: Received, token: str) -> BounceSeen:
                       names_probe=token.encode() in message.data, size=len(message.data))
 
 
+TESTS: tuple[tuple[str, str, Callable[[Options, list[Pending]], Awaitable[CheckResult]]], ...] = (
+    ("unknown-recipient", "random unknown recipient", check_unknown_recipient),
+    ("null-sender", "null sender to unknown recipient", check_null_sender),
+    ("catch-all", "wildcard / catch-all", check_catch_all),
+    ("after-queue", "bounce after acceptance", check_after_queue),
+)
+
+
 async def audit(opts: Options) -> AuditReport:
     listener = (BounceListener(opts.listen_host, opts.listen_port, opts.bounce_sender)
                 if opts.bounce_sender else None)
-    tests = [
-        ("unknown-recipient", "random unknown recipient", check_unknown_recipient),
-        ("null-sender", "null sender to unknown recipient", check_null_sender),
-        ("bounce", "bounce to a sender we control", None),
-        ("catch-all", "wildcard / catch-all", check_catch_all),
-    ]
     results: list[CheckResult] = []
+    pending: list[Pending] = []
     unreachable: str | None = None
     if listener is not None:
         await listener.__aenter__()  # before any probe, so a bad --listen-bounce fails early
     try:
-        for name, title, run in tests:
+        for name, title, run in TESTS:
             if unreachable is not None:
                 results.append(CheckResult(name, title, Status.SKIPPED,
-                                          "not run: the server could not be reached"))
+                                           "not run: the server could not be reached"))
                 continue
             # Progress on stderr: the report on stdout stays clean for scripts and --json.
             print(f"scattergate audit: {title} ...", file=sys.stderr, flush=True)
             try:
-                results.append(await (run(opts) if run else check_bounce(opts, listener)))
+                results.append(await run(opts, pending))
             except _Unreachable as exc:
                 unreachable = str(exc)
                 results.append(CheckResult(name, title, Status.ERROR, unreachable))
+        if listener is not None and pending:
+            print(f"scattergate audit: {len(pending)} message(s) accepted; waiting up to "
+                  f"{opts.wait:g} s for bounces to <{opts.bounce_sender}>", file=sys.stderr, flush=True)
+            await _collect_bounces(listener, pending, opts.wait)
     finally:
         if listener is not None:
             await listener.__aexit__()
+    for p in pending:
+        if p.bounce is not None:
+            p.result.bounce = _describe_bounce(p.bounce, p.token)
+            p.on_bounce(p.result, p.bounce)
+        else:
+            p.on_silence(p.result)
     return AuditReport(opts.server, opts.domain, results)
+
+
+def _default_helo() -> str:
+    # A fully qualified name: a short one is refused by Postfix's reject_non_fqdn_helo_hostname.
+    fqdn = socket.getfqdn()
+    return fqdn if "." in fqdn else socket.gethostname()
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -265,16 +423,21 @@ def options(args: argparse.Namespace) -> Options:
     domain = args.domain.strip().lower()
     if not domain or "@" in domain or " " in domain:
         raise ConfigError(f"--domain: expected a domain name, got {args.domain!r}")
-    for flag, address in (("--bounce-sender", args.bounce_sender), ("--sender", args.sender)):
+    recipient = getattr(args, "recipient", None)
+    for flag, address in (("--bounce-sender", args.bounce_sender), ("--sender", args.sender),
+                          ("--recipient", recipient)):
         if address is not None and (address.count("@") != 1 or not all(address.split("@"))):
             raise ConfigError(f"{flag}: expected local@domain, got {address!r}")
     listen_host, listen_port = parse_host_port(args.listen_bounce, "--listen-bounce")
     if args.wait < 0 or args.timeout <= 0:
         raise ConfigError("--wait must be >= 0 and --timeout > 0")
-    helo = args.helo or socket.gethostname()
+    retries, retry_delay = getattr(args, "retries", 2), getattr(args, "retry_delay", 20.0)
+    if not 0 <= retries <= 10 or retry_delay < 0:
+        raise ConfigError("--retries must be 0..10 and --retry-delay >= 0")
+    helo = args.helo or _default_helo()
     sender = args.sender or args.bounce_sender or f"postmaster@{helo}"
     return Options(host, port, domain, sender, helo, args.timeout, args.bounce_sender,
-                   listen_host, listen_port, args.wait)
+                   listen_host, listen_port, args.wait, recipient or "", retries, retry_delay)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from scattergate.bounce.policy import may_bounce
 from scattergate.bounce.dsn_rate import DsnRateLimiter
 from scattergate.delivery.quarantine import Quarantine
 from scattergate.delivery.spool import Spool, SpooledRecipient, SpoolEntry
+from scattergate.logfmt import fields
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,13 @@ class BounceNotifier:
         reason = ", ".join(dict.fromkeys(reasons)) or "unknown"
         self._count(f"dsn.suppressed.{kind}")
         if kind != "failure":
-            log.info("%s notice suppressed: %s (message %s, sender <%s>)", kind, reason, entry.id, entry.sender)
+            log.info("%s notice suppressed: %s %s", kind, reason, fields(message=entry.id, **{"from": f"<{entry.sender}>"}))
             return f"suppressed: {reason}"
         item = self.quarantine.hold(content, entry.sender, [r.address for r in suppressed], f"bounce suppressed: {reason}")
         log.warning(
-            "bounce suppressed: %s (message %s from <%s> to %s quarantined as %s)",
-            reason, entry.id, entry.sender, ",".join(f"<{r.address}>" for r in suppressed), item.id,
+            "bounce suppressed: %s %s", reason,  # our reason; the addresses are the client's, quoted
+            fields(message=entry.id, **{"from": f"<{entry.sender}>"},
+                   to=",".join(f"<{r.address}>" for r in suppressed), quarantined=item.id),
         )
         return f"quarantined: {reason}"
 
@@ -140,5 +142,5 @@ class BounceNotifier:
         )
         self.spool.put(notice, self._sign(dsn.data) if self._sign is not None else dsn.data)
         self._count(f"dsn.sent.{kind}")
-        log.info("dsn (%s) for message %s queued to <%s> as %s", action, entry.id, dsn.rcpt_to, notice.id)
+        log.info("dsn queued: %s", fields(action=action, message=entry.id, to=f"<{dsn.rcpt_to}>", dsn=notice.id))
         self.on_dsn()

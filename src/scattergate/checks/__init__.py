@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Sequence
 
 from scattergate.address import Address
+from scattergate.logfmt import SessionLog
 from scattergate.model import Envelope, Finding, Phase, Session
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ async def _run_with_budget(check: RemoteCheck, ctx: CheckContext, deadline: floa
     except TimeoutError:
         return [Finding(check.name, "timeout", f"{check.name} gave no answer within {budget:g} s")]
     except Exception as exc:  # a broken check must tempfail the client, never crash the session
-        log.exception("check %s failed", check.name)
+        SessionLog(log, ctx.session.id).exception("check %s failed", check.name)
         return [Finding(check.name, "error", f"{check.name} failed: {type(exc).__name__}")]
 
 

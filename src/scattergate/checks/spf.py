@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import spf
 
+from scattergate.logfmt import fields
 from scattergate.model import Finding
 from scattergate.net.dns import BlockingResolver, DnsNotFound, DnsTempError, Resolver
 
@@ -122,7 +123,7 @@ async def _run(resolver: Resolver, ip: str, sender: str, helo: str, identity: st
     try:
         res = await resolver.run_blocking(evaluate)
     except Exception as exc:  # a library bug must not take the session down; retry later
-        log.exception("SPF evaluation failed for %s from %s", sender, ip)
+        log.exception("SPF evaluation failed: %s", fields(sender=sender, helo=helo, client=ip))
         return outcome("temperror", f"internal error: {type(exc).__name__}")
     if res.result not in RESULTS:
         return outcome("temperror", f"unexpected SPF result {res.result!r}")

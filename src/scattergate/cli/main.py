@@ -218,13 +218,20 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("server", metavar="HOST:PORT", help="the server to audit (the only one we connect to)")
     p.add_argument("--domain", required=True, help="a domain the server receives mail for")
     p.add_argument("--bounce-sender", metavar="ADDRESS",
-                   help="an address whose mail reaches --listen-bounce (enables the bounce test)")
+                   help="an address whose mail reaches --listen-bounce (enables the after-queue test "
+                        "and the wait for bounces)")
     p.add_argument("--listen-bounce", metavar="HOST:PORT", default="127.0.0.1:2526",
                    help="where the audit listens for the bounce (default 127.0.0.1:2526)")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for a bounce (default 60)")
     p.add_argument("--sender", metavar="ADDRESS", help="MAIL FROM of the RCPT probes (default: --bounce-sender)")
-    p.add_argument("--helo", metavar="NAME", help="our EHLO name (default: this host's name)")
+    p.add_argument("--helo", metavar="NAME", help="our EHLO name (default: this host's fully qualified name)")
+    p.add_argument("--recipient", metavar="ADDRESS",
+                   help="an existing address for the after-queue test (default: postmaster@DOMAIN)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="new attempts after a temporary refusal (default 2)")
+    p.add_argument("--retry-delay", type=float, default=20.0, metavar="SECONDS",
+                   help="wait before the first new attempt, doubled for each next one (default 20)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="for the connection and each SMTP reply (default 30)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from typing import Protocol, Sequence
 
+from scattergate.logfmt import SessionLog, fields
 from scattergate.model import Phase, Session, Verdict
 from scattergate.state.store import DecisionRecord, StateStore
 
@@ -19,12 +20,20 @@ log = logging.getLogger("scattergate.decision")
 
 
 def format_decision(record: DecisionRecord) -> str:
-    findings = ",".join(record.findings) or "-"
-    return (
-        f"decision session={record.session} client={record.client} helo={record.helo or '-'}"
-        f" from=<{record.sender}> to={','.join(f'<{r}>' for r in record.recipients) or '-'}"
-        f" phase={record.phase} verdict={record.verdict} reply=\"{record.reply}\" findings={findings}"
-    )
+    """The decision line. Every field is logfmt-quoted: HELO, addresses, the reply and the
+    findings' details are the client's text, and raw they could forge fields of this line
+    (`EHLO x.test client=192.0.2.66 verdict=accept`) or carry terminal escapes."""
+    return "decision " + fields(**{
+        "session": record.session,
+        "client": record.client,
+        "helo": record.helo or None,
+        "from": f"<{record.sender}>",
+        "to": ",".join(f"<{r}>" for r in record.recipients) or None,
+        "phase": record.phase,
+        "verdict": record.verdict,
+        "reply": record.reply,
+        "findings": ",".join(record.findings) or None,
+    })
 
 
 class DecisionObserver(Protocol):
@@ -77,7 +86,7 @@ class DecisionRecorder:
             try:
                 observer.decided(record, verdict)
             except Exception:  # an observer must never fail a decision
-                log.exception("decision observer failed")
+                SessionLog(log, session.id).exception("decision observer failed")
         return record
 
     def count(self, name: str, amount: int = 1) -> None:

@@ -23,7 +23,13 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import redis
 
-from scattergate.state.store import DecisionRecord, QuarantineItem
+from scattergate.state.store import (
+    DecisionRecord,
+    QuarantineItem,
+    storable,
+    storable_batch,
+    storable_item,
+)
 
 T = TypeVar("T")
 
@@ -69,6 +75,7 @@ class RedisStore:
     # -- counters and decisions ----------------------------------------------------------
 
     def add(self, counters: dict[str, int], decisions: Sequence[DecisionRecord]) -> None:
+        counters, decisions = storable_batch(counters, decisions)
         if not counters and not decisions:
             return
 
@@ -97,6 +104,7 @@ class RedisStore:
     # -- quarantine ------------------------------------------------------------------------
 
     def quarantine_add(self, item: QuarantineItem) -> None:
+        item = storable_item(item)
         # The file was written and fsynced by the caller; the copy is for the other gateways.
         content = Path(item.path).read_bytes() if item.path else b""
 
@@ -151,7 +159,7 @@ class RedisStore:
     def sent_add(self, message_hash: str, sender: str, when: float, keep_seconds: float) -> None:
         # Expiry counts from now on Redis's clock; `when` is kept for the `since` filter.
         ttl_ms = max(1, int(keep_seconds * 1000))
-        value = json.dumps([when, sender])
+        value = json.dumps([when, storable(sender)])
         self._call(lambda: self.client.set(self._key("sent", message_hash), value, px=ttl_ms))
 
     def sent_lookup(self, message_hash: str, since: float) -> str | None:

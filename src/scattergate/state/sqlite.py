@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from scattergate.state.store import DecisionRecord, QuarantineItem
+from scattergate.state.store import (
+    DecisionRecord,
+    QuarantineItem,
+    storable,
+    storable_batch,
+    storable_item,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -67,6 +73,7 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
 
     def add(self, counters: dict[str, int], decisions: Sequence[DecisionRecord]) -> None:
+        counters, decisions = storable_batch(counters, decisions)
         if not counters and not decisions:
             return
         with self._lock:
@@ -114,6 +121,7 @@ class SqliteStore:
         ]
 
     def quarantine_add(self, item: QuarantineItem) -> None:
+        item = storable_item(item)
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO quarantine (id, time, sender, recipients, reason, size, path)"
@@ -147,7 +155,7 @@ class SqliteStore:
         """Remember one of our outbound messages; forget those older than the window."""
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO sent (hash, sender, time) VALUES (?, ?, ?)",
-                             (message_hash, sender, when))
+                             (message_hash, storable(sender), when))
             self._db.execute("DELETE FROM sent WHERE time < ?", (when - keep_seconds,))
 
     def sent_lookup(self, message_hash: str, since: float) -> str | None:

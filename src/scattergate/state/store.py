@@ -1,7 +1,15 @@
-"""The state store interface: what every backend (SQLite now, Redis later) provides."""
+"""The state store interface: what every backend (SQLite now, Redis later) provides.
+
+Also the one rule for text a backend keeps: fields come from the client (HELO, addresses) and
+may hold bytes that were not UTF-8, carried as surrogates by `surrogateescape`. No backend can
+encode those, and one such field used to fail the whole batch of a flush, so every backend
+stores `storable(...)` text: what arrived, with each such byte written as `\\xNN`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -20,6 +28,69 @@ class DecisionRecord:
     verdict: str
     reply: str
     findings: tuple[str, ...]
+
+
+_log = logging.getLogger(__name__)
+
+
+def storable(value: object) -> str:
+    """Text every backend can encode: lone surrogates become `\\xNN` (`\\uNNNN` if not from a byte)."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(_escape_surrogate(char) for char in text)
+
+
+def _escape_surrogate(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # one byte kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return char
+
+
+def storable_decision(d: DecisionRecord) -> DecisionRecord:
+    """The decision as a backend keeps it: every text field `storable`, the time a float."""
+    return DecisionRecord(
+        time=float(d.time), session=storable(d.session), client=storable(d.client),
+        helo=storable(d.helo), sender=storable(d.sender),
+        recipients=tuple(storable(r) for r in d.recipients), phase=storable(d.phase),
+        verdict=storable(d.verdict), reply=storable(d.reply),
+        findings=tuple(storable(f) for f in d.findings),
+    )
+
+
+def storable_batch(
+    counters: dict[str, int], decisions: Sequence[DecisionRecord]
+) -> tuple[dict[str, int], list[DecisionRecord]]:
+    """A flush's batch as a backend writes it. A record that cannot be made storable at all
+    is logged and left out on its own: it never takes the others down with it."""
+    clean: dict[str, int] = {}
+    for name, amount in counters.items():
+        try:
+            key = storable(name)
+            clean[key] = clean.get(key, 0) + int(amount)
+        except (TypeError, ValueError, OverflowError) as exc:
+            _log.error("counter %s not stored: %s", _safe_repr(name), exc)
+    records: list[DecisionRecord] = []
+    for d in decisions:
+        try:
+            records.append(storable_decision(d))
+        except (TypeError, ValueError, OverflowError) as exc:
+            _log.error("decision not stored (%s): %s", exc, _safe_repr(d))
+    return clean, records
+
+
+def _safe_repr(value: object) -> str:
+    return repr(value)[:500]  # repr escapes surrogates and control characters
+
+
+def storable_item(item: QuarantineItem) -> QuarantineItem:
+    return dataclasses.replace(item, sender=storable(item.sender), reason=storable(item.reason),
+                               recipients=tuple(storable(r) for r in item.recipients))
 
 
 @dataclass(frozen=True, slots=True)

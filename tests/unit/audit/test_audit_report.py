@@ -21,9 +21,13 @@ def report(*statuses: Status) -> AuditReport:
 
 
 def test_exit_codes() -> None:
-    assert report(Status.PASS, Status.SKIPPED).exit_code == 0
+    assert report(Status.PASS, Status.PASS).exit_code == 0
+    # A test not run (after-queue without --bounce-sender) proves nothing either.
+    assert report(Status.PASS, Status.SKIPPED).exit_code == 2
     assert report(Status.PASS, Status.RISK).exit_code == 1
     assert report(Status.PASS, Status.ERROR).exit_code == 2
+    # Refused for our HELO name or sender: no evidence about recipients, so never "safe".
+    assert report(Status.PASS, Status.INCONCLUSIVE).exit_code == 2
     # A risk seen is a finding even when another test could not finish.
     assert report(Status.ERROR, Status.RISK).exit_code == 1
     assert report(Status.RISK).verdict == "backscatter risk"
@@ -38,10 +42,10 @@ def test_text_has_one_line_per_test_with_its_replies() -> None:
     lines = text.splitlines()
     assert lines[:2] == ["scattergate audit of 192.0.2.1:25 for domain example.org", "greeting: 220 mx ESMTP"]
     assert not any("EHLO" in line or "connect" in line for line in lines)  # the greeting is shown once
-    assert "RISK     test 0: why" in lines
-    assert "         RCPT TO:<x@example.org> → 250 2.1.5 Ok" in lines
+    assert "RISK         test 0: why" in lines
+    assert "             RCPT TO:<x@example.org> → 250 2.1.5 Ok" in lines
     assert any("dsn (confidence 0.99), status 5.1.1, names our probe" in line for line in lines)
-    assert "PASS     test 1: why" in lines
+    assert "PASS         test 1: why" in lines
     assert lines[-1].startswith("Verdict: BACKSCATTER RISK (1 of 2 tests)")
 
 
@@ -57,3 +61,14 @@ def test_json() -> None:
     assert data["tests"][1] == {"name": "t1", "status": "ERROR", "explanation": "why",
                                 "replies": [{"command": "RCPT TO:<y@example.org>", "code": 451,
                                              "text": "4.3.0 try later"}]}
+
+
+def test_a_hostile_servers_text_reaches_no_terminal_raw() -> None:
+    r = report(Status.PASS)
+    r.tests[0].replies = [Reply("connect", 220, "mx\x1b]0;owned\x07 ESMTP"),
+                          Reply("RCPT TO:<x@example.org>", 550, "5.1.1 caf\u00e9 \x1b[2J\x9b unknown")]
+    r.tests[0].explanation = "refused (550 5.1.1 \x1b[2J)"
+    text = render_text(r)
+    assert not any(c in text for c in "\x1b\x07\x9b")
+    assert "greeting: 220 mx\\x1b]0;owned\\x07 ESMTP" in text
+    assert "RCPT TO:<x@example.org> → 550 5.1.1 caf\u00e9 \\x1b[2J\\x9b unknown" in text

@@ -47,12 +47,14 @@ async def send_bounce(message: bytes, to: str, port: int) -> None:
 
 
 class Behaviour:
-    """How the fake server answers; `bounce_to` makes it bounce accepted mail to that port."""
+    """How the fake server answers unknown recipients (postmaster is always accepted);
+    `bounce_to` makes it bounce every accepted message to that port."""
 
     def __init__(self, *, rcpt: str = "250 2.1.5 Ok", null_mail: str = "250 2.1.0 Ok",
-                 bounce_to: int | None = None) -> None:
-        self.rcpt, self.null_mail, self.bounce_to = rcpt, null_mail, bounce_to
+                 data: str = "250 2.0.0 Ok: queued", bounce_to: int | None = None) -> None:
+        self.rcpt, self.null_mail, self.data, self.bounce_to = rcpt, null_mail, data, bounce_to
         self.messages: list[bytes] = []
+        self.rcpt_replies: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
 
     async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
@@ -62,17 +64,22 @@ class Behaviour:
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
-        if self.rcpt.startswith("250"):
+        reply = "250 2.1.5 Ok" if address.startswith("postmaster@") else self.rcpt
+        if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
-        return self.rcpt
+        self.rcpt_replies.append(reply)
+        return reply
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(envelope.original_content)
-        if self.bounce_to is not None:  # accept now, bounce later: the careless pattern
+        if not self.data.startswith("250"):
+            return self.data
+        if self.bounce_to is not None and envelope.mail_from not in ("", "<>"):
+            # accept now, bounce later: the careless pattern
             task = asyncio.create_task(send_bounce(
                 dsn_for(envelope.original_content, envelope.rcpt_tos[0]), envelope.mail_from, self.bounce_to))
             self.tasks.add(task)
-        return "250 2.0.0 Ok: queued"
+        return self.data
 
 
 @pytest.fixture
@@ -91,9 +98,14 @@ async def fake_server() -> AsyncIterator[Callable[[Any], Any]]:
 
 
 def options(port: int, *, bounce: bool = True, listen_port: int = 0, wait: float = 5.0,
-            timeout: float = 5.0) -> Options:
+            timeout: float = 5.0, retries: int = 1) -> Options:
     return Options("127.0.0.1", port, "example.org", BOUNCE_SENDER, "auditor.test", timeout,
-                   BOUNCE_SENDER if bounce else None, "127.0.0.1", listen_port, wait)
+                   BOUNCE_SENDER if bounce else None, "127.0.0.1", listen_port, wait,
+                   retries=retries, retry_delay=0.0)
+
+
+def statuses(report: Any) -> dict[str, Status]:
+    return {t.name: t.status for t in report.tests}
 
 
 async def test_accept_then_bounce_is_a_risk_on_every_test(fake_server: Any) -> None:
@@ -101,40 +113,88 @@ async def test_accept_then_bounce_is_a_risk_on_every_test(fake_server: Any) -> N
     behaviour = Behaviour(bounce_to=listen_port)
     port = await fake_server(behaviour)
     report = await audit(options(port, listen_port=listen_port))
-    statuses = {t.name: t.status for t in report.tests}
-    assert statuses == dict.fromkeys(["unknown-recipient", "null-sender", "bounce", "catch-all"], Status.RISK)
-    bounce = report.tests[2].bounce
-    assert bounce is not None and bounce.kind == "dsn" and bounce.names_probe and bounce.sender == ""
-    assert bounce.status_codes == ("5.1.1",)
+    assert statuses(report) == dict.fromkeys(["unknown-recipient", "null-sender", "catch-all", "after-queue"],
+                                             Status.RISK)
+    unknown = report.tests[0]
+    assert unknown.bounce is not None and unknown.bounce.kind == "dsn" and unknown.bounce.names_probe
+    assert unknown.bounce.sender == "" and unknown.bounce.status_codes == ("5.1.1",)
+    assert "a backscatter source, confirmed" in unknown.explanation
+    assert [r.command for r in unknown.replies][-1] == "DATA"
+    assert report.tests[3].bounce is not None and "then bounced it" in report.tests[3].explanation
     assert report.exit_code == 1
-    assert len(behaviour.messages) == 1  # only the bounce test sent a message
+    assert len(behaviour.messages) == 4  # one per test: each went on into DATA
 
 
-async def test_refusal_at_rcpt_is_safe_and_sends_no_message(fake_server: Any) -> None:
-    behaviour = Behaviour(rcpt="550 5.1.1 User unknown")
+async def test_refusal_at_rcpt_about_the_recipient_is_safe(fake_server: Any) -> None:
+    behaviour = Behaviour(rcpt="550 5.1.1 <x>: Recipient address rejected: User unknown")
     port = await fake_server(behaviour)
-    report = await audit(options(port, listen_port=free_port()))
-    assert [t.status for t in report.tests] == [Status.PASS] * 4
-    assert report.tests[2].explanation.startswith("refused at RCPT: no message was sent")
-    assert behaviour.messages == [] and report.exit_code == 0
+    report = await audit(options(port, listen_port=free_port(), wait=0.3))
+    assert statuses(report) == dict.fromkeys(["unknown-recipient", "null-sender", "catch-all", "after-queue"],
+                                             Status.PASS)
+    assert report.tests[0].explanation.startswith("refused at RCPT because of the recipient (550 5.1.1")
+    assert "no bounce came within 0.3 s" in report.tests[3].explanation
+    assert len(behaviour.messages) == 1 and b"GTUBE" in behaviour.messages[0]  # the after-queue probe only
+    assert report.exit_code == 0
 
 
-async def test_accepted_but_no_bounce_within_the_wait(fake_server: Any) -> None:
+async def test_accepted_but_no_bounce_within_the_wait_is_still_a_risk(fake_server: Any) -> None:
     behaviour = Behaviour()  # accepts and keeps quiet (discards, or would bounce much later)
     port = await fake_server(behaviour)
     report = await audit(options(port, listen_port=free_port(), wait=0.3))
-    bounce = report.tests[2]
-    assert bounce.status is Status.PASS and "no bounce arrived within 0.3 s" in bounce.explanation
-    assert report.exit_code == 1  # still accepts unknown recipients
+    unknown = report.tests[0]
+    assert unknown.status is Status.RISK and "no bounce came within 0.3 s" in unknown.explanation
+    assert report.tests[3].status is Status.PASS
+    assert report.exit_code == 1
 
 
-async def test_tempfail_at_rcpt_cannot_complete(fake_server: Any) -> None:
-    port = await fake_server(Behaviour(rcpt="450 4.2.0 Greylisted"))
+@pytest.mark.parametrize("reply, about", [
+    ("504 5.5.2 <shortname>: Helo command rejected: need fully-qualified hostname", "HELO name"),
+    ("554 5.7.1 <unknown[127.0.0.1]>: Client host rejected: Access denied", "client address"),
+    ("554 5.7.1 <x@example.org>: Relay access denied", "relaying"),
+])
+async def test_refusal_at_rcpt_for_another_reason_is_never_safe(fake_server: Any, reply: str, about: str) -> None:
+    port = await fake_server(Behaviour(rcpt=reply))
     report = await audit(options(port, bounce=False))
-    assert [t.status for t in report.tests] == [Status.ERROR, Status.ERROR, Status.SKIPPED, Status.ERROR]
-    assert "greylisting" in report.tests[0].explanation
-    assert report.tests[0].replies[-1].code == 450
+    unknown = report.tests[0]
+    assert unknown.status is Status.INCONCLUSIVE
+    assert f"because of the {about}" in unknown.explanation and "not the recipient" in unknown.explanation
+    assert report.exit_code == 2 and report.verdict == "incomplete"
+
+
+async def test_refusal_at_the_end_of_data_about_the_recipient_is_safe(fake_server: Any) -> None:
+    behaviour = Behaviour(data="550 5.1.1 <x>: Recipient address rejected: User unknown in relay recipient table")
+    port = await fake_server(behaviour)
+    report = await audit(options(port, bounce=False))
+    assert [t.status for t in report.tests] == [Status.PASS, Status.PASS, Status.PASS, Status.SKIPPED]
+    assert report.tests[0].explanation.startswith("refused at the end of DATA because of the recipient")
+    assert report.exit_code == 2  # safe at RCPT and DATA, but without a listener after-queue was not tested
+
+
+async def test_refusal_at_the_end_of_data_for_content_is_not_evidence(fake_server: Any) -> None:
+    port = await fake_server(Behaviour(data="554 5.7.1 Message refused as spam"))
+    report = await audit(options(port, bounce=False))
+    assert report.tests[0].status is Status.INCONCLUSIVE and report.exit_code == 2
+
+
+async def test_greylisting_is_retried_then_cannot_complete(fake_server: Any) -> None:
+    behaviour = Behaviour(rcpt="450 4.2.0 <x>: Recipient address rejected: Greylisted, see http://x")
+    port = await fake_server(behaviour)
+    report = await audit(options(port, bounce=False, retries=2))
+    unknown = report.tests[0]
+    assert unknown.status is Status.ERROR and "each of 3 attempts" in unknown.explanation
+    assert [r.code for r in unknown.replies if r.command.startswith("RCPT")] == [450, 450, 450]
     assert report.exit_code == 2
+
+
+async def test_lasting_450_that_names_the_recipient_is_safe(fake_server: Any) -> None:
+    """Postfix's reject_unverified_recipient answers 450 4.1.1 by default, every time."""
+    port = await fake_server(Behaviour(rcpt="450 4.1.1 <x>: Recipient address rejected: unverified address: "
+                                            "host 127.0.0.1 said: 550 5.1.1 User unknown"))
+    report = await audit(options(port, bounce=False, retries=1))
+    unknown = report.tests[0]
+    assert unknown.status is Status.PASS and "names the recipient" in unknown.explanation
+    assert [r.code for r in unknown.replies if r.command.startswith("RCPT")] == [450, 450]
+    assert [t.status for t in report.tests][:3] == [Status.PASS] * 3
 
 
 async def test_refusing_the_null_sender_is_no_backscatter_but_is_named(fake_server: Any) -> None:

@@ -104,6 +104,49 @@ def test_two_stores_on_the_same_state_see_each_others_writes(make_store: StoreFa
     assert [d.session for d in first.recent_decisions()] == ["s2", "s1"]
 
 
+# Bytes that were not UTF-8, as the milter and policy front ends carry them (surrogateescape).
+NOT_UTF8 = b"\xff\xfe".decode("utf-8", "surrogateescape")
+
+
+def test_one_undecodable_record_loses_nothing_else(make_store: StoreFactory) -> None:
+    """Fuzzing stored 1,992 of ~5,600 decisions: one bad field failed the whole flush, with the
+    decisions and counters of unrelated clients in it. Now every record is kept, escaped."""
+    store = make_store()
+    bad = decision(2, helo=f"h{NOT_UTF8}.example", sender=f"a{NOT_UTF8}@example.net",
+                   recipients=(f"r{NOT_UTF8}@example.org",), reply=f"550 {NOT_UTF8}",
+                   findings=(f"helo.invalid[{NOT_UTF8}]",))
+    store.add({"sessions": 3, f"findings.x{NOT_UTF8}": 1}, [decision(1), bad, decision(3)])
+    got = {d.session: d for d in store.recent_decisions()}
+    assert sorted(got) == ["s1", "s2", "s3"]
+    assert got["s1"] == decision(1) and got["s3"] == decision(3)
+    escaped = got["s2"]
+    assert escaped.helo == "h\\xff\\xfe.example" and escaped.sender == "a\\xff\\xfe@example.net"
+    assert escaped.recipients == ("r\\xff\\xfe@example.org",) and escaped.reply == "550 \\xff\\xfe"
+    assert escaped.findings == ("helo.invalid[\\xff\\xfe]",)
+    assert store.counters() == {"sessions": 3, "findings.x\\xff\\xfe": 1}
+
+
+def test_a_record_with_missing_or_unusable_fields_is_kept_or_left_out_alone(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.add({"sessions": 3}, [decision(1), decision(2, helo=None, sender=None), decision(3, time="not a time"),
+                                decision(4)])
+    got = {d.session: d for d in store.recent_decisions()}
+    assert sorted(got) == ["s1", "s2", "s4"]  # s3 cannot be stored at all: only s3 is lost
+    assert got["s2"].helo == "" and got["s2"].sender == ""
+    assert store.counters() == {"sessions": 3}
+
+
+def test_undecodable_quarantine_and_sent_fields_are_kept_escaped(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = make_store()
+    store.quarantine_add(held(tmp_path, "q1", 1.0, sender=f"s{NOT_UTF8}@example.net",
+                              recipients=(f"r{NOT_UTF8}@example.org",), reason=f"policy {NOT_UTF8}"))
+    item = store.quarantine_get("q1")
+    assert item is not None and item.sender == "s\\xff\\xfe@example.net"
+    assert item.recipients == ("r\\xff\\xfe@example.org",) and item.reason == "policy \\xff\\xfe"
+    store.sent_add("h1", f"me{NOT_UTF8}@example.org", 10.0, 3600)
+    assert store.sent_lookup("h1", 0.0) == "me\\xff\\xfe@example.org"
+
+
 # -- quarantine ------------------------------------------------------------------------------
 
 def test_quarantine_add_get_list_remove(make_store: StoreFactory, tmp_path: Path) -> None:
