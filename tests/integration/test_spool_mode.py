@@ -84,7 +84,7 @@ def test_a_delivery_is_logged_with_the_downstreams_reply(gateway, make_config, s
     gw = gateway(spool_config(make_config, sink.address))
     message_id = send(gw.address).rsplit(" ", 1)[1]
     assert wait_for(lambda: len(sink.messages()) == 1 and len(gw.gateway.spool) == 0)
-    assert wait_for(lambda: any(f"message {message_id}: delivered to {sink.address} for 1 recipient(s): 250"
+    assert wait_for(lambda: any(f"message {message_id}: delivered to {sink.address} for 1 recipient(s): reply=\"250"
                                 in r.getMessage() for r in caplog.records))
 
 
@@ -284,3 +284,46 @@ def test_notify_success_through_a_downstream_without_dsn_gets_a_relayed_notice(g
         assert wait_for(lambda: len(dsns(sink)) == 1 and len(gw.gateway.spool) == 0)
     (notice,) = dsns(sink)
     assert b"Action: relayed" in notice and b"X-Rcpt-Args: <someone@pass.example>" in notice
+
+
+def _hostile_downstream(listener, replies: dict[bytes, bytes]) -> None:
+    """A one-connection SMTP server whose reply to the end of DATA carries a terminal escape
+    and forged log fields (a downstream's text is not ours to trust in our log)."""
+    connection, _ = listener.accept()
+    with connection, connection.makefile("rb") as lines:
+        connection.sendall(b"220 hostile.example ESMTP\r\n")
+        in_data = False
+        for line in lines:
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    connection.sendall(replies[b"."])
+                continue
+            verb = line[:4].upper()
+            if verb == b"QUIT":
+                connection.sendall(b"221 bye\r\n")
+                return
+            if verb == b"DATA":
+                in_data = True
+            connection.sendall(replies.get(verb, b"250 ok\r\n"))
+
+
+def test_the_downstreams_reply_is_quoted_in_the_delivery_log_line(gateway, make_config, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    hostile = b"250 2.0.0 Ok \x1b[31m verdict=accept session=forged\r\n"
+    server = threading.Thread(target=_hostile_downstream, args=(listener, {
+        b"EHLO": b"250 hostile.example\r\n", b"DATA": b"354 go\r\n", b".": hostile}), daemon=True)
+    server.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="scattergate.delivery.scheduler"):
+            gw = gateway(spool_config(make_config, "127.0.0.1:%d" % listener.getsockname()[1]))
+            message_id = send(gw.address).rsplit(" ", 1)[1]
+            assert wait_for(lambda: len(gw.gateway.spool) == 0)
+            lines = [r.getMessage() for r in caplog.records if f"message {message_id}: delivered" in r.getMessage()]
+            assert lines and "\x1b" not in lines[0]
+            assert lines[0].endswith('reply="250 2.0.0 Ok \\x1b[31m verdict=accept session=forged"')
+    finally:
+        listener.close()

@@ -18,6 +18,7 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 from scattergate.address import Address
 from scattergate.delivery.smtp_client import Response, SmtpClientError, SmtpConnection, encode_content
 from scattergate.model import Reply
+from scattergate.logfmt import quote
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class DownstreamPool:
                 raise DownstreamUnavailable(f"STARTTLS with {where} failed: {exc}", _TLS_FAILED) from exc
             # Opportunistic: a failed handshake falls back to clear text, as MTAs do (not
             # delivering at all is what "required" is for).
-            log.warning("opportunistic STARTTLS with %s failed (%s): delivering without TLS", where, exc)
+            log.warning("opportunistic STARTTLS with %s failed (%s): delivering without TLS", where, quote(str(exc)))
         return await self._connect(tls=False)
 
     async def acquire(self) -> tuple[SmtpConnection, bool]:
@@ -240,7 +241,7 @@ class Relay:
             log.warning("downstream %s:%s timed out after %.1f s", self.pool.host, self.pool.port, deadline)
             return RelayResult(_failure_reply(exc))
         except DownstreamUnavailable as exc:
-            log.warning("%s", exc)
+            log.warning("%s", quote(str(exc)))
             return RelayResult(_failure_reply(exc))
 
     async def _send(
@@ -397,7 +398,7 @@ async def deliver_each(
                 dsn_support=dsn_support))
             return replies
     except (TimeoutError, DownstreamUnavailable, OSError) as exc:
-        log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, exc)
+        log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, quote(str(exc)))
         failure = _failure_reply(exc)
         # Recipients refused at RCPT keep their reply: only the unanswered ones are retried.
         return {r.address: replies.get(r.address, failure) for r in recipients}

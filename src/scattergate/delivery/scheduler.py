@@ -23,6 +23,7 @@ from scattergate.config import SpoolConfig
 from scattergate.delivery.relay import DownstreamPool, Outbound, deliver_each
 from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Incomplete, Spool, SpoolEntry, SpoolWriter
 from scattergate.delivery.wake import WakeListener
+from scattergate.logfmt import quote
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,9 @@ class Scheduler:
         remote = pool.host
         if delivered:
             # Where it went and what the downstream said (its queue ID): an admin's trail.
-            log.info("message %s: delivered to %s:%s for %d recipient(s): %s", entry.id, pool.host,
-                     pool.port, len(delivered), delivered[0].reply)
+            # The reply is the downstream's text: quoted, like every text another party wrote.
+            log.info("message %s: delivered to %s:%s for %d recipient(s): reply=%s", entry.id, pool.host,
+                     pool.port, len(delivered), quote(delivered[0].reply))
         if relayed:
             await asyncio.to_thread(self.notifier.relayed, entry, content, relayed, remote)
         still = entry.pending()
