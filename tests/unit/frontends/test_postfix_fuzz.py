@@ -143,8 +143,18 @@ async def test_milter_survives_mutated_traffic(gateway: Gateway, caplog: pytest.
     assert answered_ends > SESSIONS // 4
     # Each answered end of message was decided and recorded (no lost decision)...
     assert len(data_decisions) == answered_ends
-    # ... and logged, with the text the client sent, as far as the log line goes.
+    # ... and logged, with the text the client sent, as far as the log line goes ...
     assert sum("decision session=" in r.getMessage() for r in caplog.records) >= answered_ends
+    # ... and in the state store: one undecodable record never loses the others (issue 15.3).
+    await gateway.recorder.flush()
+    from scattergate.state.factory import open_store
+
+    reader = open_store(gateway.config)  # what an admin's dashboard or CLI would read
+    try:
+        stored = reader.recent_decisions(limit=10 * len(decisions.records) + 10)
+    finally:
+        reader.close()
+    assert len(stored) == len(decisions.records)
     assert _rss_kib() - before < 64 * 1024, "the milter grew with the traffic"
 
 
