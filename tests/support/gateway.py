@@ -7,10 +7,12 @@ import contextlib
 import threading
 from typing import Any, AsyncIterator
 
+from scattergate.assembly import assemble
 from scattergate.config import Config
 from scattergate.frontends.smtp import gateway_connection
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
+from scattergate.web.service import metrics_for
 
 
 @contextlib.asynccontextmanager
@@ -34,7 +36,8 @@ class ServiceThread:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.store = open_store(config)
-        self.gateway = Gateway(config, self.store)
+        # Metrics when the HTTP listener is on, as `serve` assembles them.
+        self.gateway = Gateway(config, self.store, assemble(config, self.store, metrics_for(config)))
         self._servers: list[asyncio.AbstractServer] = []
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
