@@ -31,6 +31,7 @@ from scattergate.checks.relay import RelayCheck
 from scattergate.checks.scanners import render_scan_headers, scanner_check
 from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck
 from scattergate.checks.smuggling import check_bare_line_endings
+from scattergate.checks.srs import SrsRecipientCheck
 from scattergate.checks.structure import MessageStructure
 from scattergate.checks.verify import RecipientVerifier
 from scattergate.config import Config, ScanConfig, parse_host_port
@@ -48,7 +49,7 @@ from scattergate.net.dns import DnsConfig, Resolver
 from scattergate.net.tls import server_context
 from scattergate.outbound import BatvSettings, OutboundMarker, SentRegistry
 from scattergate.rewrite.dkim_sign import DkimSigner, load_signer
-from scattergate.rewrite.keys import Secret, load_batv_keys, load_or_create_site_secret
+from scattergate.rewrite.keys import Secret, load_batv_keys, load_or_create_site_secret, load_srs_secrets
 from scattergate.state.store import StateStore
 
 if TYPE_CHECKING:  # imported by web/service.py only: prometheus-client must load after its set-up
@@ -92,9 +93,13 @@ class GatewayParts:
     metrics: Metrics | None = None
 
 
-def assemble(config: Config, store: StateStore, metrics: Metrics | None = None) -> GatewayParts:
+def assemble(config: Config, store: StateStore, metrics: Metrics | None = None, *,
+             behind_postfix: bool = False) -> GatewayParts:
     """Build every part from `config`. Reads the files it names (certificate, users, keys,
     recipients), so a SIGHUP that assembles anew picks up their new contents.
+
+    `behind_postfix` is for the milter and policy services, where Postfix holds the SMTP
+    dialogue and has already checked relaying and recipients (frontends/postfix_side.py).
 
     With `metrics`, the decision recorder reports to it and every remote check is timed by it;
     a SIGHUP passes the running gateway's metrics, so the counts go on where they were."""
@@ -124,9 +129,15 @@ def assemble(config: Config, store: StateStore, metrics: Metrics | None = None) 
     checks = by_phase()
     rcpt, data = checks[Phase.RCPT], checks[Phase.DATA]
     rcpt.local.append(RecipientLimit(config.server.max_recipients))
-    rcpt.local.append(relay_check)
-    if table is not None:
+    # Behind Postfix, relay control and recipient validation are Postfix's: our relay check
+    # would refuse what its relay restrictions allowed, and our table runs only if configured.
+    if not behind_postfix:
+        rcpt.local.append(relay_check)
+    if table is not None and (config.receive.recipients_file or not behind_postfix):
         rcpt.local.append(RecipientCheck(table, relay_check.is_local))
+    postfix = config.postfix
+    if behind_postfix and postfix.srs_domain and postfix.srs_secrets_file:
+        rcpt.local.append(SrsRecipientCheck(postfix.srs_domain, load_srs_secrets(postfix.srs_secrets_file)))
     delivery = config.delivery
     if relay is not None and delivery.verify_recipients:
         verifier = RecipientVerifier(

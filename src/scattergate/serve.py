@@ -308,7 +308,8 @@ def run_service(config: Config, name: str,
     async def main() -> None:
         loop = asyncio.get_running_loop()
         store = open_store(config)
-        gateway = Gateway(config, store, assemble(config, store, web_service.metrics_for(config)))
+        gateway = Gateway(config, store, assemble(config, store, web_service.metrics_for(config),
+                                                  behind_postfix=True))
         await gateway.start()
         web = await web_service.start(config, gateway, store, web_setup)
         stop = asyncio.Event()

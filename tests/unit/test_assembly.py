@@ -1,6 +1,7 @@
 """What watches a gateway (the metrics) is given to assembly.py, which builds the recorder and
 the remote checks with it: nothing wraps a built gateway's checks or joins its recorder later,
-and a SIGHUP's new gateway feeds the same metrics."""
+and a SIGHUP's new gateway feeds the same metrics. The Postfix-side services' RCPT checks are
+chosen there too."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import pytest
 from scattergate import serve
 from scattergate.assembly import assemble, instrumented
 from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck
+from scattergate.checks.limits import RecipientLimit
+from scattergate.checks.recipients import RecipientCheck
+from scattergate.checks.relay import RelayCheck
 from scattergate.checks.senderauth import SpfCheck
+from scattergate.checks.srs import SrsRecipientCheck
 from scattergate.config import Config
 from scattergate.model import Finding, Phase, Session
 from scattergate.pipeline import Gateway
@@ -105,3 +110,22 @@ async def test_a_reloaded_gateway_feeds_the_running_metrics(config: Config, stor
         assert sessions(metrics) == 1
     finally:
         await fresh.stop()
+
+
+def rcpt_local_kinds(parts) -> list[type]:  # type: ignore[no-untyped-def]
+    return [type(check) for check in parts.checks[Phase.RCPT].local]
+
+
+def test_behind_postfix_relay_and_recipients_are_postfixs(make_config: Callable[..., Config],
+                                                          store: SqliteStore, tmp_path: Path) -> None:
+    """Built so from the start (the milter and policy services), not trimmed after."""
+    config = make_config(receive={"domains": ["example.org"]})
+    assert rcpt_local_kinds(assemble(config, store)) == [RecipientLimit, RelayCheck, RecipientCheck]
+    assert rcpt_local_kinds(assemble(config, store, behind_postfix=True)) == [RecipientLimit]
+    (tmp_path / "rcpts").write_text("user@example.org\n")
+    (tmp_path / "srs.secrets").write_text("a-secret-of-enough-length\n")
+    (tmp_path / "srs.secrets").chmod(0o600)
+    config = make_config(receive={"domains": ["example.org"], "recipients_file": str(tmp_path / "rcpts")},
+                         postfix={"srs_domain": "fwd.example.org", "srs_secrets_file": str(tmp_path / "srs.secrets")})
+    assert rcpt_local_kinds(assemble(config, store, behind_postfix=True)) == [
+        RecipientLimit, RecipientCheck, SrsRecipientCheck]
