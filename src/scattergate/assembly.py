@@ -4,7 +4,9 @@ Which checks run in which SMTP phase (the checks-per-phase table), the decider a
 defaults, the recipient table, the downstream pool, the spool and its scheduler, outbound
 marking, the header renderers: all chosen here, from config, and handed to the Gateway
 (pipeline.py), which only runs the phases. Nothing registers itself by being imported, and
-nothing here decides anything about a message.
+nothing here decides anything about a message. What watches the gateway from outside (the
+metrics) is handed to `assemble()` too: the recorder is built with it as its observer and the
+remote checks are built timed, so nobody patches a gateway after it is built.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from scattergate.bounce.notifier import BounceNotifier
 from scattergate.bounce.dsn_rate import DsnRateLimiter, Rate
@@ -28,6 +31,7 @@ from scattergate.checks.relay import RelayCheck
 from scattergate.checks.scanners import render_scan_headers, scanner_check
 from scattergate.checks.senderauth import DkimDmarcCheck, SpfCheck
 from scattergate.checks.smuggling import check_bare_line_endings
+from scattergate.checks.srs import SrsRecipientCheck
 from scattergate.checks.structure import MessageStructure
 from scattergate.checks.verify import RecipientVerifier
 from scattergate.config import Config, ScanConfig, parse_host_port
@@ -45,8 +49,11 @@ from scattergate.net.dns import DnsConfig, Resolver
 from scattergate.net.tls import server_context
 from scattergate.outbound import BatvSettings, OutboundMarker, SentRegistry
 from scattergate.rewrite.dkim_sign import DkimSigner, load_signer
-from scattergate.rewrite.keys import Secret, load_batv_keys, load_or_create_site_secret
+from scattergate.rewrite.keys import Secret, load_batv_keys, load_or_create_site_secret, load_srs_secrets
 from scattergate.state.store import StateStore
+
+if TYPE_CHECKING:  # imported by web/service.py only: prometheus-client must load after its set-up
+    from scattergate.web.metrics import Metrics
 
 # The result headers on accepted mail, in this order: Authentication-Results, the scanners',
 # then what the backscatter check saw.
@@ -82,13 +89,23 @@ class GatewayParts:
     dkim_signer: DkimSigner | None = None
     spool: Spool | None = None
     scheduler: Scheduler | None = None
+    # The metrics this gateway feeds (see assemble()), for the HTTP listener to serve.
+    metrics: Metrics | None = None
 
 
-def assemble(config: Config, store: StateStore) -> GatewayParts:
+def assemble(config: Config, store: StateStore, metrics: Metrics | None = None, *,
+             behind_postfix: bool = False) -> GatewayParts:
     """Build every part from `config`. Reads the files it names (certificate, users, keys,
-    recipients), so a SIGHUP that assembles anew picks up their new contents."""
+    recipients), so a SIGHUP that assembles anew picks up their new contents.
+
+    `behind_postfix` is for the milter and policy services, where Postfix holds the SMTP
+    dialogue and has already checked relaying and recipients (frontends/postfix_side.py).
+
+    With `metrics`, the decision recorder reports to it and every remote check is timed by it;
+    a SIGHUP passes the running gateway's metrics, so the counts go on where they were."""
     hostname = config.server.hostname or socket.getfqdn()
-    recorder = DecisionRecorder(store, flush_interval=config.state.flush_interval)
+    recorder = DecisionRecorder(store, flush_interval=config.state.flush_interval,
+                                observers=(metrics,) if metrics is not None else ())
     tls = config.tls
     smtp_auth = config.smtp_auth
     credentials = load_credentials(smtp_auth.users_file) if smtp_auth.users_file else None
@@ -112,9 +129,15 @@ def assemble(config: Config, store: StateStore) -> GatewayParts:
     checks = by_phase()
     rcpt, data = checks[Phase.RCPT], checks[Phase.DATA]
     rcpt.local.append(RecipientLimit(config.server.max_recipients))
-    rcpt.local.append(relay_check)
-    if table is not None:
+    # Behind Postfix, relay control and recipient validation are Postfix's: our relay check
+    # would refuse what its relay restrictions allowed, and our table runs only if configured.
+    if not behind_postfix:
+        rcpt.local.append(relay_check)
+    if table is not None and (config.receive.recipients_file or not behind_postfix):
         rcpt.local.append(RecipientCheck(table, relay_check.is_local))
+    postfix = config.postfix
+    if behind_postfix and postfix.srs_domain and postfix.srs_secrets_file:
+        rcpt.local.append(SrsRecipientCheck(postfix.srs_domain, load_srs_secrets(postfix.srs_secrets_file)))
     delivery = config.delivery
     if relay is not None and delivery.verify_recipients:
         verifier = RecipientVerifier(
@@ -162,7 +185,18 @@ def assemble(config: Config, store: StateStore) -> GatewayParts:
     )
     if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
         _backscatter(config, store, parts)
+    if metrics is not None:
+        parts.metrics = metrics
+        parts.checks = instrumented(parts.checks, metrics.instrument)
     return parts
+
+
+def instrumented(checks: dict[Phase, PhaseChecks],
+                 instrument: Callable[[RemoteCheck], RemoteCheck]) -> dict[Phase, PhaseChecks]:
+    """A new checks-per-phase table whose remote checks are `instrument`ed (e.g. timed); the
+    local ones are the same (they take microseconds). `checks` itself is left as it was."""
+    return {phase: PhaseChecks(list(table.local), [instrument(check) for check in table.remote])
+            for phase, table in checks.items()}
 
 
 def build_scanners(config: ScanConfig, hostname: str) -> list[RemoteCheck]:

@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from scattergate.assembly import assemble
 from scattergate.config import Config, ConfigError, parse_host_port
 from scattergate.frontends.smtp import gateway_connection
 from scattergate.logsetup import request_reopen, setup_logging
@@ -81,7 +82,7 @@ async def run_worker(config: Config, sock: socket.socket, *, on_ready: Callable[
     """
     loop = asyncio.get_running_loop()
     store = open_store(config)
-    gateway = Gateway(config, store)
+    gateway = Gateway(config, store, assemble(config, store, web_service.metrics_for(config)))
     await gateway.start()
     web = await web_service.start(config, gateway, store, web_setup)  # metrics + dashboard
     sock.listen(1024)
@@ -124,7 +125,8 @@ def _reload(reload: Callable[[], Config], running: Config, store: StateStore,
         if config.server.listen != running.server.listen or config.state != running.state:
             log.warning("reload: listen address and state settings change only with a restart")
             config.server.listen, config.state = running.server.listen, running.state
-        fresh = Gateway(config, store)
+        # The running gateway's metrics: its counts go on, and its listener serves them.
+        fresh = Gateway(config, store, assemble(config, store, current[0].parts.metrics))
     except (ConfigError, OSError, ValueError) as exc:
         log.error("reload failed, keeping the running configuration: %s", exc)
         return
@@ -306,7 +308,8 @@ def run_service(config: Config, name: str,
     async def main() -> None:
         loop = asyncio.get_running_loop()
         store = open_store(config)
-        gateway = Gateway(config, store)
+        gateway = Gateway(config, store, assemble(config, store, web_service.metrics_for(config),
+                                                  behind_postfix=True))
         await gateway.start()
         web = await web_service.start(config, gateway, store, web_setup)
         stop = asyncio.Event()

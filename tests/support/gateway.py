@@ -7,18 +7,21 @@ import contextlib
 import threading
 from typing import Any, AsyncIterator
 
+from scattergate.assembly import assemble
 from scattergate.config import Config
 from scattergate.frontends.smtp import gateway_connection
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
+from scattergate.web.service import metrics_for
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config: Config) -> AsyncIterator[Gateway]:
+async def running_gateway(config: Config, *, behind_postfix: bool = False) -> AsyncIterator[Gateway]:
     """A started Gateway on the test's own event loop, no servers in front: for tests that
-    drive a front end's state machine (milter, policy) or the pipeline directly."""
+    drive a front end's state machine (milter, policy) or the pipeline directly.
+    `behind_postfix`: assembled as `scattergate milter` / `policy` assemble it."""
     store = open_store(config)
-    gateway = Gateway(config, store)
+    gateway = Gateway(config, store, assemble(config, store, behind_postfix=behind_postfix))
     await gateway.start()
     try:
         yield gateway
@@ -30,11 +33,15 @@ async def running_gateway(config: Config) -> AsyncIterator[Gateway]:
 class ServiceThread:
     """A Gateway and the servers in front of it, on an event loop of their own in a thread."""
 
+    behind_postfix = False  # True: assembled as `scattergate milter` / `policy` assemble it
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.store = open_store(config)
-        self.gateway = Gateway(config, self.store)
+        # Metrics when the HTTP listener is on, as `serve` assembles them.
+        self.gateway = Gateway(config, self.store, assemble(config, self.store, metrics_for(config),
+                                                            behind_postfix=self.behind_postfix))
         self._servers: list[asyncio.AbstractServer] = []
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

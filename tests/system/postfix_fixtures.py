@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 from scattergate.config import Config
 from scattergate.frontends import milter, policy
-from scattergate.frontends.postfix_side import adapt
 from scattergate.serve import start_stream_server
 from tests.support.gateway import ServiceThread
 from tests.support.postfix import PrivatePostfix
@@ -30,6 +29,8 @@ def world_dir(prefix: str) -> Path:
 class Services(ServiceThread):
     """A Gateway with our milter and policy servers on loopback, in a background event loop."""
 
+    behind_postfix = True
+
     def __init__(self, config: Config) -> None:
         milter.for_postfix(config)
         super().__init__(config)
@@ -38,7 +39,6 @@ class Services(ServiceThread):
         self.policy_port = 0
 
     async def open_servers(self) -> list[asyncio.AbstractServer]:
-        adapt(self.gateway, self.config)  # as `scattergate milter` / `policy` do
         self.policy = policy.PolicyService(self.gateway, budget=self.config.postfix.policy_budget,
                                            timeout_action=self.config.postfix.policy_timeout_action)
         m = await start_stream_server("inet:127.0.0.1:0", milter.handler(self.gateway))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from scattergate.logfmt import SessionLog, fields
 from scattergate.model import Phase, Session, Verdict
@@ -45,9 +45,10 @@ class DecisionObserver(Protocol):
 
 
 class DecisionRecorder:
-    def __init__(self, store: StateStore, *, flush_interval: float = 1.0) -> None:
+    def __init__(self, store: StateStore, *, flush_interval: float = 1.0,
+                 observers: Iterable[DecisionObserver] = ()) -> None:
         self._store = store
-        self.observers: list[DecisionObserver] = []
+        self.observers: list[DecisionObserver] = list(observers)
         self._interval = flush_interval
         self._counters: Counter[str] = Counter()
         self._decisions: list[DecisionRecord] = []

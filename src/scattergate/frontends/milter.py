@@ -24,7 +24,7 @@ from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
 from scattergate.decision.sender_proof import envelope_proof
 from scattergate.frontends import milter_codec as mc
-from scattergate.frontends.postfix_side import PostfixTrust, adapt, for_postfix
+from scattergate.frontends.postfix_side import PostfixTrust, for_postfix
 from scattergate.logfmt import SessionLog, fields
 from scattergate.model import (Accept, Envelope, Finding, Phase, Quarantine, RcptDsn, Reject, Reply, Session,
                                Tempfail, Verdict)
@@ -511,7 +511,6 @@ def run(config: Config) -> int:
     for_postfix(config)
 
     async def start(gateway: Gateway) -> asyncio.AbstractServer:
-        adapt(gateway, config)
         callback = handler(gateway, never_bounce=config.postfix.never_bounce,
                            no_reply=config.postfix.milter_skip_replies, rewrite_sender=batv_signer(gateway))
         return await start_stream_server(config.postfix.milter_listen, callback,

@@ -25,7 +25,7 @@ from typing import Awaitable, Callable
 from scattergate.address import AddressError, parse_path
 from scattergate.config import Config
 from scattergate.frontends import policy_codec as pc
-from scattergate.frontends.postfix_side import PostfixTrust, adapt, for_policy_service
+from scattergate.frontends.postfix_side import PostfixTrust, for_policy_service
 from scattergate.logfmt import fields
 from scattergate.model import Accept, Finding, Quarantine, Reject, Reply, Session, Verdict
 from scattergate.pipeline import Gateway
@@ -160,7 +160,6 @@ def run(config: Config) -> int:
     for_policy_service(config)
 
     async def start(gateway: Gateway) -> asyncio.AbstractServer:
-        adapt(gateway, config)
         service = PolicyService(gateway, budget=config.postfix.policy_budget,
                                 timeout_action=config.postfix.policy_timeout_action)
         return await start_stream_server(config.postfix.policy_listen, handler(service),

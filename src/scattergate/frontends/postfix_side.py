@@ -1,7 +1,9 @@
 """What changes when Postfix, not scattergate, holds the SMTP dialogue (milter, policy service).
 
 Postfix evaluates `smtpd_relay_restrictions` and its recipient tables (`local_recipient_maps`,
-`relay_recipient_maps`, ...) before it asks a milter or a policy service about a RCPT. So here:
+`relay_recipient_maps`, ...) before it asks a milter or a policy service about a RCPT. So here
+(the RCPT checks for this are built by `assembly.assemble(..., behind_postfix=True)`; who is
+one of ours is `PostfixTrust` below):
 - relay control is Postfix's: our relay check is not run (it would refuse what `mynetworks`
   or `permit_sasl_authenticated` allowed);
 - recipient validation is Postfix's: our recipient table runs only when one is configured;
@@ -19,12 +21,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from scattergate.address import Address
-from scattergate.checks.recipients import RecipientCheck
-from scattergate.checks.relay import RelayCheck
-from scattergate.checks.srs import SrsRecipientCheck
 from scattergate.config import Config, ConfigError
-from scattergate.model import Phase, Session
-from scattergate.rewrite.keys import load_srs_secrets
+from scattergate.model import Session
 
 if TYPE_CHECKING:
     from scattergate.pipeline import Gateway
@@ -50,20 +48,6 @@ def for_policy_service(config: Config) -> Config:
     for_postfix(config)
     config.policy.actions.setdefault("batv.missing", "observe")
     return config
-
-
-def adapt(gateway: "Gateway", config: Config) -> "Gateway":
-    """The Gateway's RCPT checks as they apply behind Postfix (see the module docstring)."""
-    rcpt = gateway.checks[Phase.RCPT]
-    rcpt.local = [
-        check for check in rcpt.local
-        if not isinstance(check, RelayCheck)
-        and not (isinstance(check, RecipientCheck) and not config.receive.recipients_file)
-    ]
-    settings = config.postfix
-    if settings.srs_domain and settings.srs_secrets_file:
-        rcpt.local.append(SrsRecipientCheck(settings.srs_domain, load_srs_secrets(settings.srs_secrets_file)))
-    return gateway
 
 
 class PostfixTrust:

@@ -2,8 +2,8 @@
 
 Every decision and counter increment already goes through `DecisionRecorder`; observing it
 there keeps metric calls out of the checks and the pipeline. Check latencies are measured by
-wrapping the gateway's remote checks (the ones with I/O and budgets); local checks take
-microseconds and are not timed. Queue depth and quarantine size are read from disk at scrape
+wrapping the gateway's remote checks (the ones with I/O and budgets) as assembly.py builds
+them; local checks take microseconds and are not timed. Queue depth and quarantine size are read from disk at scrape
 time, so they are right whichever worker answers.
 
 With several worker processes, prometheus-client's multiprocess mode is used (see
@@ -234,10 +234,9 @@ class Metrics:
 
     # -- checks and exposition -------------------------------------------------------------
 
-    def instrument(self, checks: Iterable[list[RemoteCheck]]) -> None:
-        """Time every remote check (each list is replaced in place: the gateway keeps it)."""
-        for remote in checks:
-            remote[:] = [RemoteCheck(c.name, self._timed(c.name, c.run), c.budget) for c in remote]
+    def instrument(self, check: RemoteCheck) -> RemoteCheck:
+        """`check`, timed: what assembly.py builds the remote checks with when metrics are on."""
+        return RemoteCheck(check.name, self._timed(check.name, check.run), check.budget)
 
     def _timed(self, name: str, run: RemoteRun) -> RemoteRun:
         histogram = self.check_seconds.labels(name)

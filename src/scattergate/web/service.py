@@ -25,6 +25,7 @@ from scattergate.web.auth import Guard, Sessions, read_token
 if TYPE_CHECKING:
     from scattergate.web.app import Dashboard
     from scattergate.web.http import HttpServer
+    from scattergate.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,30 @@ class WebService:
         await self.server.stop()
 
 
+def metrics_for(config: Config) -> Metrics | None:
+    """The metrics to assemble a gateway with (`assembly.assemble(config, store, metrics)`),
+    or None when the HTTP listener is off. After `prepare()`, which picks their storage."""
+    if not config.http.listen:
+        return None
+    from scattergate.web.metrics import Metrics
+
+    return Metrics(config.data_dir / "spool", config.data_dir / "quarantine")
+
+
 async def start(config: Config, gateway: Gateway, store: StateStore, setup: WebSetup | None = None) -> WebService | None:
-    """Metrics observe the gateway from now on; the listener serves them and the dashboard.
+    """The listener for the metrics `gateway` was assembled with, and the dashboard.
 
     A listener that cannot bind is logged and left off: mail matters more than its dashboard.
     """
     setup = setup if setup is not None else prepare(config)
     if setup is None:
         return None
+    metrics = gateway.parts.metrics
+    if metrics is None:  # a wiring mistake, not a setting: a listener with nothing fed to it
+        raise ValueError("the gateway was assembled without metrics: pass web.service.metrics_for(config)")
     from scattergate.web.app import Dashboard
     from scattergate.web.http import HttpServer
-    from scattergate.web.metrics import Metrics
 
-    metrics = Metrics(config.data_dir / "spool", config.data_dir / "quarantine")
-    gateway.recorder.observers.append(metrics)
-    metrics.instrument(phase.remote for phase in gateway.checks.values())
     host, port = parse_host_port(config.http.listen, "http.listen")
     try:
         sock = _socket(host, reuse_port=setup.reuse_port)

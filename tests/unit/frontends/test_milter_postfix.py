@@ -13,7 +13,7 @@ import pytest
 
 from scattergate.frontends import milter_codec as mc
 from scattergate.frontends.milter import MemoryBudget, MilterConnection, batv_signer
-from scattergate.frontends.postfix_side import adapt, for_postfix
+from scattergate.frontends.postfix_side import for_postfix
 from scattergate.pipeline import Gateway
 from scattergate.rewrite import srs
 from scattergate.rewrite.keys import SrsSecrets
@@ -36,8 +36,8 @@ async def gateway(make_config, tmp_path: Path) -> AsyncIterator[Gateway]:  # typ
     config = make_config(receive={"domains": ["example.org"]}, auth={"spf": False, "dkim": False},
                          postfix={"srs_domain": "fwd.example.org", "srs_secrets_file": str(tmp_path / "srs.secrets")},
                          server={"max_message_size": 4096, "max_header_size": 1024})
-    async with running_gateway(for_postfix(config)) as gw:
-        yield adapt(gw, config)
+    async with running_gateway(for_postfix(config), behind_postfix=True) as gw:
+        yield gw
 
 
 def _message(headers: dict[str, str], body: bytes = b"hello\r\n") -> list[mc.Command]:

@@ -11,7 +11,7 @@ from scattergate.checks import CheckContext, RemoteCheck
 from scattergate.frontends import policy_codec as pc
 from scattergate.frontends.milter import batv_signer
 from scattergate.frontends.policy import PolicyService
-from scattergate.frontends.postfix_side import adapt, for_policy_service
+from scattergate.frontends.postfix_side import for_policy_service
 from scattergate.address import parse_path
 from scattergate.model import Finding, Phase
 from scattergate.pipeline import Gateway
@@ -21,8 +21,8 @@ from tests.support.gateway import running_gateway
 @pytest.fixture
 async def gateway(make_config) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     config = make_config(receive={"domains": ["example.org"], "trusted_networks": ["10.0.0.0/8"]})
-    async with running_gateway(for_policy_service(config)) as gw:
-        yield adapt(gw, config)
+    async with running_gateway(for_policy_service(config), behind_postfix=True) as gw:
+        yield gw
 
 
 def _request(**attrs: str) -> dict[str, str]:
@@ -48,8 +48,8 @@ async def test_answers(gateway: Gateway) -> None:
 async def test_recipient_table_when_configured_and_postfix_words_the_prefix(make_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "recipients").write_text("user@example.org\n")
     config = make_config(receive={"domains": ["example.org"], "recipients_file": str(tmp_path / "recipients")})
-    async with running_gateway(for_policy_service(config)) as gw:
-        service = PolicyService(adapt(gw, config))
+    async with running_gateway(for_policy_service(config), behind_postfix=True) as gw:
+        service = PolicyService(gw)
         unknown = await service.answer(_request(recipient="nobody@example.org"))
         assert isinstance(unknown, pc.RejectAction) and unknown.reply.code == 550
         # Postfix writes "Recipient address rejected:" before our text itself: not twice.
@@ -77,10 +77,10 @@ async def test_a_milter_signed_bounce_passes_the_policy_service(make_config, tmp
         tagged = sign(Session(client_ip="10.0.0.1"), Envelope(sender=parse_path("<alice@example.org>")))
         assert tagged and tagged.startswith("prvs=")
     bounce = _request(sender="", recipient=tagged)
-    async with running_gateway(for_policy_service(policy_config)) as gw:
-        assert await PolicyService(adapt(gw, policy_config)).answer(bounce) == pc.Dunno()
-    async with running_gateway(for_policy_service(other_config)) as gw:  # its own secret: not ours
-        refused = await PolicyService(adapt(gw, other_config)).answer(bounce)
+    async with running_gateway(for_policy_service(policy_config), behind_postfix=True) as gw:
+        assert await PolicyService(gw).answer(bounce) == pc.Dunno()
+    async with running_gateway(for_policy_service(other_config), behind_postfix=True) as gw:  # its own secret: not ours
+        refused = await PolicyService(gw).answer(bounce)
         assert isinstance(refused, pc.RejectAction), refused
 
 

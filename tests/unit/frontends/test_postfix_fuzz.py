@@ -22,7 +22,7 @@ from scattergate.frontends import milter_codec as mc
 from scattergate.frontends import policy_codec as pc
 from scattergate.frontends.milter import INTERNAL_ERROR, MemoryBudget, MilterConnection
 from scattergate.frontends.policy import ERROR_REPLY, PolicyService
-from scattergate.frontends.postfix_side import adapt, for_policy_service
+from scattergate.frontends.postfix_side import for_policy_service
 from scattergate.model import Verdict
 from scattergate.pipeline import Gateway
 from tests.support.gateway import running_gateway
@@ -48,8 +48,8 @@ class Decisions:
 async def gateway(make_config, tmp_path: Path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
     config = make_config(receive={"domains": ["example.org"]},
                          server={"max_message_size": 64 * 1024, "max_header_size": 8 * 1024})
-    async with running_gateway(for_policy_service(config)) as gw:
-        yield adapt(gw, config)
+    async with running_gateway(for_policy_service(config), behind_postfix=True) as gw:
+        yield gw
 
 
 def _text(rng: random.Random, base: str) -> str:
