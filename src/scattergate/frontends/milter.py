@@ -386,8 +386,9 @@ class MilterConnection:
         if suppress:
             edits.extend(never_bounce_edits(recipients))
             self.gateway.recorder.count("dsn.suppressed")
-            self.log.info("milter: DSNs suppressed (NOTIFY=NEVER), sender not proven: %s",
-                          fields(sender=str(envelope.sender), recipients=len(recipients)))
+            if self.log.isEnabledFor(logging.INFO):  # the fields cost more than the call
+                self.log.info("milter: DSNs suppressed (NOTIFY=NEVER), sender not proven: %s",
+                              fields(sender=str(envelope.sender), recipients=len(recipients)))
         if session.trusted and self.rewrite_sender is not None:
             edits += await self._remember_outbound(envelope, content)
         return [*edits, CONTINUE]
