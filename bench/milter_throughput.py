@@ -96,12 +96,19 @@ asyncio.Runner(loop_factory=new_event_loop).run(main())
 
 DO_NOTHING = "+ do-nothing milter on our codec, replies only at RCPT/end"
 SCATTERGATE = "+ scattergate milter (inet)"
+BASELINE = "+ scattergate milter (inet), --baseline-src tree"
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_times(pid))
 
 
 def wait_connectable(target: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -133,6 +140,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat every row, order rotated; medians")
     parser.add_argument("--rows", default="", metavar="N,N,...",
                         help="run only these rows (0 = Postfix alone, always run as the baseline)")
+    parser.add_argument("--baseline-src", default="", metavar="DIR",
+                        help="A/B: also run the scattergate milter from this source tree (e.g. an unpacked"
+                             " `git archive main src`, give DIR/src) in the same run")
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink", "postfix"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -154,7 +164,7 @@ def main() -> int:
         """) + args.toml.replace("\\n", "\n") + "\n")
     sink = CountingSink()
     processes: list[subprocess.Popen[bytes]] = []
-    ports = {name: free_port() for name in ("pymilter", "codec", "codec_quiet", "sg", "sg_replies", "sg_nobs", "sg_policy")}
+    ports = {name: free_port() for name in ("pymilter", "codec", "codec_quiet", "sg", "sg_replies", "sg_nobs", "sg_policy", "sg_base")}
     (work / "sg-replies.toml").write_text((work / "sg.toml").read_text() + "[postfix]\nmilter_skip_replies = false\n")
     nobs = (work / "sg.toml").read_text()
     nobs = nobs + ("" if "[backscatter]" in nobs else "[backscatter]\n") + 'mode = "off"\n'
@@ -162,16 +172,21 @@ def main() -> int:
     unix_path = str(work / "sg-milter.sock")
 
     started_cpu: dict[str, float] = {}
+    started_split: dict[str, tuple[float, float]] = {}
     by_name: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(command: list[str], target: str, name: str) -> None:
         if command[1:3] == ["-m", "scattergate"]:
             # Metrics on, as a site would run it; each service on its own HTTP port.
             command = [*command, "--http-listen", f"127.0.0.1:{free_port()}"]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=work)
+        env = None
+        if name == "sg_base":  # the other source tree first on the path, ahead of the installed one
+            env = {**os.environ, "PYTHONPATH": str(Path(args.baseline_src).resolve())}
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=work, env=env)
         processes.append(process)
         wait_connectable(target, process)
         by_name[name], started_cpu[name] = process, cpu_seconds(process.pid)
+        started_split[name] = cpu_times(process.pid)
 
     sg = [sys.executable, "-m", "scattergate"]
     # Behind Postfix no recipient list is needed (Postfix validates recipients): as documented.
@@ -189,6 +204,8 @@ def main() -> int:
                                           f"check_policy_service inet:127.0.0.1:{ports['sg_policy']},"
                                           " permit_mynetworks, reject_unauth_destination"}, "sg_policy"),
     ]
+    if args.baseline_src:
+        rows.append((BASELINE, {"smtpd_milters": f"inet:127.0.0.1:{ports['sg_base']}"}, "sg_base"))
     if importlib.util.find_spec("Milter") is None:  # pymilter needs libmilter-dev to build
         print("pymilter is not installed: its row is left out", file=sys.stderr)
         rows = [row if row[2] != "pymilter" else (row[0], row[1], "") for row in rows]
@@ -199,6 +216,8 @@ def main() -> int:
         # Postfix alone, the do-nothing milter on our codec and scattergate's milter always run:
         # the comparison below is between them, in the same run.
         chosen = {0, 3, 4} | {int(n) for n in args.rows.split(",")}
+        if args.baseline_src:
+            chosen.add(len(rows) - 1)
         rows = [row for index, row in enumerate(rows) if index in chosen and index not in skipped]
     else:
         rows = [row for index, row in enumerate(rows) if index not in skipped]
@@ -222,6 +241,8 @@ def main() -> int:
                         str(ports["sg_nobs"])),
             "sg_unix": ([*sg, "milter", *common, "--listen", f"unix:{unix_path}", "--socket-mode", "666",
                          "--data-dir", str(work / "sg-unix")], unix_path),
+            "sg_base": ([*sg, "milter", *common, "--listen", f"inet:127.0.0.1:{ports['sg_base']}",
+                         "--data-dir", str(work / "sg-base")], str(ports["sg_base"])),
             "sg_policy": ([*sg, "policy", *common, "--listen", f"inet:127.0.0.1:{ports['sg_policy']}",
                            "--data-dir", str(work / "sg-policy")], str(ports["sg_policy"])),
         }
@@ -250,6 +271,10 @@ def main() -> int:
             postfix.stop()
         cpu_ms = {name: (cpu_seconds(process.pid) - started_cpu[name]) * 1000 / (args.messages * args.rounds)
                   for name, process in by_name.items()}
+        # Split user/system: system time is the kernel's share (socket calls, TCP on loopback).
+        split_ms = {name: tuple((now - then) * 1000 / (args.messages * args.rounds)
+                                for now, then in zip(cpu_times(process.pid), started_split[name]))
+                    for name, process in by_name.items()}
     finally:
         for process in processes:
             process.terminate()
@@ -261,22 +286,24 @@ def main() -> int:
     print(f"\n{args.messages} messages x {args.size} bytes, {args.sessions} sessions"
           f"{', connections reused' if args.reuse else ', one connection per message'}"
           f", scattergate SPF/DKIM {'on' if args.auth else 'off'}, {args.rounds} round(s), order rotated\n")
-    print("| setup | msg/s (median) | vs Postfix alone (median) | per round | milter CPU ms/msg |")
-    print("|---|---:|---:|---|---:|")
+    print("| setup | msg/s (median) | vs Postfix alone (median) | per round | milter CPU ms/msg | user / sys |")
+    print("|---|---:|---:|---|---:|---|")
     base = seconds[0]
     for index, (label, _, name) in enumerate(rows):
         ratios = [b / s for b, s in zip(base, seconds[index])]
         rates = [args.messages / s for s in seconds[index]]
         cpu = f"{cpu_ms[name]:.2f}" if name in cpu_ms else "-"
+        split = f"{split_ms[name][0]:.2f} / {split_ms[name][1]:.2f}" if name in split_ms else "-"
         print(f"| {label} | {statistics.median(rates):,.0f} | {statistics.median(ratios):.2f}x"
-              f" | {', '.join(f'{r:.2f}' for r in ratios)} | {cpu} |")
+              f" | {', '.join(f'{r:.2f}' for r in ratios)} | {cpu} | {split} |")
     labels = [label for label, _, _ in rows]
     nothing, ours = seconds[labels.index(DO_NOTHING)], seconds[labels.index(SCATTERGATE)]
     versus = [n / o for n, o in zip(nothing, ours)]
     print(f"\nPostfix + scattergate milter vs Postfix + do-nothing milter on our codec (same replies): "
           f"{statistics.median(versus):.2f}x median (per round {', '.join(f'{v:.2f}' for v in versus)}); "
           f"target >= 0.90x. Milter CPU per message: scattergate {cpu_ms['sg']:.2f} ms, "
-          f"do-nothing {cpu_ms['codec_quiet']:.2f} ms.")
+          f"do-nothing {cpu_ms['codec_quiet']:.2f} ms"
+          + (f", baseline tree {cpu_ms['sg_base']:.2f} ms." if "sg_base" in cpu_ms else "."))
     return 0
 
 

@@ -57,6 +57,10 @@ NO_REPLY = {mc.P_NR_CONN: mc.Connect, mc.P_NR_HELO: mc.Helo, mc.P_NR_MAIL: mc.Ma
             mc.P_NR_DATA: mc.Data, mc.P_NR_HDR: mc.Header, mc.P_NR_EOH: mc.EndOfHeaders,
             mc.P_NR_BODY: mc.Body, mc.P_NR_UNKN: mc.Unknown}
 
+# The answer to most steps, built and encoded once: it is the same for every message.
+CONTINUE = mc.Continue()
+CONTINUE_PACKET = mc.encode(CONTINUE)
+
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 BAD_ADDRESS = Reply(553, "5.1.7", "Malformed address")
 # Said in the decision line and counted: this message's failures will never be bounced.
@@ -218,7 +222,8 @@ class MilterConnection:
                 return None  # no reply expected: close, Postfix applies milter_default_action
             responses = [mc.TempfailReply(INTERNAL_ERROR)]
         if self.silent and isinstance(command, self.silent):
-            self._keep_refusal(command, responses or [])
+            if responses and responses != _CONTINUED:
+                self._keep_refusal(command, responses)
             return []
         return responses
 
@@ -246,6 +251,19 @@ class MilterConnection:
         return [refusal]
 
     async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
+        # Headers and body chunks come several times per message: tested first.
+        match command:
+            case mc.Header(name, value):
+                sep = ":" if self.leading_space else ": "
+                raw = f"{name}{sep}{value}".encode("utf-8", "surrogateescape")
+                if b"\n" in raw:
+                    # Folded headers arrive with bare LF between lines: restore the wire form.
+                    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                self._keep(self.headers, raw + b"\r\n", header=True)
+                return [CONTINUE]
+            case mc.Body(chunk):
+                self._keep(self.body, chunk)
+                return [CONTINUE]
         match command:
             case mc.Macros(stage, values):
                 if stage == "M":  # what a previous transaction said about SASL must not linger
@@ -259,21 +277,11 @@ class MilterConnection:
             case mc.Helo(name):
                 if self.session is not None:
                     self.session.helo = name
-                return [mc.Continue()]
+                return [CONTINUE]
             case mc.Mail(path, options):
                 return await self._mail(path, options)
             case mc.Rcpt(path, options):
                 return await self._rcpt(path, options)
-            case mc.Header(name, value):
-                sep = ":" if self.leading_space else ": "
-                raw = f"{name}{sep}{value}".encode("utf-8", "surrogateescape")
-                # Folded headers arrive with bare LF between lines: restore the wire form.
-                self._keep(self.headers, raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n",
-                           header=True)
-                return [mc.Continue()]
-            case mc.Body(chunk):
-                self._keep(self.body, chunk)
-                return [mc.Continue()]
             case mc.EndOfMessage(chunk):
                 if chunk:
                     self._keep(self.body, chunk)
@@ -286,7 +294,7 @@ class MilterConnection:
                 self.macros.clear()
                 return [] if new_connection else None
             case mc.Data() | mc.EndOfHeaders() | mc.Unknown():
-                return [mc.Continue()]
+                return [CONTINUE]
         raise mc.MilterProtocolError(f"unexpected command {command!r}")
 
     def _negotiate(self, version: int, actions: int, protocol: int) -> mc.Response:
@@ -308,7 +316,7 @@ class MilterConnection:
             self.session.trusted = True
         if not isinstance(verdict, Accept):
             return [mc.refusal(verdict.reply)]
-        return [mc.Continue()]
+        return [CONTINUE]
 
     def _trusted(self) -> bool:
         # A SASL-authenticated client is one of ours, wherever it connects from.
@@ -327,7 +335,7 @@ class MilterConnection:
         params = _params(options)
         session.envelope = self.gateway.mail(session, sender, options,
                                              ret=params.get("RET", "").upper(), envid=params.get("ENVID", ""))
-        return [mc.Continue()]
+        return [CONTINUE]
 
     async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
         if refusal := self._pending_refusal():
@@ -335,7 +343,7 @@ class MilterConnection:
         session = await self._session()
         envelope = session.envelope
         if envelope is None:
-            return [mc.Continue()]  # the MTA enforces sequencing; nothing to decide on
+            return [CONTINUE]  # the MTA enforces sequencing; nothing to decide on
         try:
             recipient = parse_path(path)
         except AddressError:
@@ -348,7 +356,7 @@ class MilterConnection:
         if isinstance(verdict, (Accept, Quarantine)):
             self.recipients.append((path, options))
             envelope.rcpt_options.append(options)
-            return [mc.Continue()]
+            return [CONTINUE]
         return [mc.refusal(verdict.reply)]
 
     async def _end_of_message(self) -> list[mc.Response]:
@@ -359,7 +367,7 @@ class MilterConnection:
         session = await self._session()
         envelope = session.envelope
         if envelope is None:
-            return [mc.Continue()]
+            return [CONTINUE]
         content = b"".join(self.headers) + b"\r\n" + b"".join(self.body)
         recipients, oversize = self.recipients, self.oversize
         self._end_transaction()
@@ -378,11 +386,12 @@ class MilterConnection:
         if suppress:
             edits.extend(never_bounce_edits(recipients))
             self.gateway.recorder.count("dsn.suppressed")
-            self.log.info("milter: DSNs suppressed (NOTIFY=NEVER), sender not proven: %s",
-                          fields(sender=str(envelope.sender), recipients=len(recipients)))
+            if self.log.isEnabledFor(logging.INFO):  # the fields cost more than the call
+                self.log.info("milter: DSNs suppressed (NOTIFY=NEVER), sender not proven: %s",
+                              fields(sender=str(envelope.sender), recipients=len(recipients)))
         if session.trusted and self.rewrite_sender is not None:
             edits += await self._remember_outbound(envelope, content)
-        return [*edits, mc.Continue()]
+        return [*edits, CONTINUE]
 
     async def _remember_outbound(self, envelope: Envelope, content: bytes) -> list[mc.Response]:
         """Our user's mail: remember its Message-ID and carry the token, so that genuine
@@ -434,6 +443,9 @@ class MilterConnection:
         return self.session
 
 
+_CONTINUED = [CONTINUE]
+
+
 @functools.lru_cache(maxsize=64)
 def _negotiation(version: int, actions: int, protocol: int, no_reply: bool) -> tuple[mc.OptNegReply, tuple[type, ...]]:
     """Our answer to the MTA's offer, and the commands it will then send without waiting for
@@ -480,7 +492,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 responses = await connection.handle(command)
                 if responses is None:
                     return
-                out.extend(mc.encode(r) for r in responses)
+                out.extend(CONTINUE_PACKET if r is CONTINUE else mc.encode(r) for r in responses)
             if out:
                 writer.write(b"".join(out))
                 await writer.drain()

@@ -125,3 +125,23 @@ async def test_trusted_clients_mail_gets_a_batv_signed_sender(gateway: Gateway) 
     # Our own user's mail keeps its bounces: no NOTIFY=NEVER.
     assert not any(isinstance(r, mc.AddRecipient) for r in out)
     conn.close()
+
+
+async def test_headers_reach_the_checks_in_wire_form(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Postfix hands folded headers over with bare LF (or CRLF) between lines: the checks must
+    # see CRLF everywhere, and a one-line header exactly as it was.
+    seen: list[bytes] = []
+    decide_data = gateway.decide_data
+
+    async def spy(session, envelope, content):  # type: ignore[no-untyped-def]
+        seen.append(content)
+        return await decide_data(session, envelope, content)
+
+    monkeypatch.setattr(gateway, "decide_data", spy)
+    conn = MilterConnection(gateway)
+    await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Connect("c", "4", 1234, "192.0.2.7"),
+               mc.Mail("<a@example.net>", ()), mc.Rcpt("<user@example.org>", ()),
+               mc.Header("Subject", " one line"), mc.Header("X-Lf", " a\n\tb"), mc.Header("X-Crlf", " c\r\n\td"),
+               mc.Body(b"body\r\n"), mc.EndOfMessage())
+    assert seen == [b"Subject: one line\r\nX-Lf: a\r\n\tb\r\nX-Crlf: c\r\n\td\r\n\r\nbody\r\n"]
+    conn.close()
