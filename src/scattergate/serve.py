@@ -303,7 +303,7 @@ def run_service(config: Config, name: str,
     a port already taken, e.g. by a `serve` on the same host, is logged and left off)."""
     setup_logging(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    web_setup = web_service.prepare(config)
+    web_setup = web_service.prepare(config, processes=1)  # one process, whatever server.workers says
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

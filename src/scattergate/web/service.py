@@ -38,11 +38,14 @@ class WebSetup:
     reuse_port: bool
 
 
-def prepare(config: Config) -> WebSetup | None:
+def prepare(config: Config, processes: int | None = None) -> WebSetup | None:
+    """`processes`: how many processes will serve (default: `serve`'s worker count). A
+    one-process service (milter, policy) must say 1: multiprocess mode would empty
+    `<data_dir>/metrics`, the live samples of a `serve` sharing the data directory."""
     if not config.http.listen:
         return None
     token = read_token(config.http.token_file) if config.http.token_file else ""
-    several = config.server.process_count() > 1
+    several = (processes if processes is not None else config.server.process_count()) > 1
     if several:
         prepare_multiprocess(config.data_dir)
         # Each worker binds the port with SO_REUSEPORT; port 0 must be resolved once here.
