@@ -8,6 +8,7 @@ same port with SO_REUSEPORT and lets the kernel spread connections between them;
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import gc
 import logging
@@ -36,6 +37,7 @@ DRAIN_SECONDS = 30.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Blocked across fork until a worker has its handlers (SIGHUP's default would kill it).
 _WORKER_SIGNALS = _STOP_SIGNALS | {signal.SIGHUP}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def bind(listen: str, *, reuse_port: bool) -> socket.socket:
@@ -170,11 +172,13 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     # keep the stop signals blocked across fork until each process has its handler.
     signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
     children = []
+    parent = os.getpid()
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                _stop_when_parent_dies(parent)
                 sock = bind(config.server.listen, reuse_port=True)
                 with asyncio.Runner(loop_factory=new_event_loop) as runner:
                     runner.run(run_worker(config, sock, web_setup=web_setup, reload=reload))
@@ -219,6 +223,20 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
             stopping = True
             forward(signal.SIGTERM, None)
     return status
+
+
+def _stop_when_parent_dies(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux PR_SET_PDEATHSIG), so a parent
+    killed with SIGKILL never leaves workers serving the port on their own: they drain and
+    exit like on a normal stop (spooled mail is on disk). Postfix's daemons likewise leave
+    when their master is gone. The signal is still blocked here; the worker's handler takes it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's cgroup kill is the net
+        return
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 # -- helpers for the Postfix-side services (milter, policy, socketmap) -----------------------

@@ -193,3 +193,27 @@ def test_sighup_reloads_the_configuration(tmp_path: Path) -> None:
         assert accepted("carol@example.org")
     finally:
         assert stop(process) == 0
+
+
+def test_workers_leave_when_the_parent_is_killed(tmp_path: Path) -> None:
+    # Seen in the suite: after `kill -9` of the parent, both workers went on serving the port
+    # for good, orphaned. They must drain and exit, as Postfix's daemons leave without master.
+    from tests.support.polling import wait_for
+
+    process, port = start(
+        ["--listen", f"127.0.0.1:{free_port()}", "--data-dir", "d", "--workers", "2"], tmp_path
+    )
+    children_file = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    assert wait_for(lambda: len(children_file.read_text().split()) == 2)
+    workers = [int(pid) for pid in children_file.read_text().split()]
+    process.kill()
+    process.wait(30)
+
+    def gone(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        return state == "Z"  # exited, waiting for init to reap it
+
+    assert wait_for(lambda: all(gone(pid) for pid in workers), timeout=30)
