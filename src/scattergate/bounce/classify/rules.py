@@ -559,7 +559,7 @@ class Guarded:
     matches as a whole-text search.
     """
 
-    __slots__ = ("ascii_piece_keys", "by_piece", "by_word", "cover", "pattern", "piece_keys", "width")
+    __slots__ = ("ascii_piece_keys", "by_piece", "by_word", "cover", "pattern", "piece_keys", "width", "word_keys")
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
@@ -583,6 +583,9 @@ class Guarded:
             else:
                 rest = tuple(piece for piece in ends if piece != key)
                 self.by_piece.setdefault(key, []).append((inner, rest, lit))
+        # A frozenset, not by_word.keys(): `keys() & frozenset` walks the whole vocabulary, while
+        # an intersection of two frozensets walks the smaller one (the few keys).
+        self.word_keys = frozenset(self.by_word)
         self.piece_keys = frozenset(self.by_piece)
         # An ASCII text has no non-ASCII piece: its look-up skips them (other languages' words).
         self.ascii_piece_keys = frozenset(k for k in self.by_piece if k.isascii())
@@ -592,7 +595,7 @@ class Guarded:
         vocab = vocabulary.words
         has_piece = vocabulary.has_piece
         candidates: list[str] = []
-        for index, keys in ((self.by_word, self.by_word.keys() & vocab),
+        for index, keys in ((self.by_word, self.word_keys & vocab),
                             (self.by_piece, vocabulary.pieces_present(
                                 self.ascii_piece_keys if vocabulary.ascii else self.piece_keys))):
             for key in keys:
