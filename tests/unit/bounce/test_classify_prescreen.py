@@ -530,3 +530,26 @@ def test_body_points_below_every_threshold_still_set_the_confidence(body: str, c
     # would have to reproduce exactly these values.
     raw = _msg("From: Ann <ann@example.org>\nTo: b@example.org\nSubject: notes", body)
     assert classify(raw, "ann@example.org") == C.Classification(Kind.NONE, confidence, ())
+
+
+# Pieces SMTP reply codes are written with and near: the prefixes SMTP_CODE knows (in odd
+# case), codes and near-codes, whitespace (Unicode too), the lead characters, digits, words.
+_CODE_PIECES = ["said:", "said", "SAID", "error", "Error:", "response", "response:", "reply", "REPLY:",
+                "smtp;", "code", "code:", "(", "[", "answered", "returned", "status:", "reason:", "ſaid",
+                "550", "421", "250", "599", "560", "5505", "4.2.1", "5.1.1", "0", "9", "x", "word",
+                " ", "  ", "\t", "\n", "\r", "\u00a0", "\u2003", "\x1c", "-", ":", ";", "<", ">", "#", "*", "."]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_CODE_PIECES), max_size=40))
+def test_smtp_codes_equal_the_whole_text_finditer(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert R.smtp_codes(text) == [m.group(1) for m in R.SMTP_CODE.finditer(text)]
+
+
+def test_smtp_codes_on_bounce_wording() -> None:
+    text = ("host mx.example.org said: 550 5.1.1 <a@example.org>... User unknown\n"
+            "  421-try later\nremote server returned 554 and error:\n\n 552 too big\n"
+            "ref 5501 ignored (451 later)")
+    assert R.smtp_codes(text) == [m.group(1) for m in R.SMTP_CODE.finditer(text)]
+    assert R.smtp_codes(text) == ["550", "421", "554", "552", "451"]
