@@ -8,6 +8,7 @@ wordings are a one-line change.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 _I = re.I | re.M
 
@@ -240,6 +241,28 @@ CONFIRM_URL = re.compile(r"https?://\S{0,200}(?:confirm|verif|challenge|approve|
 # scans for a literal first character in a tight loop but tries a set like [245] at every position.
 ENHANCED_HINT = re.compile(r"\.(?<=[245]\.)\d")
 ENHANCED = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d]|\.\d)")
+
+
+def enhanced_matches(text: str) -> Iterator[re.Match[str]]:
+    """The matches of ENHANCED.finditer(text), tried only where ENHANCED_HINT finds "[245].digit".
+
+    ENHANCED opens with a look-behind, so `re` cannot scan for its first character and tries
+    it at every position. Every match starts one character before a hint, and the hints are
+    found by a fast literal scan; a match tried with ENHANCED.match(text, start) sees the same
+    characters (look-behind and look-ahead read the whole string), and walking the hints in
+    order from where the last match ended is finditer's own rule.
+    """
+    pos = 0
+    while True:
+        hint = ENHANCED_HINT.search(text, pos + 1)
+        if hint is None:
+            return
+        m = ENHANCED.match(text, hint.start() - 1)
+        if m is not None:
+            yield m
+            pos = m.end()
+        else:
+            pos = hint.start()
 SMTP_CODE = re.compile(
     r"(?:^[ \t<>#*:-]*|said:\s*|said\s+|error[:\s]+|response:?\s*|reply:?\s*|smtp;\s*|code:?\s*|\(\s*|\[\s*"
     r"|answered\s+|returned\s+|status:?\s*|reason:\s*)([245][0-5]\d)(?=[ \t-]|$)",
