@@ -503,6 +503,9 @@ def _slow_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(C, "_system_sender", _reference_system_sender)
     monkeypatch.setattr(R, "ENHANCED_HINT", re.compile(r"[245]\.\d"))
     monkeypatch.setattr(R.Guarded, "windows", lambda self, text, folded, vocabulary: None)
+    monkeypatch.setattr(R.Screened, "may_match", lambda self, folded: True)
+    monkeypatch.setattr(R, "enhanced_matches", lambda text: R.ENHANCED.finditer(text))
+    monkeypatch.setattr(R, "smtp_codes", lambda text: [m.group(1) for m in R.SMTP_CODE.finditer(text)])
 
 
 def test_fast_paths_change_no_classification_on_the_corpus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -530,3 +533,57 @@ def test_body_points_below_every_threshold_still_set_the_confidence(body: str, c
     # would have to reproduce exactly these values.
     raw = _msg("From: Ann <ann@example.org>\nTo: b@example.org\nSubject: notes", body)
     assert classify(raw, "ann@example.org") == C.Classification(Kind.NONE, confidence, ())
+
+
+# Pieces SMTP reply codes are written with and near: the prefixes SMTP_CODE knows (in odd
+# case), codes and near-codes, whitespace (Unicode too), the lead characters, digits, words.
+_CODE_PIECES = ["said:", "said", "SAID", "error", "Error:", "response", "response:", "reply", "REPLY:",
+                "smtp;", "code", "code:", "(", "[", "answered", "returned", "status:", "reason:", "ſaid",
+                "550", "421", "250", "599", "560", "5505", "4.2.1", "5.1.1", "0", "9", "x", "word",
+                " ", "  ", "\t", "\n", "\r", "\u00a0", "\u2003", "\x1c", "-", ":", ";", "<", ">", "#", "*", "."]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_CODE_PIECES), max_size=40))
+def test_smtp_codes_equal_the_whole_text_finditer(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert R.smtp_codes(text) == [m.group(1) for m in R.SMTP_CODE.finditer(text)]
+
+
+def test_smtp_codes_on_bounce_wording() -> None:
+    text = ("host mx.example.org said: 550 5.1.1 <a@example.org>... User unknown\n"
+            "  421-try later\nremote server returned 554 and error:\n\n 552 too big\n"
+            "ref 5501 ignored (451 later)")
+    assert R.smtp_codes(text) == [m.group(1) for m in R.SMTP_CODE.finditer(text)]
+    assert R.smtp_codes(text) == ["550", "421", "554", "552", "451"]
+
+
+_ENHANCED_PIECES = ["5", "4", "2", "1", "0", "9", ".", "..", "5.1.1", "4.2.", "2.0.0", "5.7.1234", "x", " ",
+                    "\n", "-", "#", "1.", "\u0665", "Status:", "smtp;"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_ENHANCED_PIECES), max_size=40))
+def test_enhanced_matches_equal_the_whole_text_finditer(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    got = [(m.span(), m.group(1)) for m in R.enhanced_matches(text)]
+    assert got == [(m.span(), m.group(1)) for m in R.ENHANCED.finditer(text)]
+
+
+_SCREENED = [name for name in dir(R) if name.startswith("S_")]
+_SUBJECT_PIECES = ["Re: ", "Auto", "AUTOMATIC ", "reply", "Out of Office", "ooo", "Abwesenheit", "vacation",
+                   "respon", "ſ", "İ", "K", "confirm ", "your ", "message ", "held", "is pending", "challenge",
+                   "(delivery failed)", ": non remis", ": undeliverable", "returned to sender", "x-bounces@",
+                   "owner-list@", "-request@", "Automātiskā atbilde:", "自动回复", " ", ":", "\t", "a", "@"]
+
+
+@pytest.mark.parametrize("name", _SCREENED)
+@settings(max_examples=400, deadline=None)
+@given(pieces=st.lists(st.sampled_from(_SUBJECT_PIECES), max_size=12))
+def test_screened_pattern_equals_plain_pattern(name: str, pieces: list[str]) -> None:
+    screened = getattr(R, name)
+    text = "".join(pieces)
+    for method in ("search", "match"):
+        got = getattr(screened, method)(text, R.fold(text))
+        want = getattr(screened.pattern, method)(text)
+        assert (got and got.span()) == (want and want.span())

@@ -207,7 +207,8 @@ def _machine_prefix(subject: str, thread_topic: str) -> bool:
 def _list_admin(top: Message) -> bool:
     """Addressed to a list's own administrative address: a list manager relaying a notice it
     received for the list (Mailman -admin/-bounces/-owner, Majordomo owner-), not a list post."""
-    return R.LIST_ADMIN.search(header(top, "To")) is not None
+    to = header(top, "To")
+    return R.S_LIST_ADMIN.search(to, R.fold(to)) is not None
 
 
 def _unquoted(text: str) -> str:
@@ -219,13 +220,18 @@ def _unquoted(text: str) -> str:
 def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str | None,
             evidence: list[str]) -> tuple[Kind, float]:
     subject, replied = _subject(top)
+    subject_folded = R.fold(subject)  # for the subject patterns' literal screens
     from_ = header(top, "From")
     return_path = header(top, "Return-Path")
     auto_submitted = header(top, "Auto-Submitted").lower()
     precedence = header(top, "Precedence").lower()
     text = _unquoted(report_text)[:65536]
     folded = R.fold(text)  # for the phrase patterns' literal pre-filters
-    vocabulary = R.words(folded[:32768])  # the longest prefix any phrase pattern reads
+    # The prefixes the phrase patterns read (32, 16, 8 KiB), cut once.
+    text32, folded32 = text[:32768], folded[:32768]
+    text16, folded16 = text32[:16384], folded32[:16384]
+    text8, folded8 = text16[:8192], folded16[:8192]
+    vocabulary = R.words(folded32)  # the longest prefix any phrase pattern reads
     scores = {Kind.BOUNCE: 0, Kind.AUTO_REPLY: 0, Kind.CHALLENGE: 0}
     ev: dict[Kind, list[str]] = {k: [] for k in scores}
 
@@ -256,22 +262,22 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.BOUNCE, 2, "x-yahoo-newman-property:bmbounce")  # Yahoo's bounce mailer
     if not replied and R.BOUNCE_SUBJECT.match(subject):
         add(Kind.BOUNCE, 3, "subject:bounce")
-    elif R.BOUNCE_SUBJECT_TAIL.search(subject[-40:]):  # tails are short: only the end is read
+    elif R.S_BOUNCE_SUBJECT_TAIL.search(subject[-40:], R.fold(subject[-40:])):  # tails are short: only the end is read
         add(Kind.BOUNCE, 2, "subject:bounce-tail")
     # The added tables (old MTAs, content filters, more languages) are read only when the
     # message already shows some sign of a notification: ordinary mail then pays nothing for them.
     strong_tables = ((R.G_BOUNCE_PHRASE_STRONG, R.G_BOUNCE_PHRASE_MORE) if scores[Kind.BOUNCE] > 0 or parts.originals
                      else (R.G_BOUNCE_PHRASE_STRONG,))
     strong = {m.group(0).lower() for table in strong_tables
-              for m in table.finditer(text[:32768], folded[:32768], vocabulary)}
+              for m in table.finditer(text32, folded32, vocabulary)}
     if strong:
         add(Kind.BOUNCE, 2 + min(len(strong), 3), "body:" + sorted(strong)[0][:40])
-    if R.G_BOUNCE_PHRASE_WEAK.exists(text[:16384], folded[:16384], vocabulary):
+    if R.G_BOUNCE_PHRASE_WEAK.exists(text16, folded16, vocabulary):
         add(Kind.BOUNCE, 1, "body:failure-reason")
     if parts.originals:
         # A null-sender message carrying another message is what a bounce is, whatever its words.
         add(Kind.BOUNCE, (3 if null_sender else 2) if parts.attached else 1, "original-attached")
-    if R.ENHANCED_HINT.search(text, 0, 16384) and R.ENHANCED.search(text[:16384]):
+    if R.ENHANCED_HINT.search(text, 0, 16384) and R.ENHANCED.search(text16):
         add(Kind.BOUNCE, 1, "enhanced-status-code")
 
     # Auto-replies.
@@ -284,18 +290,19 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 4, "precedence:auto_reply")
     elif precedence in ("bulk", "junk", "list"):
         add(Kind.AUTO_REPLY, 1, "precedence:" + precedence)
-    if R.AUTO_MAILER.search(header(top, "X-Mailer")):
+    x_mailer = header(top, "X-Mailer")
+    if x_mailer and R.S_AUTO_MAILER.search(x_mailer, R.fold(x_mailer)):
         add(Kind.AUTO_REPLY, 4, "x-mailer:auto-responder")
     if header(top, "X-Auto-Response-Suppress"):
         add(Kind.AUTO_REPLY, 1, "x-auto-response-suppress")
-    if not replied and R.AUTO_SUBJECT_STRONG.match(subject):
+    if not replied and R.S_AUTO_SUBJECT_STRONG.match(subject, subject_folded):
         add(Kind.AUTO_REPLY, 4, "subject:auto-reply")
     elif not replied and R.AUTO_SUBJECT.match(subject):
         add(Kind.AUTO_REPLY, 3, "subject:away")
     if not replied and _machine_prefix(subject, header(top, "Thread-Topic")):
         add(Kind.AUTO_REPLY, 2, "subject:prefix-before-thread-topic")
-    if R.G_AUTO_BODY.exists(text[:8192], folded[:8192], vocabulary) or (
-            scores[Kind.AUTO_REPLY] >= 2 and R.G_AUTO_BODY_INTL.exists(text[:8192], folded[:8192], vocabulary)):
+    if R.G_AUTO_BODY.exists(text8, folded8, vocabulary) or (
+            scores[Kind.AUTO_REPLY] >= 2 and R.G_AUTO_BODY_INTL.exists(text8, folded8, vocabulary)):
         add(Kind.AUTO_REPLY, 2, "body:away")
 
     # Challenge-response.
@@ -303,18 +310,18 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         if header(top, name):
             add(Kind.CHALLENGE, 4, name)
             break
-    if not replied and R.CHALLENGE_SUBJECT.search(subject):
+    if not replied and R.S_CHALLENGE_SUBJECT.search(subject, subject_folded):
         add(Kind.CHALLENGE, 2, "subject:challenge")
     # Not under "Re:", where a person may be talking about such systems. Two distinct phrases
     # carry a challenge sent as a plain message, without any challenge header or subject;
     # challenge systems answer senders, never lists, so list mail skips that table.
     if not replied:
-        known = R.G_CHALLENGE_BODY.exists(text[:16384], folded[:16384], vocabulary)
+        known = R.G_CHALLENGE_BODY.exists(text16, folded16, vocabulary)
         plain = set() if listed else {
-            m.group(0).lower() for m in R.G_CHALLENGE_PLAIN.finditer(text[:16384], folded[:16384], vocabulary)}
+            m.group(0).lower() for m in R.G_CHALLENGE_PLAIN.finditer(text16, folded16, vocabulary)}
         if known or plain:
             add(Kind.CHALLENGE, 4 if len(plain) + known >= 2 else 3, "body:challenge")
-            if R.G_CONFIRM_URL.exists(text[:16384], folded[:16384], vocabulary):
+            if R.G_CONFIRM_URL.exists(text16, folded16, vocabulary):
                 add(Kind.CHALLENGE, 1, "confirm-link")
 
     # Mailing-list traffic is not a notification unless something strong says so: List-Id on

@@ -267,13 +267,13 @@ def status_codes(parts: Parsed, report_text: str) -> tuple[str, ...]:
                 if m:
                     add(m.group(1))
             elif key == "diagnostic-code":
-                for m in R.SMTP_CODE.finditer(value):
-                    add(m.group(1))
-                for m in R.ENHANCED.finditer(value):
+                for code in R.smtp_codes(value):
+                    add(code)
+                for m in R.enhanced_matches(value):
                     add(m.group(1))
     text = report_text[:32768]
-    for m in R.ENHANCED.finditer(text):
+    for m in R.enhanced_matches(text):
         add(m.group(1))
-    for m in R.SMTP_CODE.finditer(text):
-        add(m.group(1))
+    for code in R.smtp_codes(text):
+        add(code)
     return tuple(codes[:20])

@@ -199,7 +199,8 @@ def _clean_header(value: object) -> str:
             text = str(email.header.make_header(email.header.decode_header(text)))
         except Exception:
             pass
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if not text.isascii():  # an ASCII text comes back unchanged from this round trip
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return " ".join(text.split())
 
 
