@@ -70,8 +70,14 @@ NR = (mc.P_NR_CONN | mc.P_NR_HELO | mc.P_NR_MAIL | mc.P_NR_DATA | mc.P_NR_HDR | 
       | mc.P_NR_BODY | mc.P_NR_UNKN) if QUIET else 0
 ANSWERED = (mc.Rcpt, mc.EndOfMessage) if QUIET else None
 async def serve(reader, writer):
+    # The same socket options as scattergate's milter, so the rows differ only in the work:
+    # without QUICKACK, the steps Postfix sends unanswered wait for a delayed ACK.
+    import socket
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     decoder = mc.Decoder()
     while data := await reader.read(65536):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         out = []
         for cmd in decoder.feed(data):
             if isinstance(cmd, mc.OptNeg):
