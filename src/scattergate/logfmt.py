@@ -33,13 +33,18 @@ def _escape_char(char: str) -> str:
 
 def escape(text: str) -> str:
     """`text` with what could forge a field or reach a terminal escaped, without quotes."""
+    # Fast path for the usual value (printable ASCII: no control character, no surrogate):
+    # only the backslash and the quote need escaping. Every decision line quotes several
+    # values, so the per-character path cost the milter ~0.05 ms per message.
+    if text.isascii() and text.isprintable():
+        return text.replace("\\", "\\\\").replace('"', '\\"')
     return "".join(_escape_char(char) for char in text)
 
 
 def quote(value: object) -> str:
     """One logfmt value: bare when that is unambiguous, else double-quoted with escapes."""
     text = value if isinstance(value, str) else str(value)
-    if text and all(char in _SAFE for char in text):
+    if text and _SAFE.issuperset(text):
         return text
     return '"' + escape(text) + '"'
 

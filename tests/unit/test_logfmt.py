@@ -37,3 +37,16 @@ def test_session_log_prefixes_every_line(caplog):
     with caplog.at_level(logging.INFO, logger=logger.name):
         SessionLog(logger, "s1a2").warning("connection lost: %s", "reset")
     assert caplog.messages == ["session=s1a2 connection lost: reset"]
+
+
+from hypothesis import given, strategies as st
+
+from scattergate.logfmt import _escape_char, escape
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=()) | st.sampled_from(
+    ["\\", '"', " ", "=", "\x1b", "\x7f", "\x9b", "\udcff", "\n"])))
+def test_escape_fast_path_equals_the_per_character_rule(text: str) -> None:
+    assert escape(text) == "".join(_escape_char(char) for char in text)
+    assert quote(text) == (text if text and all(c not in ' "=\\' and c.isascii() and c.isprintable() for c in text)
+                           else '"' + "".join(_escape_char(char) for char in text) + '"')
