@@ -56,7 +56,9 @@ def redis_client(url: str) -> redis.Redis:
 
     # One immediate retry on a fresh connection: a pooled connection that Redis closed (restart,
     # failover) is replaced without failing the session; a Redis that stays down fails fast.
-    retry = Retry(NoBackoff(), 1)
+    # Never after a timeout: the command may have run (a HINCRBY batch or a rate-limit INCR
+    # would then count twice), so a timeout is reported as the store being unavailable.
+    retry = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(url, retry)
     try:
