@@ -49,7 +49,7 @@ from scattergate.net.dns import DnsConfig, Resolver
 from scattergate.net.tls import server_context
 from scattergate.outbound import BatvSettings, OutboundMarker, SentRegistry
 from scattergate.rewrite.dkim_sign import DkimSigner, load_signer
-from scattergate.rewrite.keys import Secret, load_batv_keys, load_or_create_site_secret, load_srs_secrets
+from scattergate.rewrite.keys import Secret, load_site_keys, load_srs_secrets
 from scattergate.state.store import StateStore
 
 if TYPE_CHECKING:  # imported by web/service.py only: prometheus-client must load after its set-up
@@ -257,9 +257,7 @@ def _dnsbl(config: Config, checks: dict[Phase, PhaseChecks], resolver: Resolver 
 def _backscatter(config: Config, store: StateStore, parts: GatewayParts) -> None:
     """BATV at RCPT, outbound marking with the sent-message registry, the end-of-DATA check."""
     settings = config.backscatter
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    site_secret = load_or_create_site_secret(config.site_secret_file)
-    keyring = load_batv_keys(site_secret, settings.batv_keys_file)
+    site_secret, keyring = load_site_keys(config)
     domains = frozenset(d.lower() for d in (settings.batv_domains or parts.domains))
     batv_settings = BatvSettings(
         keyring, domains, settings.batv_mode, {k.lower(): v for k, v in settings.batv_modes.items()},

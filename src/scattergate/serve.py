@@ -165,7 +165,7 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     if config.backscatter.mode != "off" or config.backscatter.batv_mode != "off":
         from scattergate.rewrite.keys import load_or_create_site_secret
 
-        load_or_create_site_secret(config.backscatter.secret_file or config.data_dir / "site.key")
+        load_or_create_site_secret(config.site_secret_file)
     if config.state.backend == "sqlite":
         SqliteStore(config.data_dir / "state.sqlite3").close()
     # A SIGTERM arriving before a worker has installed its handler would kill it mid-start:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from scattergate.config import Config
 from scattergate.rewrite import batv
-from scattergate.rewrite.keys import BatvKeyring, SrsSecrets, load_batv_keys, load_or_create_site_secret, load_srs_secrets
+from scattergate.rewrite.keys import BatvKeyring, SrsSecrets, load_site_keys, load_srs_secrets
 from scattergate.rewrite.srs import socketmap_reply
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ def load_maps(config: Config) -> Maps:
     when both postfix.srs_domain and postfix.srs_secrets_file are set."""
     keys = None
     if config.backscatter.batv_mode != "off" or config.backscatter.batv_modes:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        keys = load_batv_keys(load_or_create_site_secret(config.site_secret_file), config.backscatter.batv_keys_file)
+        _, keys = load_site_keys(config)
     settings = config.postfix
     srs_secrets = None
     if settings.srs_domain and settings.srs_secrets_file:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scattergate import durable
+from scattergate.config import Config
 
 
 class SecretFileError(ValueError):
@@ -218,3 +219,11 @@ def load_batv_keys(site_secret: Secret, keys_file: str) -> BatvKeyring:
     if keys_file:
         return load_batv_keyring(keys_file)
     return BatvKeyring.from_mapping({"0": site_secret}, current="0")
+
+
+def load_site_keys(config: Config) -> tuple[Secret, BatvKeyring]:
+    """The site secret (made on first use) and the BATV keyring, as every service loads them:
+    the gateway, the milter, the policy service and the socketmap must sign and verify alike."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    site_secret = load_or_create_site_secret(config.site_secret_file)
+    return site_secret, load_batv_keys(site_secret, config.backscatter.batv_keys_file)
