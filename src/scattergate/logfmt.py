@@ -18,13 +18,25 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def escape_surrogate(char: str) -> str:
+    """A lone surrogate as text every encoder takes: a byte that was not UTF-8 (kept by
+    surrogateescape) as `\\xNN`, any other surrogate as `\\uNNNN`; other characters unchanged.
+    The log and the state store (`state/store.storable`) write such bytes the same way."""
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return char
+
+
 def _escape_char(char: str) -> str:
     named = _NAMED.get(char)
     if named is not None:
         return named
     code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by surrogateescape
-        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return escape_surrogate(char)
     if char.isprintable():
         return char
     # Control characters (ESC, C1 controls such as CSI 0x9b, DEL) never reach a terminal raw.

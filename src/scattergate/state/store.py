@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from scattergate.logfmt import escape_surrogate
+
 
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
@@ -40,16 +42,7 @@ def storable(value: object) -> str:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
-        return "".join(_escape_surrogate(char) for char in text)
-
-
-def _escape_surrogate(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # one byte kept by surrogateescape
-        return f"\\x{code - 0xDC00:02x}"
-    if 0xD800 <= code <= 0xDFFF:
-        return f"\\u{code:04x}"
-    return char
+        return "".join(escape_surrogate(char) for char in text)
 
 
 def storable_decision(d: DecisionRecord) -> DecisionRecord:
