@@ -27,6 +27,7 @@ from scattergate.credentials import CredentialsError, load_credentials
 from scattergate.decision.policy import validate_policy
 from scattergate.logsetup import validate as validate_logging
 from scattergate.net import tls
+from scattergate.rewrite.dkim_sign import load_signer
 from scattergate.rewrite.keys import SecretFileError, load_batv_keyring, load_srs_secrets, read_secret_file
 from scattergate.web.auth import read_token
 
@@ -194,6 +195,7 @@ def preflight(config: Config, command: str = "serve", *, probe_listen: bool = Tr
     _check_data_dir(config)
     _check_secrets(config)
     _check_readable("receive.recipients_file", config.receive.recipients_file)
+    load_signer(config.dkim_signing.key_table)  # DKIM key files: private, readable, a key each
     if config.http.listen and config.http.token_file:
         read_token(config.http.token_file)  # raises ConfigError naming http.token_file
     warnings: list[str] = []

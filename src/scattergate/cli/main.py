@@ -262,9 +262,6 @@ def load_config(args: argparse.Namespace, *, probe_listen: bool = True) -> Confi
     validate(config)
     for warning in preflight(config, args.command, probe_listen=probe_listen):
         print(f"scattergate: warning: {warning}", file=sys.stderr)
-    from scattergate.rewrite.dkim_sign import load_signer
-
-    load_signer(config.dkim_signing.key_table)  # key files: refused before any worker starts
     return config
 
 
