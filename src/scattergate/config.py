@@ -188,6 +188,11 @@ class SpoolConfig:
     dsn_per_domain_hour: float = 100.0
     # The original content returned in a DSN with RET=FULL, at most (bytes).
     dsn_max_return: int = 256 * 1024
+    # Acceptance first (delivery/pacing.py): while a worker's loop is saturated and clients are
+    # connected, at most this many deliveries run at once...
+    deliveries_when_busy: int = 2
+    # ...unless this many deliveries are waiting: then the CPU is shared again.
+    busy_backlog: int = 2000
 
 
 @dataclass(slots=True)

@@ -66,6 +66,8 @@ def validate(config: Config) -> None:
         "spool.retry_initial": config.spool.retry_initial,
         "spool.retry_max": config.spool.retry_max,
         "spool.give_up": config.spool.give_up,
+        "spool.deliveries_when_busy": config.spool.deliveries_when_busy,
+        "spool.busy_backlog": config.spool.busy_backlog,
     }
     for key, value in positive.items():
         if value <= 0:

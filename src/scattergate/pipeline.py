@@ -78,6 +78,8 @@ class Gateway:
         self._active: Counter[str] = Counter()
         self._active_total = 0
         self._idle = asyncio.Event()
+        if self.scheduler is not None:  # its deliveries give way while we serve clients
+            self.scheduler.pacer.sessions = lambda: self._active_total
         # Password checks run in threads; bounded, so a guessing flood cannot take every core.
         self._auth_slots = asyncio.Semaphore(2)
 

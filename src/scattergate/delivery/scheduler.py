@@ -8,7 +8,9 @@ pending. A restart simply finds the spool as it was.
 
 New mail does not wait for a scan: `put` stores it through the spool's group commit and the
 claim, with the content still in memory, goes straight to a delivery task. The periodic scan
-is for retries, for what a restart or another worker left, and for DSNs.
+is for retries, for what a restart or another worker left, and for DSNs. Every delivery takes
+a slot from the pacer (delivery/pacing.py): while the worker's loop is saturated and clients
+are connected, only a few run at once, so that the clients get their 250 first.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Callable
 
 from scattergate.bounce.notifier import BounceNotifier
 from scattergate.config import SpoolConfig
+from scattergate.delivery.pacing import DeliveryPacer
 from scattergate.delivery.relay import DownstreamPool, Outbound, deliver_each
 from scattergate.delivery.spool import DELIVERED, FAILED, Claim, Incomplete, Spool, SpoolEntry, SpoolWriter
 from scattergate.delivery.wake import WakeListener
@@ -29,8 +32,9 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL = 5.0  # seconds between scans when nothing is due (another worker may add mail)
 # New mail handed over for immediate delivery, at most; beyond it, it waits for the next scan
-# (each hand-over holds a file descriptor and the content in memory).
+# (each hand-over holds a file descriptor and the content in memory, so both are bounded).
 _MAX_HANDOVERS = 512
+_MAX_HANDOVER_BYTES = 64 * 1024 * 1024
 
 
 def retry_delay(attempts: int, config: SpoolConfig) -> float:
@@ -64,6 +68,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self.writer = SpoolWriter(spool, self._handover)
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._handover_bytes = 0
+        self.pacer = DeliveryPacer(busy_limit=config.deliveries_when_busy, backlog_limit=config.busy_backlog)
         self._next_scan = 0.0  # when the scan loop wakes by itself next (clock time)
         # `scattergate queue flush/release` wakes us through it (delivery/wake.py).
         self._waker = WakeListener(spool.root, self.wake)
@@ -77,16 +83,26 @@ class Scheduler:
         await self.writer.put(entry, content)
 
     def _handover(self, claim: Claim) -> None:
-        if len(self._deliveries) >= _MAX_HANDOVERS:
+        size = len(claim.content()) if claim.has_content else 0  # the writer's claims carry it
+        if len(self._deliveries) >= _MAX_HANDOVERS or self._handover_bytes + size > _MAX_HANDOVER_BYTES:
             claim.release()  # stored: the next scan finds it
             self.wake()
             return
-        task = asyncio.get_running_loop().create_task(self._deliver_new(claim))
+        self._handover_bytes += size
+        task = asyncio.get_running_loop().create_task(self._deliver_new(claim, size))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
-    async def _deliver_new(self, claim: Claim) -> None:
-        next_attempt = await self._attempt_claimed(claim)
+    async def _deliver_new(self, claim: Claim, size: int) -> None:
+        try:
+            async with self.pacer:
+                next_attempt = await self._attempt_claimed(claim)
+        except BaseException:
+            if not claim.removing:  # cancelled while waiting for a slot (stop): it stays spooled
+                claim.release()
+            raise
+        finally:
+            self._handover_bytes -= size
         if next_attempt is not None and next_attempt < self._next_scan:
             self.wake()  # deferred: the scan loop must not sleep past its retry
 
@@ -103,6 +119,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         self._waker.close()
+        self.pacer.close()
         await self.writer.close()
         for task in list(self._deliveries):
             task.cancel()  # each releases its claim; the message stays spooled
@@ -151,6 +168,10 @@ class Scheduler:
         return next_due
 
     async def _attempt(self, message_id: str) -> float | None:
+        async with self.pacer:  # a slot first: a claim waiting for one would hold its file open
+            return await self._attempt_slot(message_id)
+
+    async def _attempt_slot(self, message_id: str) -> float | None:
         # Claimed on the loop itself (a non-blocking flock and a small read): a claim taken in a
         # thread whose awaiting task is cancelled would leak its lock for the process's life.
         claim = self.spool.claim(message_id, read=False)  # the content is read in _deliver's thread
