@@ -521,14 +521,40 @@ def _window_width(pattern: re.Pattern[str]) -> int | None:
 _WORD = re.compile(r"\w+")
 
 
-# Fast path for words(): \w is exactly [A-Za-z0-9_] among ASCII characters, so ASCII non-word
-# bytes become spaces; runs holding non-ASCII characters are split by the regex afterwards.
-_NOT_WORD_BYTES = bytes(b if b >= 0x80 or chr(b).isalnum() or b == 0x5F else 0x20 for b in range(256))
+# words() reads the folded text as bytes: \w is exactly [A-Za-z0-9_] among ASCII characters, so
+# ASCII non-word bytes become spaces (runs holding non-ASCII characters are split by the regex
+# afterwards). ASCII digits become spaces too: no index token holds one (Guarded indexes a
+# literal that does under ""), and then lines that differ only in their numbers, such as
+# smtp-source's "La de da de da 17.", are the same line (see _without_repeats_of_first_line). Line ends stay.
+_WORD_BYTES = bytes(b if b >= 0x80 or b == 0x0A or chr(b).isalpha() or b == 0x5F else 0x20
+                    for b in range(256))
+_DIGIT = re.compile(r"[0-9]")
+
+
+def _without_repeats_of_first_line(data: bytes) -> bytes:
+    """`data` with the later copies of its first line's words removed: the same set of words.
+
+    Generated mail (load generators, repeated separators) repeats one line, and reading the
+    copies costs a Python object per word. A copy is removed only where it is a whole line's
+    words between separators (the line end before, a space or line end after), and a separator
+    is left in its place, so no two words join; its words are read in the first line.
+    """
+    end = data.find(b"\n")
+    first = data[:end].strip() if end > 0 else b""  # a line's number left blanks of its own width
+    if not first:
+        return data
+    return data.replace(b"\n" + first + b" ", b"\n ").replace(b"\n" + first + b"\n", b"\n\n")
 
 
 class Vocabulary:
-    """The whole words (maximal \\w runs) of a folded text, and all of them joined in one string
-    (every substring of a word of the text is a substring of `joined`)."""
+    """The whole words of a folded text (maximal \\w runs, split also at ASCII digits), and all
+    of them joined in one string (every substring of a word of the text is a substring of
+    `joined`).
+
+    For a token without ASCII digits (every index token) the answers are safe: whether it is
+    part of some word is exact (its occurrences never touch a digit), and a whole word of the
+    text is one here too ("mailbox" in "mailbox2" is one more, harmless: the pre-filter may
+    only let more literals through)."""
 
     __slots__ = ("_joined", "_pieces", "ascii", "words")
 
@@ -563,19 +589,21 @@ class Vocabulary:
 
 def words(folded: str) -> Vocabulary:
     """Vocabulary of a folded text, for the pre-filters' word checks."""
-    if folded.isascii():
-        return Vocabulary(frozenset(folded.encode("ascii").translate(_NOT_WORD_BYTES).decode("ascii").split()), True)
     try:
-        runs = set(folded.encode("utf-8", "surrogatepass").translate(_NOT_WORD_BYTES).split())
+        ascii = folded.isascii()
+        data = folded.encode("ascii") if ascii else folded.encode("utf-8", "surrogatepass")
+        runs = _without_repeats_of_first_line(data.translate(_WORD_BYTES))
+        if ascii:
+            return Vocabulary(frozenset(runs.decode("ascii").split()), True)
         out: set[str] = set()
-        for run in runs:
+        for run in set(runs.split()):
             if run.isascii():
                 out.add(run.decode("ascii"))
             else:
                 out.update(_WORD.findall(run.decode("utf-8", "surrogatepass")))
         return Vocabulary(frozenset(out))
     except UnicodeError:  # pragma: no cover - defensive
-        return Vocabulary(frozenset(_WORD.findall(folded)))
+        return Vocabulary(frozenset(_WORD.findall(_DIGIT.sub(" ", folded))))
 
 
 def _inner_words(literal: str) -> frozenset[str]:
@@ -637,6 +665,9 @@ class Guarded:
             ends = tuple(sorted({w for w in _WORD.findall(lit) if w not in inner}, key=len, reverse=True))
             if not inner and not ends:  # no word character: nothing to pre-test
                 self.by_piece.setdefault("", []).append((inner, ends, lit))
+                continue
+            if _DIGIT.search(lit):  # the vocabulary has no digits: always a candidate
+                self.by_piece.setdefault("", []).append((frozenset(), (), lit))
                 continue
             is_word, key = _index_key(inner, ends)
             if is_word:
