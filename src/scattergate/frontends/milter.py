@@ -149,9 +149,10 @@ class MilterConnection:
     """One milter connection (one SMTP session at a time; 'K' starts the next)."""
 
     def __init__(self, gateway: Gateway, *, never_bounce: bool = True, no_reply: bool = True,
-                 rewrite_sender: SenderRewriter | None = None, memory: MemoryBudget | None = None) -> None:
+                 rewrite_sender: SenderRewriter | None = None, memory: MemoryBudget | None = None,
+                 trust: PostfixTrust | None = None) -> None:
         self.gateway = gateway
-        self.trust = PostfixTrust(gateway, gateway.config)
+        self.trust = trust or PostfixTrust(gateway, gateway.config)
         server = gateway.config.server
         self.max_size, self.max_header_size = server.max_message_size, server.max_header_size
         self.memory = memory or MemoryBudget(gateway.config.postfix.milter_memory_limit)
@@ -559,8 +560,9 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 def handler(gateway: Gateway, **options: object) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     """The stream callback for asyncio.start_server / start_unix_server. All connections share
-    one memory budget."""
+    one memory budget, and one view of who is ours (built once, not per connection)."""
     options.setdefault("memory", MemoryBudget(gateway.config.postfix.milter_memory_limit))
+    options.setdefault("trust", PostfixTrust(gateway, gateway.config))
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, MilterConnection(gateway, **options))  # type: ignore[arg-type]
