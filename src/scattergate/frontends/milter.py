@@ -39,9 +39,13 @@ WANTED_ACTIONS = (mc.ACT_ADDHDRS | mc.ACT_ADDRCPT | mc.ACT_ADDRCPT_PAR | mc.ACT_
 # connect (master.cf: `-o milter_macro_daemon_name=ORIGINATING` on submission) and
 # {auth_authen} at MAIL (a SASL client). Postfix otherwise expands and sends a dozen macros at
 # every step; asking for just these (SMFIF_SETSYMLIST) saves it that work and us their
-# decoding. ("j", our host name, stands in for "none": a list must name something.)
-WANTED_MACROS = {mc.STAGE_CONNECT: "{daemon_name}", mc.STAGE_HELO: "j", mc.STAGE_MAIL: "{auth_authen}",
-                 mc.STAGE_RCPT: "j", mc.STAGE_DATA: "j", mc.STAGE_EOH: "j", mc.STAGE_EOM: "j"}
+# decoding. Postfix sends a macro packet before every event even when the list is empty
+# (then it sends its default list, milter_*_macros), so for the other stages we name a macro
+# nobody defines: the packet comes, empty. Naming "j" instead sent the host name before every
+# header and body chunk (11 non-empty packets a message to decode).
+NO_MACRO = "{scattergate_none}"
+WANTED_MACROS = {mc.STAGE_CONNECT: "{daemon_name}", mc.STAGE_HELO: NO_MACRO, mc.STAGE_MAIL: "{auth_authen}",
+                 mc.STAGE_RCPT: NO_MACRO, mc.STAGE_DATA: NO_MACRO, mc.STAGE_EOH: NO_MACRO, mc.STAGE_EOM: NO_MACRO}
 # Steps we don't need, and steps whose answer can wait. We decide only at RCPT and at end of
 # message, so every other step is negotiated "no reply": Postfix does not wait for us, and we
 # write nothing — on a loopback socket every reply is a send() and a wake-up of Postfix, which
@@ -145,9 +149,10 @@ class MilterConnection:
     """One milter connection (one SMTP session at a time; 'K' starts the next)."""
 
     def __init__(self, gateway: Gateway, *, never_bounce: bool = True, no_reply: bool = True,
-                 rewrite_sender: SenderRewriter | None = None, memory: MemoryBudget | None = None) -> None:
+                 rewrite_sender: SenderRewriter | None = None, memory: MemoryBudget | None = None,
+                 trust: PostfixTrust | None = None) -> None:
         self.gateway = gateway
-        self.trust = PostfixTrust(gateway, gateway.config)
+        self.trust = trust or PostfixTrust(gateway, gateway.config)
         server = gateway.config.server
         self.max_size, self.max_header_size = server.max_message_size, server.max_header_size
         self.memory = memory or MemoryBudget(gateway.config.postfix.milter_memory_limit)
@@ -211,16 +216,42 @@ class MilterConnection:
         self.session_refusal = None
         self._reset_message()
 
-    async def handle(self, command: mc.Command) -> list[mc.Response] | None:
-        """Responses to one command ([] when the protocol wants none); None: close."""
+    def handle_now(self, command: mc.Command) -> list[mc.Response] | None | object:
+        """Responses to a command that needs no waiting (macros, headers, body chunks, HELO,
+        ...), without a coroutine: most packets of a message are these, and creating and
+        awaiting two coroutines per packet cost more than handling it. LATER: the command
+        needs `handle_later` (it asks the Gateway)."""
+        try:
+            responses = self._dispatch_now(command)
+        except Exception:
+            responses = self._failed(command)
+        if responses is LATER:
+            return LATER
+        return self._answer(command, responses)  # type: ignore[arg-type]
+
+    async def handle_later(self, command: mc.Command) -> list[mc.Response] | None:
+        """Responses to a command `handle_now` left (Connect, MAIL, RCPT, end of message)."""
         try:
             responses = await self._dispatch(command)
         except Exception:
-            # Never a crash and never a silent accept: the client is told to try again.
-            self.log.exception("milter: error handling %s", type(command).__name__)
-            if isinstance(command, (mc.Macros, mc.Abort, mc.OptNeg, mc.Quit)):
-                return None  # no reply expected: close, Postfix applies milter_default_action
-            responses = [mc.TempfailReply(INTERNAL_ERROR)]
+            responses = self._failed(command)
+        return self._answer(command, responses)
+
+    async def handle(self, command: mc.Command) -> list[mc.Response] | None:
+        """Responses to one command ([] when the protocol wants none); None: close."""
+        responses = self.handle_now(command)
+        if responses is LATER:
+            return await self.handle_later(command)
+        return responses  # type: ignore[return-value]
+
+    def _failed(self, command: mc.Command) -> list[mc.Response] | None:
+        # Never a crash and never a silent accept: the client is told to try again.
+        self.log.exception("milter: error handling %s", type(command).__name__)
+        if isinstance(command, (mc.Macros, mc.Abort, mc.OptNeg, mc.Quit)):
+            return None  # no reply expected: close, Postfix applies milter_default_action
+        return [mc.TempfailReply(INTERNAL_ERROR)]
+
+    def _answer(self, command: mc.Command, responses: list[mc.Response] | None) -> list[mc.Response] | None:
         if self.silent and isinstance(command, self.silent):
             if responses and responses != _CONTINUED:
                 self._keep_refusal(command, responses)
@@ -250,8 +281,9 @@ class MilterConnection:
             self.gateway.recorder.record(self.session, phase, self.mail_path, recipients, verdict)
         return [refusal]
 
-    async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
-        # Headers and body chunks come several times per message: tested first.
+    def _dispatch_now(self, command: mc.Command) -> list[mc.Response] | None | object:
+        # Headers and body chunks come several times per message, macros before nearly every
+        # command: tested first.
         match command:
             case mc.Header(name, value):
                 sep = ":" if self.leading_space else ": "
@@ -260,32 +292,20 @@ class MilterConnection:
                     # Folded headers arrive with bare LF between lines: restore the wire form.
                     raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
                 self._keep(self.headers, raw + b"\r\n", header=True)
-                return [CONTINUE]
+                return _CONTINUED
             case mc.Body(chunk):
                 self._keep(self.body, chunk)
-                return [CONTINUE]
-        match command:
-            case mc.Macros(stage, values):
-                if stage == "M":  # what a previous transaction said about SASL must not linger
-                    self.macros = {k: v for k, v in self.macros.items() if not k.startswith("{auth_")}
-                self.macros.update(values)
+                return _CONTINUED
+            case mc.Macros():
+                self.take_macros(command)
                 return []
+        match command:
             case mc.OptNeg(version, actions, protocol):
                 return [self._negotiate(version, actions, protocol)]
-            case mc.Connect(hostname, family, port, address):
-                return await self._connect(address if family in ("4", "6") else "unknown", port, hostname)
             case mc.Helo(name):
                 if self.session is not None:
                     self.session.helo = name
-                return [CONTINUE]
-            case mc.Mail(path, options):
-                return await self._mail(path, options)
-            case mc.Rcpt(path, options):
-                return await self._rcpt(path, options)
-            case mc.EndOfMessage(chunk):
-                if chunk:
-                    self._keep(self.body, chunk)
-                return await self._end_of_message()
+                return _CONTINUED
             case mc.Abort():
                 self._end_transaction()
                 return []
@@ -294,7 +314,28 @@ class MilterConnection:
                 self.macros.clear()
                 return [] if new_connection else None
             case mc.Data() | mc.EndOfHeaders() | mc.Unknown():
-                return [CONTINUE]
+                return _CONTINUED
+            case mc.Connect() | mc.Mail() | mc.Rcpt() | mc.EndOfMessage():
+                return LATER
+        raise mc.MilterProtocolError(f"unexpected command {command!r}")
+
+    def take_macros(self, command: mc.Macros) -> None:
+        if command.command == "M":  # what a previous transaction said about SASL must not linger
+            self.macros = {k: v for k, v in self.macros.items() if not k.startswith("{auth_")}
+        self.macros.update(command.values)
+
+    async def _dispatch(self, command: mc.Command) -> list[mc.Response] | None:
+        match command:
+            case mc.Connect(hostname, family, port, address):
+                return await self._connect(address if family in ("4", "6") else "unknown", port, hostname)
+            case mc.Mail(path, options):
+                return await self._mail(path, options)
+            case mc.Rcpt(path, options):
+                return await self._rcpt(path, options)
+            case mc.EndOfMessage(chunk):
+                if chunk:
+                    self._keep(self.body, chunk)
+                return await self._end_of_message()
         raise mc.MilterProtocolError(f"unexpected command {command!r}")
 
     def _negotiate(self, version: int, actions: int, protocol: int) -> mc.Response:
@@ -443,7 +484,11 @@ class MilterConnection:
         return self.session
 
 
+# The answer to a step that is answered with "continue". Shared, so never mutated: callers
+# only read or encode responses.
 _CONTINUED = [CONTINUE]
+# handle_now: this command needs handle_later (it asks the Gateway).
+LATER = object()
 
 
 @functools.lru_cache(maxsize=64)
@@ -488,14 +533,22 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 # Not sticky: re-arm after every read, so packets we don't answer are ACKed now.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             out: list[bytes] = []
+            closing = False
             for command in decoder.feed(data):
-                responses = await connection.handle(command)
+                # connection.handle(), without a coroutine for the commands that need none.
+                responses = connection.handle_now(command)
+                if responses is LATER:
+                    responses = await connection.handle_later(command)
                 if responses is None:
-                    return
-                out.extend(CONTINUE_PACKET if r is CONTINUE else mc.encode(r) for r in responses)
+                    closing = True  # after sending what earlier commands of this read answered
+                    break
+                for response in responses:  # type: ignore[union-attr]
+                    out.append(CONTINUE_PACKET if response is CONTINUE else mc.encode(response))
             if out:
                 writer.write(b"".join(out))
                 await writer.drain()
+            if closing:
+                return
     except mc.MilterProtocolError as exc:
         log.warning("milter: protocol error, closing: %s", exc)
     except (ConnectionError, asyncio.IncompleteReadError):
@@ -507,8 +560,9 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 def handler(gateway: Gateway, **options: object) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     """The stream callback for asyncio.start_server / start_unix_server. All connections share
-    one memory budget."""
+    one memory budget, and one view of who is ours (built once, not per connection)."""
     options.setdefault("memory", MemoryBudget(gateway.config.postfix.milter_memory_limit))
+    options.setdefault("trust", PostfixTrust(gateway, gateway.config))
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, MilterConnection(gateway, **options))  # type: ignore[arg-type]

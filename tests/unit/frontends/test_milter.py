@@ -145,3 +145,49 @@ async def test_headers_reach_the_checks_in_wire_form(gateway: Gateway, monkeypat
                mc.Body(b"body\r\n"), mc.EndOfMessage())
     assert seen == [b"Subject: one line\r\nX-Lf: a\r\n\tb\r\nX-Crlf: c\r\n\td\r\n\r\nbody\r\n"]
     conn.close()
+
+
+TRANSACTION = (mc.OptNeg(6, 0x1FF, 0x1FFFFF), mc.Macros("C", {"{daemon_name}": "smtpd"}),
+               mc.Connect("c", "4", 1234, "192.0.2.7"), mc.Macros("H", {}), mc.Helo("client.example.net"),
+               mc.Macros("M", {}), mc.Mail("<a@example.net>", ()), mc.Macros("R", {}),
+               mc.Rcpt("<user@example.org>", ()), mc.Macros("T", {}), mc.Macros("L", {}),
+               mc.Header("Subject", " hi"), mc.Macros("B", {}), mc.Body(b"x\r\n"), mc.Macros("E", {}),
+               mc.EndOfMessage(), mc.Abort(), mc.Quit())
+
+
+async def test_steps_that_ask_the_gateway_nothing_are_answered_without_waiting(gateway: Gateway) -> None:
+    """handle_now takes macros, headers and body chunks at once; Connect, MAIL, RCPT and end of
+    message are left to handle_later (they ask the Gateway)."""
+    from scattergate.frontends.milter import LATER
+
+    conn = MilterConnection(gateway)
+    assert isinstance(conn.handle_now(mc.OptNeg(6, 0x1FF, 0x1FFFFF)), list)
+    assert conn.handle_now(mc.Macros("C", {"{daemon_name}": "smtpd"})) == []
+    assert conn.macros == {"{daemon_name}": "smtpd"}
+    assert conn.handle_now(mc.Connect("c", "4", 1234, "192.0.2.7")) is LATER
+    assert await conn.handle_later(mc.Connect("c", "4", 1234, "192.0.2.7")) == []
+    assert conn.handle_now(mc.Rcpt("<user@example.org>", ())) is LATER
+    assert conn.handle_now(mc.Header("Subject", " hi")) == []  # negotiated: no reply
+    assert conn.headers == [b"Subject: hi\r\n"]
+    assert conn.handle_now(mc.Quit()) is None
+
+
+async def test_the_socket_loop_answers_exactly_what_handle_answers(gateway: Gateway) -> None:
+    """serve_connection over a real loopback socket, the whole transaction in one write: the
+    bytes it sends back are those of handle() for the same commands."""
+    import asyncio
+
+    from scattergate.frontends.milter import handler
+
+    expected = await _run(MilterConnection(gateway), *TRANSACTION[:-1])
+    server = await asyncio.start_server(handler(gateway), "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"".join(mc.encode_command(c) for c in TRANSACTION))
+        answer = await asyncio.wait_for(reader.read(), 10)  # until the milter closes after Quit
+        writer.close()
+    finally:
+        server.close()
+    assert answer == b"".join(mc.encode(r) for r in expected)
+    assert any(isinstance(r, mc.AddRecipient) for r in expected)  # the transaction did decide

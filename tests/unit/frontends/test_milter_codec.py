@@ -90,6 +90,10 @@ def test_header_injection_is_refused() -> None:
         mc.encode(mc.AddHeader("X-A", "one\r\nX-Injected: two"))
     with pytest.raises(ValueError):
         mc.encode(mc.AddHeader("X-A: b", "c"))
+    for name in ("", "X A", "X\rA", "X\nA", "X\0A", "X:A"):
+        with pytest.raises(ValueError):
+            mc.encode(mc.InsertHeader(0, name, "c"))
+    assert mc.encode(mc.InsertHeader(0, "X-A", " c")).endswith(b"X-A\0 c\0")
 
 
 @settings(max_examples=500, deadline=None)
