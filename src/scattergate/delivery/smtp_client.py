@@ -59,7 +59,9 @@ class Envelope:
 
 def encode_content(content: bytes) -> bytes:
     """The DATA payload: CRLF line endings, leading dots doubled, and the final "."."""
-    if content.count(b"\n") != content.count(b"\r\n") or content.count(b"\r") != content.count(b"\r\n"):
+    # Three passes over the message, not four: CRLF counted once (every relayed message asks).
+    crlf = content.count(b"\r\n")
+    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
         content = _BARE_LINE_ENDING.sub(b"\r\n", content)
     if content.startswith(b".") or b"\n." in content:
         content = _LEADING_DOT.sub(b"..", content)
