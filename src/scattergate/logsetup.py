@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from scattergate.config import Config, ConfigError, parse_host_port
@@ -60,10 +61,41 @@ class ReopeningFileHandler(logging.FileHandler):
         super().emit(record)
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; a decision line carries the decision's fields."""
+class SharedFormatter(logging.Formatter):
+    """A formatter the handlers share (stderr, the log file): a line is formatted once for
+    all of them, and the time stamp's text once a second. Every message writes a decision
+    line, and formatting it per handler cost as much as building it."""
+
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        # The last record and its line. Holding the record keeps its id from being reused.
+        self._last: tuple[logging.LogRecord | None, str] = (None, "")
+        self._second: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
+        last, text = self._last  # one tuple: consistent even if another thread formats
+        if last is record:
+            return text
+        text = self.render(record)
+        self._last = (record, text)
+        return text
+
+    def render(self, record: logging.LogRecord) -> str:
+        return super().format(record)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+        return self.default_msec_format % (self._second[1], record.msecs)
+
+
+class JsonFormatter(SharedFormatter):
+    """One JSON object per line; a decision line carries the decision's fields."""
+
+    def render(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
@@ -127,7 +159,7 @@ def _syslog_handler(config: Config) -> logging.Handler:
                                                  if not isinstance(address, str) else None)
     except OSError as exc:
         raise ConfigError(f"logging.syslog: cannot connect to {config.logging.syslog}: {exc.strerror or exc}") from None
-    handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+    handler.setFormatter(SharedFormatter(SYSLOG_FORMAT))
     return handler
 
 
@@ -139,10 +171,10 @@ def setup_logging(config: Config) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(ReopeningFileHandler(path))
     syslog = _syslog_handler(config) if config.logging.syslog else None
-    logging.basicConfig(level=config.logging.level.upper(), format=TEXT_FORMAT, handlers=handlers, force=True)
-    if config.logging.format == "json":
-        for handler in handlers:
-            handler.setFormatter(JsonFormatter())
+    formatter = JsonFormatter() if config.logging.format == "json" else SharedFormatter(TEXT_FORMAT)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=config.logging.level.upper(), handlers=handlers, force=True)
     if syslog is not None:
         if config.logging.format == "json":
             syslog.setFormatter(JsonFormatter())

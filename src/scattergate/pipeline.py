@@ -43,6 +43,13 @@ RCPT_OK = Reply(250, "2.1.5", "OK")
 MAIL_OK = Reply(250, "2.1.0", "OK")
 
 
+def _trace_name(helo: str) -> str:
+    """The HELO name as a Received comment may carry it: printable, no comment delimiters."""
+    if not (helo.isascii() and helo.isprintable()) or "(" in helo or ")" in helo or "\\" in helo:
+        helo = "".join(c for c in helo if c.isprintable() and c not in "()\\")
+    return helo[:100] or "unknown"
+
+
 class Gateway:
     """The phases of an SMTP transaction, as the front ends call them: connect, mail, rcpt,
     decide_data / data, disconnect. What it runs with comes from assembly.py."""
@@ -272,7 +279,7 @@ class Gateway:
         protocol = ("UTF8" if "SMTPUTF8" in envelope.mail_options else "") + (
             "ESMTP" if session.esmtp else "SMTP"
         ) + ("S" if session.tls else "") + ("A" if session.auth_user else "")  # RFC 3848
-        helo = "".join(c for c in session.helo if c.isprintable() and c not in "()\\")[:100] or "unknown"
+        helo = _trace_name(session.helo)
         target = f"\r\n\tfor {envelope.recipients[0].bracketed()}" if len(envelope.recipients) == 1 else ""
         header = (
             f"Received: from {helo} ([{session.client_ip}])\r\n\tby {self.hostname} (scattergate)"

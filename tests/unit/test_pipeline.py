@@ -16,7 +16,7 @@ from scattergate.checks import CheckContext, RemoteCheck
 from scattergate.config import Config
 from scattergate.delivery.outcome import DeliveryOutcome
 from scattergate.model import Accept, Envelope, Finding, Phase, Quarantine, Reject, Session, Tempfail, Verdict
-from scattergate.pipeline import Gateway
+from scattergate.pipeline import Gateway, _trace_name
 from scattergate.state.sqlite import SqliteStore
 
 CONTENT = b"From: a@sender.example\r\nSubject: hi\r\nX-Scattergate-Verdict: forged\r\n\r\nHello.\r\n"
@@ -178,3 +178,11 @@ async def test_sender_findings_wait_for_rcpt_and_go_into_the_data_decision(build
     assert isinstance(verdict, Accept) and Finding("sender", "odd", "held until RCPT", score=0.5) in verdict.findings
     data = await gateway.decide_data(session, envelope, CONTENT)
     assert Finding("sender", "odd", "held until RCPT", score=0.5) in data.findings  # one log line explains all
+
+
+@pytest.mark.parametrize("helo, shown", [
+    ("mx.example.net", "mx.example.net"), ("", "unknown"), ("()\\", "unknown"),
+    ("a(b)c\\d", "abcd"), ("evil\x1b[31m\r\n", "evil[31m"), ("h\u00e9llo", "h\u00e9llo"), ("x" * 150, "x" * 100),
+])
+def test_received_header_shows_the_helo_name_without_comment_delimiters_or_controls(helo: str, shown: str) -> None:
+    assert _trace_name(helo) == shown

@@ -94,7 +94,9 @@ def is_ours(value: str, authserv_id: str) -> bool:
 
 
 def _quote(text: str) -> str:
-    clean = "".join(c if c.isprintable() and c.isascii() else "?" for c in text)
+    # Usually printable ASCII already: no per-character pass (every message has a reason).
+    clean = text if text.isascii() and text.isprintable() else "".join(
+        c if c.isprintable() and c.isascii() else "?" for c in text)
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -24,6 +24,9 @@ _VERSION = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)")
 _MAX_RECORD = 4096  # DMARC records are short; longer is abuse
 _FROM_FIELD = re.compile(rb"^from[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
+# A From value that is one dot-atom address (RFC 5322 §3.4.1), bare or in <>, nothing else.
+_DOT_ATOM_ADDRESS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_SIMPLE_FROM = re.compile(rf"[ \t]*(?:<({_DOT_ATOM_ADDRESS})>|({_DOT_ATOM_ADDRESS}))[ \t]*")
 
 
 class DmarcRecordError(ValueError):
@@ -175,7 +178,10 @@ def header_from_domain(message: bytes) -> str:
     if len(values) != 1:
         raise FromHeaderError(f"{len(values)} From header fields")
     text = _FOLD.sub(b" ", values[0]).decode("utf-8", "replace")
-    addresses = [a for _, a in email.utils.getaddresses([text]) if a]
+    simple = _SIMPLE_FROM.fullmatch(text)
+    # The usual From: one plain address, bare or in angle brackets: its domain is plain to
+    # see, without the address-list parser (most of this function's cost).
+    addresses = [simple[1] or simple[2]] if simple else [a for _, a in email.utils.getaddresses([text]) if a]
     if len(addresses) != 1:
         raise FromHeaderError(f"{len(addresses)} From addresses")
     domain = addresses[0].rpartition("@")[2]

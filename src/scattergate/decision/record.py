@@ -41,7 +41,8 @@ class DecisionObserver(Protocol):
 
     def decided(self, record: DecisionRecord, verdict: Verdict) -> None: ...
 
-    def counted(self, name: str, amount: int) -> None: ...
+    def counted(self, name: str, amount: int) -> None:
+        """Every count() but a decision's own decisions.* and findings.* counts (decided() has them)."""
 
 
 class DecisionRecorder:
@@ -79,9 +80,12 @@ class DecisionRecorder:
             findings=tuple(str(f) for f in verdict.findings),
         )
         log.info("%s", format_decision(record), extra={"decision": record})
-        self.count(f"decisions.{phase.value}.{verdict.name}")
+        # Straight into the counters: observers see these with their verdict in decided(),
+        # not once more each through counted() (every decision pays for this loop).
+        counters = self._counters
+        counters[f"decisions.{record.phase}.{record.verdict}"] += 1
         for finding in verdict.findings:
-            self.count(f"findings.{finding.key}")
+            counters[f"findings.{finding.key}"] += 1
         self._decisions.append(record)
         for observer in self.observers:
             try:

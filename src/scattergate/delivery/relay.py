@@ -139,14 +139,17 @@ class DownstreamPool:
             self._slots.release()
             raise
 
-    async def transact(self, transaction: Callable[[SmtpConnection], Awaitable[T]]) -> T:
+    async def transact(self, transaction: Callable[[SmtpConnection], Awaitable[T]],
+                       deadline_at: float = float("inf")) -> T:
         """Run `transaction` on a pooled connection. If it raises _RetryableFailure (the
         connection failed before anything was handed over) on a reused connection, which the
         downstream may have dropped while it was idle, run it once more on a fresh one; a
-        failure that remains is DownstreamUnavailable. Other errors propagate as they are."""
+        failure that remains is DownstreamUnavailable. Other errors propagate as they are.
+        `deadline_at`: the loop time at which the caller's own timeout cancels the transaction."""
         for attempt in (1, 2):
             client, reused = await self.acquire()
             reusable = False
+            client.outer_deadline = deadline_at
             try:
                 result = await transaction(client)
                 reusable = True  # release() still drops it if it was closed (e.g. after a 354)
@@ -156,6 +159,7 @@ class DownstreamPool:
                     continue
                 raise DownstreamUnavailable(str(exc)) from exc
             finally:
+                client.outer_deadline = float("inf")
                 self.release(client, reusable=reusable)
         raise AssertionError("unreachable")
 
@@ -235,8 +239,8 @@ class Relay:
         dsn: "DsnParams | None" = None,
     ) -> RelayResult:
         try:
-            async with asyncio.timeout(deadline):
-                return await self._send(sender, recipients, content, mail_options, smtputf8, dsn)
+            async with asyncio.timeout(deadline) as scope:
+                return await self._send(sender, recipients, content, mail_options, smtputf8, dsn, scope.when())
         except TimeoutError as exc:
             log.warning("downstream %s:%s timed out after %.1f s", self.pool.host, self.pool.port, deadline)
             return RelayResult(_failure_reply(exc))
@@ -252,9 +256,11 @@ class Relay:
         mail_options: Sequence[str],
         smtputf8: bool,
         dsn: "DsnParams | None",
+        deadline_at: float = float("inf"),
     ) -> RelayResult:
         return await self.pool.transact(
-            lambda client: self._transaction(client, sender, recipients, content, mail_options, smtputf8, dsn))
+            lambda client: self._transaction(client, sender, recipients, content, mail_options, smtputf8, dsn),
+            deadline_at)
 
     async def _transaction(
         self,
@@ -392,10 +398,10 @@ async def deliver_each(
     """
     replies: dict[str, Reply] = {}
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout(deadline) as scope:
             await pool.transact(lambda client: _deliver_once(
                 client, sender, recipients, content, replies, ret=ret, envid=envid, smtputf8=smtputf8,
-                dsn_support=dsn_support))
+                dsn_support=dsn_support), scope.when())
             return replies
     except (TimeoutError, DownstreamUnavailable, OSError) as exc:
         log.warning("spooled delivery to %s:%s failed: %s", pool.host, pool.port, quote(str(exc)))

@@ -59,7 +59,9 @@ class Envelope:
 
 def encode_content(content: bytes) -> bytes:
     """The DATA payload: CRLF line endings, leading dots doubled, and the final "."."""
-    if content.count(b"\n") != content.count(b"\r\n") or content.count(b"\r") != content.count(b"\r\n"):
+    # Three passes over the message, not four: CRLF counted once (every relayed message asks).
+    crlf = content.count(b"\r\n")
+    if content.count(b"\n") != crlf or content.count(b"\r") != crlf:
         content = _BARE_LINE_ENDING.sub(b"\r\n", content)
     if content.startswith(b".") or b"\n." in content:
         content = _LEADING_DOT.sub(b"..", content)
@@ -84,6 +86,10 @@ class SmtpConnection:
         self.timeout = timeout
         self.local_hostname = local_hostname
         self.extensions: dict[str, str] = {}  # EHLO keyword (lower case) → its parameters
+        # The loop time by which the caller's own timeout cancels whatever runs here (the relay
+        # sets it for a transaction); infinity when there is none.
+        self.outer_deadline = float("inf")
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def open(cls, host: str, port: int, *, timeout: float, local_hostname: str) -> "SmtpConnection":
@@ -218,11 +224,12 @@ class SmtpConnection:
     async def _exchange(self, data: bytes, replies: int) -> list[Response]:
         """Write `data` (if any) and read `replies` replies, within one `timeout`."""
         try:
+            if self._loop.time() + self.timeout >= self.outer_deadline:
+                # The caller's deadline comes first: our timer could never fire before it, and
+                # arming and cancelling one costs more than the rest of a small exchange.
+                return await self._send_and_read(data, replies)
             async with asyncio.timeout(self.timeout):
-                if data:
-                    self._writer.write(data)
-                    await self._writer.drain()
-                return [await self._read_reply() for _ in range(replies)]
+                return await self._send_and_read(data, replies)
         except TimeoutError as exc:
             self.close()  # a late reply would be taken for the next command's
             raise SmtpClientError("downstream did not answer in time") from exc
@@ -232,6 +239,12 @@ class SmtpConnection:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             self.close()
             raise SmtpClientError(f"connection to the downstream failed: {exc or type(exc).__name__}") from exc
+
+    async def _send_and_read(self, data: bytes, replies: int) -> list[Response]:
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+        return [await self._read_reply() for _ in range(replies)]
 
     async def _read_reply(self) -> Response:
         code = b""

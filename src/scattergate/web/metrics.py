@@ -52,6 +52,8 @@ NOTIFY_NEVER_KIND = "notify_never"
 # Prometheus does not need (it detects resets itself); nobody graphs it.
 disable_created_metrics()
 _DETAIL_FIELD = re.compile(r"\b(kind|evidence)=([\w-]+)")
+# The findings whose detail decided() reads (the backscatter counters' labels).
+_DETAILED_FINDINGS = frozenset(BACKSCATTER_FINDINGS) | {"backscatter.solicited"}
 # Seconds; from a cached DNS answer to a scanner near its budget.
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
 
@@ -168,6 +170,8 @@ class Metrics:
 
     def __init__(self, spool_dir: Path, quarantine_dir: Path) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._decision_children: dict[tuple[str, str], "Counter"] = {}
+        self._reason_children: dict[tuple[str, str], "Counter"] = {}
         self.multiprocess = multiprocess_enabled()
         # In multiprocess mode the samples go to files; the registry reads them all back.
         own = None if self.multiprocess else self.registry
@@ -205,9 +209,22 @@ class Metrics:
     # -- DecisionObserver ------------------------------------------------------------------
 
     def decided(self, record: DecisionRecord, verdict: Verdict) -> None:
-        self.decisions.labels(record.phase, record.verdict).inc()
+        # Every decision asks: children looked up in our own dicts (prometheus' labels()
+        # takes a lock and re-validates the labels on each call). Label values come from
+        # fixed sets (phases, verdicts, finding keys), so the dicts stay small.
+        key = (record.phase, record.verdict)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc()
         for finding in verdict.findings:
-            self.reasons.labels(record.verdict, finding.key).inc()
+            key = (record.verdict, finding.key)
+            child = self._reason_children.get(key)
+            if child is None:
+                child = self._reason_children[key] = self.reasons.labels(*key)
+            child.inc()
+            if finding.key not in _DETAILED_FINDINGS:
+                continue  # the detail's kind=/evidence= fields matter only to the backscatter counters
             fields = dict(_DETAIL_FIELD.findall(finding.detail))
             if finding.key in BACKSCATTER_FINDINGS and record.verdict == "reject":
                 self.backscatter_refused.labels(finding.key, fields.get("kind", "-")).inc()
@@ -230,7 +247,7 @@ class Metrics:
                 self.dsn_suppressed.labels(kind).inc(amount)
         elif group == "spool":
             self.spool.labels(rest).inc(amount)
-        # decisions.* and findings.* are seen with their verdict in decided().
+        # decisions.* and findings.* are never passed here: decided() sees them with their verdict.
 
     # -- checks and exposition -------------------------------------------------------------
 

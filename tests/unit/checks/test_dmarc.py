@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import email.utils
 
 import pytest
 
 from scattergate.checks.dkim import DkimResult
 from scattergate.checks.dmarc import (
-    DmarcRecordError, aligned, check_dmarc, dmarc_for_message, header_from_domain,
+    DmarcRecordError, FromHeaderError, aligned, check_dmarc, dmarc_for_message, header_from_domain,
     organizational_domain, parse_record,
 )
 from scattergate.checks.spf import SpfResult
 from scattergate.model import Finding
+from scattergate.orgdomain import normalize
 from scattergate.net.dns import Resolver
 from tests.support.dns_server import DnsTestServer
 
@@ -131,3 +133,20 @@ async def test_dmarc_for_message(resolver: Resolver) -> None:
     assert (await dmarc_for_message(resolver, msg, spf_pass("example.org"), [])).result == "pass"
     bad = await dmarc_for_message(resolver, b"Subject: x\r\n\r\n", None, [])
     assert bad.finding() == Finding("dmarc", "permerror", "0 From header fields")
+
+
+@pytest.mark.parametrize("value", [
+    "<a@Example.ORG>", "a@example.org", " \t<first.last+tag@sub.example.org> ", "o'brien@x-y.example",
+    # not one plain address: the address-list parser decides, as before
+    "<a@b.example", "a@b.example>", "a..b@c.example", "Name <a@b.example>", "<a@b.example> (comment)",
+    "a@b.example, c@d.example", "<a@[192.0.2.1]>", "\"q uoted\"@b.example",
+])
+def test_header_from_domain_agrees_with_the_address_list_parser(value: str) -> None:
+    """The plain-address shortcut gives the parser's answer, refusal included."""
+    addresses = [a for _, a in email.utils.getaddresses([value]) if a]
+    message = f"From: {value}\r\nTo: x@y\r\n\r\nbody".encode()
+    if len(addresses) == 1 and "@" in addresses[0] and addresses[0].rpartition("@")[2]:
+        assert header_from_domain(message) == normalize(addresses[0].rpartition("@")[2])
+    else:
+        with pytest.raises(FromHeaderError):
+            header_from_domain(message)

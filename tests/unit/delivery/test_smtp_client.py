@@ -405,6 +405,30 @@ async def test_a_server_that_never_answers_times_out_and_is_closed() -> None:
         await asyncio.wait_for(server.done.wait(), 5)
 
 
+@pytest.mark.parametrize("outer", [30.0, 0.3])
+async def test_the_own_timeout_fires_unless_the_callers_deadline_comes_first(outer: float) -> None:
+    """With a later caller deadline the exchange's own timeout still ends it (and closes the
+    connection); with a caller deadline no later than ours (no timer of ours is armed), the
+    caller's timeout ends it, as it would have anyway."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await greet(reader, writer)
+        await until_eof(reader)
+
+    async with raw_server(script) as server:
+        connection = await connect(server.port, timeout=0.5)
+        expected = SmtpClientError if outer > 0.5 else TimeoutError
+        try:
+            with pytest.raises(expected):
+                async with asyncio.timeout(outer) as scope:
+                    connection.outer_deadline = scope.when()
+                    await connection.command(b"NOOP")
+            if expected is SmtpClientError:
+                assert not connection.is_connected  # a late reply must never be read as the next one's
+        finally:
+            connection.close()
+        await asyncio.wait_for(server.done.wait(), 5)
+
+
 async def test_a_server_that_never_greets_times_out_in_open() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await until_eof(reader)

@@ -1,0 +1,84 @@
+"""PhaseChecks.run_remote: remote checks run concurrently, findings in check order, each
+within its budget, and none outlives a cancelled caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from scattergate.checks import CheckContext, PhaseChecks, RemoteCheck
+from scattergate.model import Finding, Session
+
+
+def _ctx() -> CheckContext:
+    return CheckContext(Session(client_ip="192.0.2.1"))
+
+
+async def test_checks_that_wait_for_each_other_all_finish() -> None:
+    """Each check needs the other to have started: only concurrent runs finish."""
+    first_in, second_in = asyncio.Event(), asyncio.Event()
+
+    async def first(ctx: CheckContext) -> list[Finding]:
+        first_in.set()
+        await second_in.wait()
+        return [Finding("a", "pass")]
+
+    async def second(ctx: CheckContext) -> list[Finding]:
+        second_in.set()
+        await first_in.wait()
+        return [Finding("b", "pass")]
+
+    checks = PhaseChecks([], [RemoteCheck("a", first, 5), RemoteCheck("b", second, 5)])
+    findings = await asyncio.wait_for(checks.run_remote(_ctx(), 10), 5)
+    assert findings == [Finding("a", "pass"), Finding("b", "pass")]
+
+
+async def test_findings_keep_check_order_and_a_slow_check_times_out_alone() -> None:
+    async def instant(ctx: CheckContext) -> list[Finding]:
+        return [Finding("a", "pass")]
+
+    async def slow(ctx: CheckContext) -> list[Finding]:
+        await asyncio.sleep(10)
+        return []
+
+    async def soon(ctx: CheckContext) -> list[Finding]:
+        await asyncio.sleep(0)
+        return [Finding("c", "pass")]
+
+    checks = PhaseChecks([], [RemoteCheck("a", instant, 5), RemoteCheck("b", slow, 0.05), RemoteCheck("c", soon, 5)])
+    findings = await checks.run_remote(_ctx(), 10)
+    assert [(f.check, f.result) for f in findings] == [("a", "pass"), ("b", "timeout"), ("c", "pass")]
+
+
+@pytest.mark.parametrize("first_waits", [True, False])
+async def test_a_cancelled_caller_leaves_no_check_running(first_waits: bool) -> None:
+    started: list[asyncio.Task[object] | None] = []
+    cancelled = 0
+
+    async def waits(ctx: CheckContext) -> list[Finding]:
+        nonlocal cancelled
+        started.append(asyncio.current_task())
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+        return []
+
+    checks = PhaseChecks([], [RemoteCheck("a", waits, 30), RemoteCheck("b", waits, 30)])
+    if not first_waits:
+        async def instant(ctx: CheckContext) -> list[Finding]:
+            return []
+        checks = PhaseChecks([], [RemoteCheck("a", instant, 30), RemoteCheck("b", waits, 30)])
+    caller = asyncio.get_running_loop().create_task(checks.run_remote(_ctx(), 60))
+    for _ in range(100):  # bounded: the checks start within a few loop turns
+        if len(started) == (2 if first_waits else 1):
+            break
+        await asyncio.sleep(0)
+    assert len(started) == (2 if first_waits else 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0)
+    assert cancelled == len(started)
