@@ -39,6 +39,12 @@ async def start(pacer_: DeliveryPacer, count: int) -> list[asyncio.Task[None]]:
     return tasks
 
 
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_a_saturated_worker_with_clients_runs_only_busy_limit_deliveries() -> None:
     clocks = Clocks()
     paced = pacer(clocks, sessions=5)
@@ -48,9 +54,7 @@ async def test_a_saturated_worker_with_clients_runs_only_busy_limit_deliveries()
     tasks[0].cancel()  # a delivery ends: the next one in line starts
     await asyncio.sleep(0)
     assert (paced.running, paced.waiting) == (2, 3)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop(tasks)
     assert (paced.running, paced.waiting) == (0, 0)
     paced.close()
 
@@ -65,9 +69,7 @@ async def test_nothing_is_held_back_without_clients_or_when_the_loop_has_time() 
     clocks.advance(0.3, busy_share=0.2)
     tasks += await start(waiting_on_io, 6)
     assert waiting_on_io.running == 6
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop(tasks)
 
 
 async def test_waiting_deliveries_start_once_the_load_eases_even_if_none_ends() -> None:
@@ -81,9 +83,7 @@ async def test_waiting_deliveries_start_once_the_load_eases_even_if_none_ends() 
     paced._recheck.cancel()
     paced._on_recheck()  # ...and this is what it runs when its `window` is over
     assert (paced.running, paced.waiting) == (5, 0)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop(tasks)
     paced.close()
 
 
@@ -96,7 +96,5 @@ async def test_a_full_backlog_shares_the_cpu_again() -> None:
     tasks += await start(paced, 1)
     paced._start_waiters()  # what the next release or re-check does
     assert paced.waiting < 3
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await stop(tasks)
     paced.close()
