@@ -35,6 +35,28 @@ class SlowStore(SqliteStore):
         super().add(counters, decisions)
 
 
+def test_stop_during_the_periodic_write_loses_nothing(tmp_path: Path) -> None:
+    """A worker stops, then closes its store and exits: stop() must not return while the
+    periodic flush's write is still running in its thread."""
+    store = SlowStore(tmp_path / "state.db")
+
+    async def scenario() -> None:
+        recorder = DecisionRecorder(store, flush_interval=0.01)
+        recorder.count("sessions")
+        recorder.start()
+        await asyncio.to_thread(store.writing.wait, 10)  # the periodic write is under way
+        stopping = asyncio.create_task(recorder.stop())
+        for _ in range(5):  # turns of the loop: enough for a stop that does not wait
+            await asyncio.sleep(0)
+        if stopping.done():
+            store.close()  # what the worker does next (the old code got here)
+        store.go_on.set()
+        await stopping
+
+    asyncio.run(scenario())
+    assert SqliteStore(tmp_path / "state.db").counters().get("sessions") == 1
+
+
 def test_a_flush_waits_for_the_write_already_on_its_way(tmp_path: Path) -> None:
     store = SlowStore(tmp_path / "state.db")
 
