@@ -98,8 +98,7 @@ class Scheduler:
             async with self.pacer:
                 next_attempt = await self._attempt_claimed(claim)
         except BaseException:
-            if not claim.removing:  # cancelled while waiting for a slot (stop): it stays spooled
-                claim.release()
+            claim.release()  # e.g. cancelled while waiting for a slot (stop): it stays spooled
             raise
         finally:
             self._handover_bytes -= size
@@ -186,8 +185,7 @@ class Scheduler:
         try:
             return await self._deliver(claim)
         finally:
-            if not claim.removing:  # else the writer releases it once the files are gone
-                claim.release()
+            claim.release()  # idempotent: a finished claim is released already
 
     async def _deliver(self, claim: Claim) -> float | None:
         entry = claim.entry

@@ -322,13 +322,13 @@ def test_writer_commits_concurrent_arrivals_together_and_hands_them_over() -> No
     async def scenario(root: Path) -> tuple[int, list[Claim], list[str]]:
         spool = Spool(root)
         batches = []
-        real = spool.put_batch
+        real = spool.commit_batch
 
-        def counting(items):  # type: ignore[no-untyped-def]
-            batches.append(len(items))
-            return real(items)
+        def counting(staged):  # type: ignore[no-untyped-def]
+            batches.append(len(staged))
+            return real(staged)
 
-        spool.put_batch = counting  # type: ignore[method-assign]
+        spool.commit_batch = counting  # type: ignore[method-assign]
         handed: list[Claim] = []
         writer = SpoolWriter(spool, handed.append)
         entries = [entry() for _ in range(10)]
@@ -348,7 +348,7 @@ def test_writer_commits_concurrent_arrivals_together_and_hands_them_over() -> No
 
     with tempfile.TemporaryDirectory() as directory:
         count, handed, ids = asyncio.run(scenario(Path(directory)))
-    assert count < 10  # the first alone, the rest together
+    assert count < 10  # committed together, not a trip each
     assert len(handed) == 10 and all(c.has_content for c in handed) and len(ids) == 10
 
 
@@ -401,8 +401,8 @@ def test_quarantine_cleans_up_when_the_index_fails_and_reads_shared_copies(tmp_p
 
 
 class GatedSpool(Spool):
-    """A spool whose `put_batch` holds, in the writer's thread, any batch with a gated message
-    until its gate opens; it tells the loop when such a batch has reached the thread."""
+    """A spool whose `commit_batch` holds, in the writer's thread, any batch with a gated
+    message until its gate opens; it tells the loop when such a batch has reached the thread."""
 
     def __init__(self, root: Path, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(root)
@@ -424,14 +424,14 @@ class GatedSpool(Spool):
         if not self.entered[message_id].done():  # a test that gave up waiting cancelled it
             self.entered[message_id].set_result(None)
 
-    def put_batch(self, items: Sequence[tuple[SpoolEntry, bytes]]) -> list[Claim | BaseException]:
-        ids = [e.id for e, _ in items]
+    def commit_batch(self, staged: Sequence[Claim | BaseException]) -> list[Claim | BaseException]:
+        ids = [c.entry.id for c in staged if isinstance(c, Claim)]
         for message_id in ids:
             if message_id in self.gates:
                 self.loop.call_soon_threadsafe(self._arrived, message_id)
                 if not self.gates[message_id].wait(30):  # hang guard
                     raise TimeoutError(f"gate of {message_id} never opened")
-        results = super().put_batch(items)
+        results = super().commit_batch(staged)
         self.batches.append(ids)
         return results
 
@@ -492,46 +492,67 @@ async def test_writer_a_put_during_a_trip_waits_for_it_and_goes_on_the_next(tmp_
         assert [c.entry.id for c in handed] == [first.id, second.id]
 
 
-async def test_writer_close_waits_for_the_trip_in_flight_and_pending_removals(tmp_path: Path) -> None:
-    # A removal delay far beyond the test: only close() can carry the removal out.
-    async with gated_writer(tmp_path, removal_delay=3600) as (spool, writer, handed, _):
-        delivered = entry()
-        await asyncio.wait_for(writer.put(delivered, b"x\r\n"), 10)
-        (claim,) = handed
+async def test_writer_close_waits_for_the_trip_in_flight_and_the_next(tmp_path: Path) -> None:
+    async with gated_writer(tmp_path) as (spool, writer, handed, _):
         first, second = entry(), entry()
         spool.gate(first)
         put_first = asyncio.create_task(writer.put(first, b"x\r\n"))
         await asyncio.wait_for(spool.entered[first.id], 10)
         put_second = asyncio.create_task(writer.put(second, b"x\r\n"))  # waits for the next trip
-        removal = asyncio.create_task(writer.remove(claim))  # asked while the trip is out
         closing = asyncio.create_task(writer.close())
         await settle()
         assert not closing.done()
 
         spool.gates[first.id].set()
         await asyncio.wait_for(closing, 10)
-        assert put_first.done() and put_second.done() and removal.done()
-        assert spool.ids() == sorted([first.id, second.id])  # the delivered message is gone
-        assert claim._fd == -1  # and its claim was released
+        assert put_first.done() and put_second.done()
+        assert spool.ids() == sorted([first.id, second.id]) and len(handed) == 2
 
 
-@pytest.mark.parametrize("trip_in_flight", [False, True])
-async def test_writer_removes_after_the_delay_when_no_write_comes(tmp_path: Path, trip_in_flight: bool) -> None:
-    async with gated_writer(tmp_path, removal_delay=0.01) as (spool, writer, handed, _):
+async def test_writer_writes_ordinary_messages_on_the_loop_and_large_ones_in_the_thread(tmp_path: Path) -> None:
+    async with gated_writer(tmp_path, write_on_loop=100) as (spool, writer, handed, _):
+        small, large, later = entry(), entry(), entry()
+        spool.gate(small)
+        put_small = asyncio.create_task(writer.put(small, b"x\r\n"))
+        await asyncio.wait_for(spool.entered[small.id], 10)
+        put_large = asyncio.create_task(writer.put(large, b"y" * 200 + b"\r\n"))
+        put_later = asyncio.create_task(writer.put(later, b"z\r\n"))
+        await settle()
+        # Both wait for the next trip; the ordinary one is written already, the large one not.
+        assert spool.message_path(later.id).exists() and not spool.message_path(large.id).exists()
+        assert not put_later.done()
+
+        spool.gates[small.id].set()
+        await asyncio.wait_for(asyncio.gather(put_small, put_large, put_later), 10)
+        assert spool.batches == [[small.id], [large.id, later.id]]  # in arrival order
+        assert spool.ids() == sorted([small.id, large.id, later.id])
+        assert [c.content() for c in handed][1] == b"y" * 200 + b"\r\n"
+
+
+@pytest.mark.parametrize("size", [3, 300])
+async def test_writer_removes_a_delivered_message_at_once(tmp_path: Path, size: int) -> None:
+    async with gated_writer(tmp_path, write_on_loop=100) as (spool, writer, handed, executor):
         delivered = entry()
-        await asyncio.wait_for(writer.put(delivered, b"x\r\n"), 10)
+        await asyncio.wait_for(writer.put(delivered, b"x" * (size - 2) + b"\r\n"), 10)
         (claim,) = handed
-        if trip_in_flight:  # asked during a trip: the removal waits for it to finish, then the delay
-            other = entry()
-            spool.gate(other)
-            put_other = asyncio.create_task(writer.put(other, b"x\r\n"))
-            await asyncio.wait_for(spool.entered[other.id], 10)
-        removal = asyncio.create_task(writer.remove(claim))
-        if trip_in_flight:
-            await settle()
-            assert not removal.done()  # that trip took its removals before this one was asked
-            spool.gates[other.id].set()
-            await asyncio.wait_for(put_other, 10)
-        # No further write comes: the removal happens anyway, and the claim is released.
-        await asyncio.wait_for(removal, 10)
+        trips = executor.submitted
+        await asyncio.wait_for(writer.remove(claim), 10)
         assert delivered.id not in spool.ids() and claim._fd == -1
+        # An ordinary one on the loop, no trip; a large one in the thread.
+        assert executor.submitted == trips + (size > 100)
+
+
+async def test_writer_a_message_given_up_before_its_trip_leaves_nothing(tmp_path: Path) -> None:
+    async with gated_writer(tmp_path) as (spool, writer, handed, _):
+        first, abandoned = entry(), entry()
+        spool.gate(first)
+        put_first = asyncio.create_task(writer.put(first, b"x\r\n"))
+        await asyncio.wait_for(spool.entered[first.id], 10)
+        put_abandoned = asyncio.create_task(writer.put(abandoned, b"x\r\n"))
+        await settle()
+        assert spool.message_path(abandoned.id).exists()  # written, not yet durable
+        put_abandoned.cancel()
+        spool.gates[first.id].set()
+        await asyncio.wait_for(put_first, 10)
+        await asyncio.wait_for(writer.close(), 10)
+        assert spool.ids() == [first.id] and [c.entry.id for c in handed] == [first.id]
