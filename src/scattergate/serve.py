@@ -22,7 +22,7 @@ from typing import Awaitable, Callable
 from scattergate.assembly import assemble
 from scattergate.config import Config, ConfigError, parse_host_port
 from scattergate.frontends.smtp import gateway_connection
-from scattergate.logsetup import request_reopen, setup_logging
+from scattergate.logsetup import flush_buffered, request_reopen, setup_logging
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
@@ -186,6 +186,7 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
             finally:
+                flush_buffered()  # os._exit runs no clean-up: the last lines first
                 os._exit(code)
         children.append(pid)
 
