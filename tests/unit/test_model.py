@@ -56,3 +56,23 @@ def test_header_date_is_now_as_an_rfc5322_date_formatted_once_a_second(monkeypat
     assert model.header_date() is first
     now[0] = 1_800_000_001.0  # the next second: a new one
     assert email.utils.parsedate_to_datetime(model.header_date()).timestamp() == 1_800_000_001
+
+
+def test_ids_are_unique_and_a_forked_child_does_not_repeat_its_parents() -> None:
+    import os
+
+    from scattergate.model import new_id
+
+    new_id()  # the parent has a page of random bytes in hand
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, " ".join(new_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 65536).decode().split()
+    os.close(read)
+    parent = [new_id() for _ in range(50)]
+    assert len(set(child) | set(parent)) == 100
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in parent)
