@@ -33,7 +33,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client import multiprocess
+from prometheus_client import multiprocess, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,6 +60,33 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class _KnownPid:
+    """This process's pid, kept rather than asked for: prometheus-client's multiprocess values
+    call their process identifier at every inc and observe to notice a fork (about forty
+    getpid() system calls a message). A forked child refreshes it, so it tells the same."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._refresh)
+
+    def _refresh(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self) -> int:
+        return self.pid
+
+
+_known_pid: _KnownPid | None = None
+
+
+def _multiprocess_values_with_known_pid() -> None:
+    """Make the metrics created from now on use the kept pid (see _KnownPid); once a process."""
+    global _known_pid
+    if _known_pid is None:
+        _known_pid = _KnownPid()
+        values.ValueClass = values.MultiProcessValue(process_identifier=_known_pid)
 
 
 class WorkerSamples(multiprocess.MultiProcessCollector):
@@ -175,6 +202,8 @@ class Metrics:
         self.multiprocess = multiprocess_enabled()
         # In multiprocess mode the samples go to files; the registry reads them all back.
         own = None if self.multiprocess else self.registry
+        if self.multiprocess:
+            _multiprocess_values_with_known_pid()
         self.sessions = Counter("scattergate_sessions", "SMTP sessions opened", registry=own)
         self.decisions = Counter("scattergate_decisions", "Decisions by SMTP phase and verdict",
                                  ["phase", "verdict"], registry=own)
