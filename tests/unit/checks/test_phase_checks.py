@@ -82,3 +82,87 @@ async def test_a_cancelled_caller_leaves_no_check_running(first_waits: bool) -> 
         await caller
     await asyncio.sleep(0)
     assert cancelled == len(started)
+
+
+# -- the budget's timer is armed only once a check waits ----------------------------------------------------
+
+
+class TimerCounting:
+    """Counts the timers the running loop arms (asyncio.timeout arms one with call_at)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.armed = 0
+        self._real = self.loop.call_at
+
+    def __enter__(self) -> "TimerCounting":
+        def counting(when, callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.armed += 1
+            return self._real(when, callback, *args, **kwargs)
+
+        self.loop.call_at = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.loop.call_at = self._real  # type: ignore[method-assign]
+
+
+async def test_a_check_that_answers_at_once_arms_no_timer() -> None:
+    async def instant(ctx: CheckContext) -> list[Finding]:
+        return [Finding("a", "pass")]
+
+    with TimerCounting() as timers:
+        findings = await PhaseChecks([], [RemoteCheck("a", instant, 5)]).run_remote(_ctx(), 10)
+    assert findings == [Finding("a", "pass")] and timers.armed == 0
+
+
+async def test_a_check_that_waits_runs_under_its_budget_from_its_first_wait() -> None:
+    async def waits_then_answers(ctx: CheckContext) -> list[Finding]:
+        for _ in range(3):
+            await asyncio.sleep(0)  # a bare yield to the loop
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)  # a future
+        return [Finding("a", "pass")]
+
+    async def waits_forever(ctx: CheckContext) -> list[Finding]:
+        await asyncio.sleep(0)
+        await asyncio.Event().wait()
+        return []
+
+    with TimerCounting() as timers:
+        answered = await PhaseChecks([], [RemoteCheck("a", waits_then_answers, 5)]).run_remote(_ctx(), 10)
+    assert answered == [Finding("a", "pass")] and timers.armed == 1
+    timed_out = await asyncio.wait_for(PhaseChecks([], [RemoteCheck("b", waits_forever, 0.05)]).run_remote(_ctx(), 10), 5)
+    assert [(f.check, f.result) for f in timed_out] == [("b", "timeout")]
+
+
+async def test_a_check_failing_after_its_first_wait_is_an_error_finding() -> None:
+    async def fails_later(ctx: CheckContext) -> list[Finding]:
+        await asyncio.sleep(0)
+        raise RuntimeError("broken")
+
+    async def fails_at_once(ctx: CheckContext) -> list[Finding]:
+        raise RuntimeError("broken")
+
+    for run in (fails_later, fails_at_once):
+        findings = await PhaseChecks([], [RemoteCheck("x", run, 5)]).run_remote(_ctx(), 10)
+        assert [(f.check, f.result) for f in findings] == [("x", "error")]
+
+
+async def test_cancelling_the_caller_reaches_a_check_resumed_after_its_first_wait() -> None:
+    entered, cleaned_up = asyncio.Event(), []
+
+    async def waits(ctx: CheckContext) -> list[Finding]:
+        await asyncio.sleep(0)
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned_up.append(True)
+        return []
+
+    caller = asyncio.create_task(PhaseChecks([], [RemoteCheck("a", waits, 5)]).run_remote(_ctx(), 10))
+    await asyncio.wait_for(entered.wait(), 5)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert cleaned_up == [True]
