@@ -509,37 +509,18 @@ async def test_writer_close_waits_for_the_trip_in_flight_and_the_next(tmp_path: 
         assert spool.ids() == sorted([first.id, second.id]) and len(handed) == 2
 
 
-async def test_writer_writes_ordinary_messages_on_the_loop_and_large_ones_in_the_thread(tmp_path: Path) -> None:
-    async with gated_writer(tmp_path, write_on_loop=100) as (spool, writer, handed, _):
-        small, large, later = entry(), entry(), entry()
-        spool.gate(small)
-        put_small = asyncio.create_task(writer.put(small, b"x\r\n"))
-        await asyncio.wait_for(spool.entered[small.id], 10)
-        put_large = asyncio.create_task(writer.put(large, b"y" * 200 + b"\r\n"))
-        put_later = asyncio.create_task(writer.put(later, b"z\r\n"))
-        await settle()
-        # Both wait for the next trip; the ordinary one is written already, the large one not.
-        assert spool.message_path(later.id).exists() and not spool.message_path(large.id).exists()
-        assert not put_later.done()
-
-        spool.gates[small.id].set()
-        await asyncio.wait_for(asyncio.gather(put_small, put_large, put_later), 10)
-        assert spool.batches == [[small.id], [large.id, later.id]]  # in arrival order
-        assert spool.ids() == sorted([small.id, large.id, later.id])
-        assert [c.content() for c in handed][1] == b"y" * 200 + b"\r\n"
-
-
-@pytest.mark.parametrize("size", [3, 300])
-async def test_writer_removes_a_delivered_message_at_once(tmp_path: Path, size: int) -> None:
-    async with gated_writer(tmp_path, write_on_loop=100) as (spool, writer, handed, executor):
-        delivered = entry()
-        await asyncio.wait_for(writer.put(delivered, b"x" * (size - 2) + b"\r\n"), 10)
+async def test_writer_removes_a_delivered_message_at_once_without_waiting_for_a_write(tmp_path: Path) -> None:
+    async with gated_writer(tmp_path) as (spool, writer, handed, _):
+        delivered, blocked = entry(), entry()
+        await asyncio.wait_for(writer.put(delivered, b"x\r\n"), 10)
         (claim,) = handed
-        trips = executor.submitted
+        spool.gate(blocked)  # a write trip out and held: the removal does not wait for it
+        put_blocked = asyncio.create_task(writer.put(blocked, b"x\r\n"))
+        await asyncio.wait_for(spool.entered[blocked.id], 10)
         await asyncio.wait_for(writer.remove(claim), 10)
         assert delivered.id not in spool.ids() and claim._fd == -1
-        # An ordinary one on the loop, no trip; a large one in the thread.
-        assert executor.submitted == trips + (size > 100)
+        spool.gates[blocked.id].set()
+        await asyncio.wait_for(put_blocked, 10)
 
 
 async def test_writer_a_message_given_up_before_its_trip_leaves_nothing(tmp_path: Path) -> None:
@@ -550,7 +531,6 @@ async def test_writer_a_message_given_up_before_its_trip_leaves_nothing(tmp_path
         await asyncio.wait_for(spool.entered[first.id], 10)
         put_abandoned = asyncio.create_task(writer.put(abandoned, b"x\r\n"))
         await settle()
-        assert spool.message_path(abandoned.id).exists()  # written, not yet durable
         put_abandoned.cancel()
         spool.gates[first.id].set()
         await asyncio.wait_for(put_first, 10)
