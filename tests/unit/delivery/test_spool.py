@@ -536,3 +536,17 @@ async def test_writer_a_message_given_up_before_its_trip_leaves_nothing(tmp_path
         await asyncio.wait_for(put_first, 10)
         await asyncio.wait_for(writer.close(), 10)
         assert spool.ids() == [first.id] and [c.entry.id for c in handed] == [first.id]
+
+
+async def test_writer_removals_asked_during_a_removal_trip_go_together_on_the_next(tmp_path: Path) -> None:
+    async with gated_writer(tmp_path) as (spool, writer, handed, executor):
+        entries = [entry() for _ in range(4)]
+        await asyncio.wait_for(asyncio.gather(*(writer.put(e, b"x\r\n") for e in entries)), 10)
+        trips = executor.submitted
+        first = asyncio.create_task(writer.remove(handed[0]))
+        await settle()  # the first removal's trip is out ...
+        rest = [asyncio.create_task(writer.remove(claim)) for claim in handed[1:]]  # ... these wait for it
+        await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        await writer.close()
+        assert spool.ids() == [] and all(claim._fd == -1 for claim in handed)
+        assert executor.submitted - trips <= 2  # not a trip each
