@@ -23,6 +23,7 @@ from scattergate.assembly import assemble
 from scattergate.config import Config, ConfigError, parse_host_port
 from scattergate.frontends.smtp import gateway_connection
 from scattergate.logsetup import flush_buffered, request_reopen, setup_logging
+from scattergate.orgdomain import organizational_domain
 from scattergate.pipeline import Gateway
 from scattergate.state.factory import open_store
 from scattergate.state.sqlite import SqliteStore
