@@ -522,13 +522,15 @@ class SpoolWriter:
     while a trip is out form the next batch, so under load each directory fsync, and often
     each journal commit, serves many messages, while a lone message is written at once. Each
     stored message's claim goes to `on_stored` (the scheduler), with its content in memory,
-    whether or not its waiter is still there.
+    whether or not its waiter is still there. Delivered messages are removed by the same trips:
+    the removals asked for while a trip is out go on the next; when no trip is out, one starts
+    at once (a trip to a thread, with the wake-ups it costs, is dearer than the file operations
+    it carries, so the fewer the better).
 
     Nothing of it runs on the loop, not even the create, write and rename that take only
     microseconds alone: beside the fsyncs of the thread they wait for the filesystem's journal,
     and the loop with them (measured: 12% fewer messages accepted with them on the loop,
-    docs/spool.md). Delivered messages are removed the same way, by trips of their own (they
-    never wait for a write): the removals asked for while one trip is out go on the next.
+    docs/spool.md).
     """
 
     def __init__(self, spool: Spool, on_stored: Callable[[Claim], None], *, max_batch: int = 64) -> None:
@@ -536,17 +538,15 @@ class SpoolWriter:
         self.on_stored = on_stored
         self.max_batch = max_batch
         self._waiting: list[tuple[SpoolEntry, bytes, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
         self._removals: list[tuple[Claim, asyncio.Future[None]]] = []
-        self._remover: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def put(self, entry: SpoolEntry, content: bytes) -> None:
         """Store durably (raises OSError when it could not). If the caller is cancelled
         before its batch starts, nothing is written."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((entry, content, future))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._flush())
+        self._kick()
         await future
 
     async def remove(self, claim: Claim) -> None:
@@ -554,31 +554,48 @@ class SpoolWriter:
         error, e.g. EIO, the claim is released and the message stays, to be delivered again)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._removals.append((claim, future))
-        if self._remover is None:
-            self._remover = asyncio.get_running_loop().create_task(self._remove_all())
+        self._kick()
         await asyncio.shield(future)  # once asked, the removal happens: the claim is no longer ours
 
-    @staticmethod
-    def _finish(claims: list[Claim]) -> list[BaseException | None]:
+    def _kick(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._trips())
+
+    def _io(self, writes: list[tuple[SpoolEntry, bytes]],
+            removals: list[Claim]) -> tuple[list[Claim | BaseException], list[BaseException | None]]:
+        """One trip to the thread: write a batch, then remove what was delivered."""
+        stored = self.spool.put_batch(writes) if writes else []
         errors: list[BaseException | None] = []
-        for claim in claims:
+        for claim in removals:
             try:
                 claim.finish()
                 errors.append(None)
             except Exception as exc:
                 claim.release()
                 errors.append(exc)
-        return errors
+        return stored, errors
 
-    async def _remove_all(self) -> None:
+    async def _trips(self) -> None:
         try:
-            while self._removals:
-                batch, self._removals = self._removals, []
+            while self._waiting or self._removals:
+                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch:]
+                writes = [item for item in batch if not item[2].done()]  # else given up: not written
+                removals, self._removals = self._removals, []
+                if not writes and not removals:
+                    continue
                 try:
-                    errors = await asyncio.to_thread(self._finish, [claim for claim, _ in batch])
-                except Exception as exc:  # _finish reports per message; this is a bug guard
-                    errors = [exc] * len(batch)
-                for (_, future), error in zip(batch, errors):
+                    stored, errors = await asyncio.to_thread(
+                        self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
+                except Exception as exc:  # _io reports per message; this is a bug guard
+                    stored, errors = [exc] * len(writes), [exc] * len(removals)
+                for (_, _, future), result in zip(writes, stored):
+                    if isinstance(result, Claim):
+                        self.on_stored(result)
+                        if not future.done():
+                            future.set_result(None)
+                    elif not future.done():
+                        future.set_exception(result)
+                for (_, future), error in zip(removals, errors):
                     if future.done():
                         continue
                     if error is None:
@@ -586,30 +603,9 @@ class SpoolWriter:
                     else:
                         future.set_exception(error)
         finally:
-            self._remover = None
-
-    async def _flush(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch:]
-                live = [item for item in batch if not item[2].done()]  # else given up: not written
-                if not live:
-                    continue
-                try:
-                    stored = await asyncio.to_thread(self.spool.put_batch, [(e, c) for e, c, _ in live])
-                except Exception as exc:  # put_batch reports per message; this is a bug guard
-                    stored = [exc] * len(live)
-                for (_, _, future), result in zip(live, stored):
-                    if isinstance(result, Claim):
-                        self.on_stored(result)
-                        if not future.done():
-                            future.set_result(None)
-                    elif not future.done():
-                        future.set_exception(result)
-        finally:
             self._task = None
 
     async def close(self) -> None:
-        """Finish the trips in progress and what waits for the next."""
-        while self._task is not None or self._remover is not None:
-            await asyncio.shield(self._task or self._remover)  # type: ignore[arg-type]
+        """Finish the trip in progress and what waits for the next."""
+        while self._task is not None:
+            await asyncio.shield(self._task)

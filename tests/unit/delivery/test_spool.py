@@ -509,18 +509,23 @@ async def test_writer_close_waits_for_the_trip_in_flight_and_the_next(tmp_path: 
         assert spool.ids() == sorted([first.id, second.id]) and len(handed) == 2
 
 
-async def test_writer_removes_a_delivered_message_at_once_without_waiting_for_a_write(tmp_path: Path) -> None:
+async def test_writer_removes_at_once_when_no_trip_is_out_else_on_the_next(tmp_path: Path) -> None:
     async with gated_writer(tmp_path) as (spool, writer, handed, _):
-        delivered, blocked = entry(), entry()
-        await asyncio.wait_for(writer.put(delivered, b"x\r\n"), 10)
-        (claim,) = handed
-        spool.gate(blocked)  # a write trip out and held: the removal does not wait for it
+        first, second, blocked = entry(), entry(), entry()
+        await asyncio.wait_for(asyncio.gather(writer.put(first, b"x\r\n"), writer.put(second, b"x\r\n")), 10)
+        one, two = handed
+        await asyncio.wait_for(writer.remove(one), 10)  # no trip out: no waiting for company
+        assert first.id not in spool.ids() and one._fd == -1
+
+        spool.gate(blocked)
         put_blocked = asyncio.create_task(writer.put(blocked, b"x\r\n"))
         await asyncio.wait_for(spool.entered[blocked.id], 10)
-        await asyncio.wait_for(writer.remove(claim), 10)
-        assert delivered.id not in spool.ids() and claim._fd == -1
+        removal = asyncio.create_task(writer.remove(two))  # a trip is out: it goes on the next
+        await settle()
+        assert not removal.done() and second.id in spool.ids()
         spool.gates[blocked.id].set()
-        await asyncio.wait_for(put_blocked, 10)
+        await asyncio.wait_for(asyncio.gather(put_blocked, removal), 10)
+        assert spool.ids() == [blocked.id] and two._fd == -1
 
 
 async def test_writer_a_message_given_up_before_its_trip_leaves_nothing(tmp_path: Path) -> None:
