@@ -62,7 +62,9 @@ def _settle_garbage_collector() -> None:
     """What start-up built (modules, config, compiled patterns, the classifier's vocabulary)
     lives as long as the process: frozen out of the collector's sight, it is not walked again
     at every full collection. A message allocates many short-lived objects, so collections of
-    the youngest generation also come less often."""
+    the youngest generation also come less often. The public suffix list is loaded here too,
+    not by the first message that needs an organisational domain (tens of milliseconds)."""
+    organizational_domain("example.org")
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)

@@ -76,3 +76,4 @@ def test_ids_are_unique_and_a_forked_child_does_not_repeat_its_parents() -> None
     parent = [new_id() for _ in range(50)]
     assert len(set(child) | set(parent)) == 100
     assert all(len(i) == 12 and int(i, 16) >= 0 for i in parent)
+
