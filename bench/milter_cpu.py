@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""CPU per message of the milter, without Postfix: replay what Postfix sends, measure the milter.
+
+A companion to bench/milter_throughput.py that needs no Postfix, no smtp-source and no second
+core: it starts the same two milter processes as that bench's verdict rows —
+
+  - the do-nothing milter on our codec, answering only at RCPT and end of message
+    (milter_throughput.OWN_CODEC, "quiet");
+  - `scattergate milter` with the bench's configuration (SPF and DKIM off, logging at warning,
+    metrics on over their own HTTP port, no recipient list, `--domain example.org`)
+
+— and drives each over loopback TCP with the packet stream Postfix 3.x sends for one message of
+`smtp-source -l 5120 -f sender@example.net -t user@example.org` (captured with a recording
+proxy between Postfix and `scattergate milter`, 2026-12-05): a new milter connection per
+message, option negotiation, then the packets in the same five writes Postfix makes (connect,
+HELO, MAIL, RCPT and their macro packets; the DATA macros; four headers, one 5122-byte body
+chunk and end of message; two aborts and quit), waiting for the milter's answer where Postfix
+waits (negotiation, RCPT, end of message). The do-nothing milter negotiates what Postfix offers
+and scattergate its own reply pattern, so each gets the stream it would get from Postfix.
+`--sessions` connections run at a time, `--messages` in all.
+
+What is reported is the milter process's CPU (user + system from /proc) per message, start-up
+excluded, the median over `--rounds` (the two milters alternate; each round is a fresh
+process). The client's own CPU is not counted. `--baseline-src DIR` adds a third process: the
+scattergate milter from another source tree (e.g. `git archive main src | tar -x -C /tmp/base`,
+then `--baseline-src /tmp/base/src`), for an A/B in the same run.
+
+    .venv/bin/python bench/milter_cpu.py --messages 3000 --sessions 20 --rounds 5
+
+To see where the time goes: `--py-spy FILE.svg` records the scattergate milter of the first
+round with py-spy (installed in the venv) into a flame graph; `--cprofile FILE` runs it under
+cProfile instead (the stats are written when the milter stops; read them with pstats).
+Numbers from this harness are CPU of one process on an otherwise quiet machine; they say what
+a change costs, not what Postfix's throughput will be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from milter_throughput import OWN_CODEC, cpu_seconds, wait_connectable  # noqa: E402
+from scattergate.frontends import milter_codec as mc  # noqa: E402
+from tests.support.sink import free_port  # noqa: E402
+
+# What Postfix 3.x offers (version 6, every action, every protocol flag).
+OFFER = mc.encode_command(mc.OptNeg(6, 0x1FF, 0x1FFFFF))
+# smtp-source -l 5120: 63 lines of a digit and 77 X, one of 80 X (5122 bytes with the CRLFs).
+BODY = b"".join(b"%d%s\r\n" % ((i + 1) % 10, b"X" * 77) for i in range(63)) + b"X" * 80 + b"\r\n"
+
+
+def message_writes(number: int) -> list[tuple[bytes, bool]]:
+    """The writes Postfix makes for message `number` after the negotiation, each with whether
+    Postfix then waits for an answer. Macro packets as Postfix sends them to scattergate (it
+    asked for {daemon_name} at connect and empty lists elsewhere); the do-nothing milter asks
+    for no list and gets the same packets here (the cost of Postfix's default macros is not
+    the milter's to measure)."""
+    e = mc.encode_command
+    port = 30000 + number % 30000
+    first = b"".join([
+        e(mc.Macros("C", {"{daemon_name}": "postfix.test.example"})),
+        e(mc.Connect("[127.0.0.1]", "4", port, "127.0.0.1")),
+        e(mc.Macros("H", {})), e(mc.Helo("vm")),
+        e(mc.Macros("M", {})), e(mc.Mail("<sender@example.net>")),
+        e(mc.Macros("R", {})), e(mc.Rcpt("<user@example.org>")),
+    ])
+    content = b"".join([
+        e(mc.Macros("L", {})), e(mc.Header("From", " <sender@example.net>")),
+        e(mc.Macros("L", {})), e(mc.Header("To", " <user@example.org>")),
+        e(mc.Macros("L", {})), e(mc.Header("Date", " Sat,  5 Dec 2026 06:54:42 +0000 (UTC)")),
+        e(mc.Macros("L", {})), e(mc.Header("Message-Id", f" <7bca.{number // 65536:04x}.{number % 65536:04x}@vm>")),
+        e(mc.Macros("B", {})), e(mc.Body(BODY)),
+        e(mc.Macros("E", {})), e(mc.EndOfMessage()),
+    ])
+    return [(first, True), (e(mc.Macros("T", {})), False), (content, True),
+            (e(mc.Abort()) + e(mc.Abort()) + e(mc.Quit()), False)]
+
+
+async def read_packets(reader: asyncio.StreamReader, until: bytes) -> None:
+    """Read response packets up to and including one whose code is in `until`."""
+    while True:
+        header = await reader.readexactly(5)
+        length = int.from_bytes(header[:4], "big")
+        await reader.readexactly(length - 1)
+        if header[4:5] in until:
+            return
+
+
+async def one_message(port: int, number: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    writer.write(OFFER)
+    await read_packets(reader, b"O")
+    for data, answered in message_writes(number):
+        writer.write(data)
+        await writer.drain()
+        if answered:
+            # RCPT and end of message: Postfix waits for the final answer of the step.
+            await read_packets(reader, b"carty")
+    await reader.read()  # the milter closes after Quit
+    writer.close()
+
+
+async def drive(port: int, messages: int, sessions: int) -> None:
+    counter = iter(range(messages))
+
+    async def session() -> None:
+        for number in counter:
+            await one_message(port, number)
+
+    await asyncio.gather(*(session() for _ in range(sessions)))
+
+
+def measure(pid: int, port: int, messages: int, sessions: int) -> float:
+    """CPU ms per message the process `pid` spends on `messages` messages."""
+    asyncio.run(drive(port, 20, 5))  # warm-up: imports, caches, first connections
+    time.sleep(0.2)
+    before = cpu_seconds(pid)
+    asyncio.run(drive(port, messages, sessions))
+    time.sleep(0.2)  # the last Quit handled, the recorder's periodic flush had its turn
+    return (cpu_seconds(pid) - before) * 1000 / messages
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--toml", default="", metavar="TEXT", help="extra scattergate config")
+    parser.add_argument("--baseline-src", default="", metavar="DIR",
+                        help="also measure the scattergate milter from this source tree (A/B)")
+    parser.add_argument("--only", choices=("sg", "nothing"), default=None, help="measure one milter only")
+    parser.add_argument("--py-spy", default="", metavar="SVG", help="py-spy flame graph of the first scattergate round")
+    parser.add_argument("--cprofile", default="", metavar="FILE", help="cProfile stats of the first scattergate round")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="sg-mcpu-"))
+    (work / "codec_trivial.py").write_text(OWN_CODEC)
+    config = textwrap.dedent("""\
+        [auth]
+        spf = false
+        dkim = false
+        [state]
+        data_dir = "{data}"
+        [logging]
+        level = "warning"
+        file = ""
+        """) + args.toml.replace("\\n", "\n") + "\n"
+
+    def command(name: str, port: int, round_no: int) -> tuple[list[str], dict[str, str] | None]:
+        if name == "nothing":
+            return [sys.executable, str(work / "codec_trivial.py"), str(port), "quiet"], None
+        toml = work / f"{name}-{round_no}.toml"
+        toml.write_text(config.format(data=work / f"{name}-{round_no}"))
+        python = [sys.executable]
+        if name == "sg" and round_no == 0 and args.cprofile:
+            python += ["-m", "cProfile", "-o", str(Path(args.cprofile).resolve())]
+        cmd = [*python, "-m", "scattergate", "milter", "--config", str(toml), "--domain", "example.org",
+               "--listen", f"inet:127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{free_port()}"]
+        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline_src).resolve())} if name == "base" else None
+        return cmd, env
+
+    names = ["nothing", "sg"] if args.only is None else [args.only]
+    if args.baseline_src:
+        names.append("base")
+    results: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for round_no in range(args.rounds):
+            order = names[round_no % len(names):] + names[:round_no % len(names)]
+            for name in order:
+                port = free_port()
+                cmd, env = command(name, port, round_no)
+                process = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL)
+                spy = None
+                try:
+                    wait_connectable(str(port), process)
+                    if name == "sg" and round_no == 0 and args.py_spy:
+                        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o",
+                                                args.py_spy, "--pid", str(process.pid), "--rate", "250"],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        time.sleep(1)
+                    results[name].append(measure(process.pid, port, args.messages, args.sessions))
+                finally:
+                    if spy is not None:
+                        spy.send_signal(2)
+                        spy.wait(60)
+                    process.terminate()
+                    process.wait(30)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    labels = {"nothing": "do-nothing milter on our codec (replies at RCPT/end)",
+              "sg": "scattergate milter (bench config)", "base": f"scattergate milter from {args.baseline_src}"}
+    print(f"\n{args.messages} messages, {args.sessions} connections at a time, one connection per message,"
+          f" {args.rounds} round(s); milter CPU (user + system) per message\n")
+    print("| milter | CPU ms/msg (median) | per round |")
+    print("|---|---:|---|")
+    for name in names:
+        print(f"| {labels[name]} | {statistics.median(results[name]):.3f} |"
+              f" {', '.join(f'{v:.3f}' for v in results[name])} |")
+    if "sg" in results and "nothing" in results:
+        gap = statistics.median(results["sg"]) - statistics.median(results["nothing"])
+        print(f"\nscattergate spends {gap:.3f} ms/msg more than the do-nothing milter.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
