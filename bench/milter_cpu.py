@@ -27,6 +27,14 @@ then `--baseline-src /tmp/base/src`), for an A/B in the same run.
 
     .venv/bin/python bench/milter_cpu.py --messages 3000 --sessions 20 --rounds 5
 
+`--logic` measures without sockets or a second process: the same `scattergate milter`
+configuration is assembled in this process (config from the same command line, the Gateway as
+`run_service` builds it, metrics on) and the decoded packets of each message are handed to a
+fresh `MilterConnection` (`handle_now` / `handle_later`, as the socket loop does), 20
+connections interleaved; process time per message. That is the milter's own logic — state
+machine, checks, decision, recording, metrics — without the event loop's socket work;
+`--logic --cprofile FILE` profiles exactly that.
+
 To see where the time goes: `--py-spy FILE.svg` records the scattergate milter of the first
 round with py-spy (installed in the venv) into a flame graph; `--cprofile FILE` runs it under
 cProfile instead (the stats are written when the milter stops; read them with pstats).
@@ -136,6 +144,79 @@ def measure(pid: int, port: int, messages: int, sessions: int) -> float:
     return (cpu_seconds(pid) - before) * 1000 / messages
 
 
+def logic(args: argparse.Namespace, config_text: str, work: Path) -> list[float]:
+    """µs of process time per message of the milter's logic, in this process (see --logic)."""
+    import cProfile
+
+    from scattergate.assembly import assemble
+    from scattergate.cli.main import build_parser, load_config
+    from scattergate.frontends import milter
+    from scattergate.pipeline import Gateway
+    from scattergate.state.factory import open_store
+    from scattergate.web import service as web_service
+
+    toml = work / "logic.toml"
+    toml.write_text(config_text.format(data=work / "logic"))
+    argv = ["milter", "--config", str(toml), "--domain", "example.org", "--listen", "inet:127.0.0.1:1",
+            "--http-listen", "127.0.0.1:1"]
+    config = load_config(build_parser().parse_args(argv), probe_listen=False)
+    milter.for_postfix(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    web_service.prepare(config, processes=1)
+    streams = [[(list(mc.Decoder().feed(data)), answered) for data, answered in message_writes(n)]
+               for n in range(args.messages)]
+    offer = mc.Decoder().feed(OFFER)
+
+    async def run(profile: cProfile.Profile | None) -> float:
+        store = open_store(config)
+        gateway = Gateway(config, store, assemble(config, store, web_service.metrics_for(config), behind_postfix=True))
+        await gateway.start()
+        options = {"never_bounce": config.postfix.never_bounce, "no_reply": config.postfix.milter_skip_replies,
+                   "rewrite_sender": milter.batv_signer(gateway),
+                   "memory": milter.MemoryBudget(config.postfix.milter_memory_limit),
+                   "trust": milter.PostfixTrust(gateway, config)}
+
+        async def one(stream: list[tuple[list[mc.Command], bool]]) -> None:
+            connection = milter.MilterConnection(gateway, **options)  # type: ignore[arg-type]
+            for command in offer:
+                connection.handle_now(command)
+            for commands, _ in stream:
+                for command in commands:
+                    if connection.handle_now(command) is milter.LATER:
+                        await connection.handle_later(command)
+                await asyncio.sleep(0)  # let the other connections in, as reads would
+            connection.close()
+
+        async def lane(numbers: range) -> None:
+            for number in numbers:
+                await one(streams[number])
+
+        try:
+            if profile is not None:
+                profile.enable()
+            started = time.process_time()
+            await asyncio.gather(*(lane(range(i, args.messages, args.sessions)) for i in range(args.sessions)))
+            await gateway.recorder.flush()
+            elapsed = time.process_time() - started
+            if profile is not None:
+                profile.disable()
+        finally:
+            await gateway.stop()
+            store.close()
+        return elapsed * 1e6 / args.messages
+
+    from scattergate.serve import new_event_loop
+
+    results = []
+    for round_no in range(args.rounds):
+        profile = cProfile.Profile() if round_no == 0 and args.cprofile else None
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            results.append(runner.run(run(profile)))
+        if profile is not None:
+            profile.dump_stats(args.cprofile)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=3000)
@@ -147,6 +228,8 @@ def main() -> int:
     parser.add_argument("--only", choices=("sg", "nothing"), default=None, help="measure one milter only")
     parser.add_argument("--py-spy", default="", metavar="SVG", help="py-spy flame graph of the first scattergate round")
     parser.add_argument("--cprofile", default="", metavar="FILE", help="cProfile stats of the first scattergate round")
+    parser.add_argument("--logic", action="store_true",
+                        help="the milter's logic in this process, without sockets (µs of process time per message)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="sg-mcpu-"))
@@ -175,6 +258,16 @@ def main() -> int:
         env = {**os.environ, "PYTHONPATH": str(Path(args.baseline_src).resolve())} if name == "base" else None
         return cmd, env
 
+    if args.logic:
+        try:
+            results_us = logic(args, config, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(f"\n{args.messages} messages, {args.sessions} connections interleaved, in process, no sockets:"
+              f" scattergate milter logic {statistics.median(results_us):.1f} µs/msg"
+              f" (median; rounds {', '.join(f'{v:.1f}' for v in results_us)})")
+        return 0
+
     names = ["nothing", "sg"] if args.only is None else [args.only]
     if args.baseline_src:
         names.append("base")
@@ -191,7 +284,8 @@ def main() -> int:
                     wait_connectable(str(port), process)
                     if name == "sg" and round_no == 0 and args.py_spy:
                         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o",
-                                                args.py_spy, "--pid", str(process.pid), "--rate", "250"],
+                                                args.py_spy, "--pid", str(process.pid), "--rate", "250",
+                                                *(["--format", "raw"] if not args.py_spy.endswith(".svg") else [])],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         time.sleep(1)
                     results[name].append(measure(process.pid, port, args.messages, args.sessions))

@@ -522,10 +522,10 @@ ConnectionFactory = Callable[[], MilterConnection]
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                            connection: MilterConnection) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    sock = _tcp_socket(writer)
+    if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    quickack = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_QUICKACK")
+    quickack = sock is not None and hasattr(socket, "TCP_QUICKACK")
     decoder = mc.Decoder()
     try:
         while data := await reader.read(65536):
@@ -555,7 +555,21 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
         pass
     finally:
         connection.close()
+        if sock is not None:
+            sock.detach()  # the fd is the transport's: it closes it
         writer.close()
+
+
+def _tcp_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
+    """A socket object on the connection's fd for setsockopt, when it is TCP; the caller
+    detaches it when done (the transport owns and closes the fd). uvloop's transport socket
+    builds and detaches a new socket.socket for every setsockopt: at one QUICKACK per read,
+    six per message."""
+    transport_sock = writer.get_extra_info("socket")
+    if transport_sock is None or transport_sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return socket.socket(transport_sock.family, transport_sock.type, transport_sock.proto,
+                         fileno=transport_sock.fileno())
 
 
 def handler(gateway: Gateway, **options: object) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
