@@ -56,3 +56,31 @@ def test_header_date_is_now_as_an_rfc5322_date_formatted_once_a_second(monkeypat
     assert model.header_date() is first
     now[0] = 1_800_000_001.0  # the next second: a new one
     assert email.utils.parsedate_to_datetime(model.header_date()).timestamp() == 1_800_000_001
+
+
+def test_new_ids_are_twelve_hex_digits_and_distinct_across_read_ahead_refills() -> None:
+    from scattergate.model import _RandomBytes, new_id
+
+    ids = [new_id() for _ in range(3 * _RandomBytes.SIZE // 6)]  # three refills of the read-ahead
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_does_not_hand_out_its_parents_next_ids() -> None:
+    import os
+
+    from scattergate.model import new_id
+
+    new_id()  # the parent has bytes read ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, " ".join(new_id() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_id() for _ in range(5)]
+    assert len(child) == 5 and not set(child) & set(parent)
