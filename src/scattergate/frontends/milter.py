@@ -244,6 +244,12 @@ class MilterConnection:
             return await self.handle_later(command)
         return responses  # type: ignore[return-value]
 
+    def answers(self, command: mc.Command) -> bool:
+        """Whether the MTA waits for our answer to `command` (as negotiated so far)."""
+        if isinstance(command, (mc.Macros, mc.Abort, mc.Quit)):
+            return False
+        return not (self.silent and isinstance(command, self.silent))
+
     def _failed(self, command: mc.Command) -> list[mc.Response] | None:
         # Never a crash and never a silent accept: the client is told to try again.
         self.log.exception("milter: error handling %s", type(command).__name__)
@@ -529,12 +535,15 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     decoder = mc.Decoder()
     try:
         while data := await reader.read(65536):
-            if quickack:
-                # Not sticky: re-arm after every read, so packets we don't answer are ACKed now.
+            commands = decoder.feed(data)
+            if quickack and not any(map(connection.answers, commands)):
+                # Not sticky: re-armed for every read we don't answer, so it is ACKed now. A read
+                # we answer needs none: the answer carries the ACK (a setsockopt and a bare ACK
+                # segment less, three times a message).
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             out: list[bytes] = []
             closing = False
-            for command in decoder.feed(data):
+            for command in commands:
                 # connection.handle(), without a coroutine for the commands that need none.
                 responses = connection.handle_now(command)
                 if responses is LATER:
