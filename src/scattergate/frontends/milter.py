@@ -221,6 +221,12 @@ class MilterConnection:
         ...), without a coroutine: most packets of a message are these, and creating and
         awaiting two coroutines per packet cost more than handling it. LATER: the command
         needs `handle_later` (it asks the Gateway)."""
+        if type(command) is mc.Macros:  # nearly every other packet; never answered
+            try:
+                self.take_macros(command)
+            except Exception:
+                return self._failed(command)
+            return []
         try:
             responses = self._dispatch_now(command)
         except Exception:

@@ -164,19 +164,29 @@ def _strings(payload: bytes) -> list[str]:
 def decode_packet(command: int, payload: bytes) -> Command:
     """One packet (command byte and payload) → a typed command. Raises MilterProtocolError."""
     code = chr(command)
-    if code == "O":
-        if len(payload) < 12:
-            raise MilterProtocolError("short option negotiation")
-        version, actions, protocol = struct.unpack("!III", payload[:12])
-        return OptNeg(version, actions, protocol)
+    # Macros, header and body packets first: they are most of a message's packets.
     if code == "D":
         if not payload:
             raise MilterProtocolError("macro packet without command")
+        if len(payload) == 1:  # an empty list: Postfix sends one before nearly every step
+            return Macros(chr(payload[0]), {})
         items = _strings(payload[1:])
         if len(items) % 2:
             items.append("")  # a name without its value: keep the name
         values = {items[i]: items[i + 1] for i in range(0, len(items), 2)}
         return Macros(chr(payload[0]), values)
+    if code == "L":
+        parts = _strings(payload)
+        if len(parts) != 2:
+            raise MilterProtocolError("malformed header")
+        return Header(parts[0], parts[1])
+    if code == "B":
+        return Body(payload)
+    if code == "O":
+        if len(payload) < 12:
+            raise MilterProtocolError("short option negotiation")
+        version, actions, protocol = struct.unpack("!III", payload[:12])
+        return OptNeg(version, actions, protocol)
     if code == "C":
         host, nul, rest = payload.partition(b"\0")
         if not nul or not rest:
@@ -201,15 +211,8 @@ def decode_packet(command: int, payload: bytes) -> Command:
         return cls(args[0], tuple(a for a in args[1:] if a))
     if code == "T":
         return Data()
-    if code == "L":
-        parts = _strings(payload)
-        if len(parts) != 2:
-            raise MilterProtocolError("malformed header")
-        return Header(parts[0], parts[1])
     if code == "N":
         return EndOfHeaders()
-    if code == "B":
-        return Body(payload)
     if code == "E":
         return EndOfMessage(payload)
     if code == "A":
