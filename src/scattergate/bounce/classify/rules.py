@@ -540,9 +540,10 @@ def _distinct_lines(data: bytes) -> bytes:
     reading the copies costs a Python object per word. Splitting at line ends and a set of the
     lines run in C.
     """
-    if data.count(b"\n") < 8:  # too few lines to repeat much
+    lines = data.split(b"\n")
+    if len(lines) < 8:  # too few to repeat much
         return data
-    return b"\n".join(set(data.split(b"\n")))
+    return b"\n".join(set(lines))
 
 
 class Vocabulary:
