@@ -226,6 +226,9 @@ def decode_packet(command: int, payload: bytes) -> Command:
     raise MilterProtocolError(f"unknown milter command {command:#04x}")
 
 
+_LENGTH = struct.Struct("!I")
+
+
 class Decoder:
     """Incremental: feed() whatever arrived, get every complete command back, in order."""
 
@@ -234,20 +237,37 @@ class Decoder:
         self._max = max_packet
 
     def feed(self, data: bytes) -> list[Command]:
-        self._buffer += data
+        # Packets are cut straight from what arrived (one copy of each payload); only a packet
+        # cut short by the read waits in the buffer for the rest.
+        if self._buffer:
+            buffer = self._buffer
+            buffer += data
+            if len(buffer) >= 4:
+                (length,) = _LENGTH.unpack_from(buffer)
+                if 0 < length <= self._max and len(buffer) - 4 < length:
+                    return []  # the packet is still incomplete: no copy of what we hold
+            data = bytes(buffer)
+            buffer.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         commands: list[Command] = []
-        buffer = self._buffer
+        end = len(data)
         offset = 0
-        while len(buffer) - offset >= 4:
-            (length,) = struct.unpack_from("!I", buffer, offset)
-            if length == 0 or length > self._max:
-                raise MilterProtocolError(f"bad packet length {length}")
-            if len(buffer) - offset - 4 < length:
-                break
-            start = offset + 4
-            commands.append(decode_packet(buffer[start], bytes(buffer[start + 1:start + length])))
-            offset = start + length
-        del buffer[:offset]
+        try:
+            while end - offset >= 4:
+                (length,) = _LENGTH.unpack_from(data, offset)
+                if length == 0 or length > self._max:
+                    raise MilterProtocolError(f"bad packet length {length}")
+                start = offset + 4
+                if end - start < length:
+                    break
+                commands.append(decode_packet(data[start], data[start + 1:start + length]))
+                offset = start + length
+        except MilterProtocolError:
+            self._buffer += data[offset:]  # as it was: the bad packet is still there
+            raise
+        if offset < end:
+            self._buffer += data[offset:]
         return commands
 
 
