@@ -169,7 +169,7 @@ def decode_packet(command: int, payload: bytes) -> Command:
         if not payload:
             raise MilterProtocolError("macro packet without command")
         if len(payload) == 1:  # an empty list: Postfix sends one before nearly every step
-            return Macros(chr(payload[0]), {})
+            return _EMPTY_MACROS.get(payload[0]) or Macros(chr(payload[0]), {})
         items = _strings(payload[1:])
         if len(items) % 2:
             items.append("")  # a name without its value: keep the name
@@ -227,6 +227,9 @@ def decode_packet(command: int, payload: bytes) -> Command:
 
 
 _LENGTH = struct.Struct("!I")
+# The empty macro packet of each stage, built once and shared (11 a message from Postfix):
+# whoever reads a Macros command never changes its values.
+_EMPTY_MACROS = {ord(stage): Macros(stage, {}) for stage in "CHMRTLNBEU"}
 
 
 class Decoder:
