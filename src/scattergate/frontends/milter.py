@@ -54,7 +54,7 @@ WANTED_MACROS = {mc.STAGE_CONNECT: "{daemon_name}", mc.STAGE_HELO: NO_MACRO, mc.
 # cannot parse at MAIL) is kept and given at the next step that is answered: each RCPT, or the
 # end of the message. Over TCP an unanswered packet could wait for our delayed ACK (Nagle on
 # Postfix's side, ~40 ms: ENVIRONMENT.md), so the socket loop acknowledges at once
-# (TCP_QUICKACK after every read).
+# (TCP_QUICKACK after every read it does not answer; an answer carries the ACK).
 # DATA and end of headers carry nothing we use: not sent at all (SMFIP_NODATA, NOEOH).
 WANTED_PROTOCOL = mc.P_NOUNKNOWN | mc.P_NODATA | mc.P_NOEOH | mc.P_HDR_LEADSPC
 NO_REPLY = {mc.P_NR_CONN: mc.Connect, mc.P_NR_HELO: mc.Helo, mc.P_NR_MAIL: mc.Mail,
