@@ -164,7 +164,8 @@ class MilterConnection:
         self.actions = 0
         self.macros: dict[str, str] = {}
         self.session: Session | None = None
-        self.log: logging.Logger | SessionLog = log
+        self._log_id: str | None = None  # the session the log lines name (the last connected)
+        self._session_log: SessionLog | None = None
         self._counted = False
         self.leading_space = False  # negotiated: header values keep their leading space
         # Refusals found at a step Postfix expects no answer to, given at the next answered one:
@@ -362,7 +363,7 @@ class MilterConnection:
     async def _connect(self, ip: str, port: int, hostname: str = "") -> list[mc.Response]:
         self.close()  # a second Connect on one connection: forget the first session
         self.session = Session(client_ip=ip, client_port=port)
-        self.log = SessionLog(log, self.session.id)
+        self._log_id, self._session_log = self.session.id, None
         verdict = await self.gateway.connect(self.session)
         self._counted = True
         if _local_submission(hostname, ip, port) or self.trust.trusted_daemon(self.macros.get("{daemon_name}", "")):
@@ -371,12 +372,22 @@ class MilterConnection:
             return [mc.refusal(verdict.reply)]
         return [CONTINUE]
 
+    @property
+    def log(self) -> logging.Logger | SessionLog:
+        """The logger for this connection's lines: its session id on each, once connected.
+        Built when first used: most sessions log nothing."""
+        if self._log_id is None:
+            return log
+        if self._session_log is None:
+            self._session_log = SessionLog(log, self._log_id)
+        return self._session_log
+
     def _trusted(self) -> bool:
         # A SASL-authenticated client is one of ours, wherever it connects from.
         return bool(self.macros.get("{auth_authen}"))
 
     async def _mail(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
-        session = await self._session()
+        session = self.session if self.session is not None else await self._session()
         self._end_transaction()
         self.mail_path = path
         try:
@@ -393,7 +404,7 @@ class MilterConnection:
     async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
         if refusal := self._pending_refusal():
             return self._give(refusal, Phase.RCPT, (path,))
-        session = await self._session()
+        session = self.session if self.session is not None else await self._session()
         envelope = session.envelope
         if envelope is None:
             return [CONTINUE]  # the MTA enforces sequencing; nothing to decide on
@@ -417,7 +428,7 @@ class MilterConnection:
             given = self._give(refusal, Phase.DATA, [path for path, _ in self.recipients])
             self._end_transaction()
             return given
-        session = await self._session()
+        session = self.session if self.session is not None else await self._session()
         envelope = session.envelope
         if envelope is None:
             return [CONTINUE]
@@ -439,7 +450,7 @@ class MilterConnection:
         if suppress:
             edits.extend(never_bounce_edits(recipients))
             self.gateway.recorder.count("dsn.suppressed")
-            if self.log.isEnabledFor(logging.INFO):  # the fields cost more than the call
+            if log.isEnabledFor(logging.INFO):  # the fields cost more than the call
                 self.log.info("milter: DSNs suppressed (NOTIFY=NEVER), sender not proven: %s",
                               fields(sender=str(envelope.sender), recipients=len(recipients)))
         if session.trusted and self.rewrite_sender is not None:
