@@ -210,17 +210,17 @@ def decode_packet(command: int, payload: bytes) -> Command:
         cls = Mail if code == "M" else Rcpt
         return cls(args[0], tuple(a for a in args[1:] if a))
     if code == "T":
-        return Data()
+        return _DATA
     if code == "N":
-        return EndOfHeaders()
+        return _END_OF_HEADERS
     if code == "E":
-        return EndOfMessage(payload)
+        return EndOfMessage(payload) if payload else _END_OF_MESSAGE
     if code == "A":
-        return Abort()
+        return _ABORT
     if code == "Q":
-        return Quit()
+        return _QUIT
     if code == "K":
-        return Quit(new_connection=True)
+        return _QUIT_NEW
     if code == "U":
         return Unknown(next(iter(_strings(payload)), ""))
     raise MilterProtocolError(f"unknown milter command {command:#04x}")
@@ -230,6 +230,9 @@ _LENGTH = struct.Struct("!I")
 # The empty macro packet of each stage, built once and shared (11 a message from Postfix):
 # whoever reads a Macros command never changes its values.
 _EMPTY_MACROS = {ord(stage): Macros(stage, {}) for stage in "CHMRTLNBEU"}
+# Commands without data (or with only an immutable value) are built once.
+_DATA, _END_OF_HEADERS, _END_OF_MESSAGE, _ABORT = Data(), EndOfHeaders(), EndOfMessage(), Abort()
+_QUIT, _QUIT_NEW = Quit(), Quit(new_connection=True)
 
 
 class Decoder:
