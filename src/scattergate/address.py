@@ -7,6 +7,8 @@ percent hacks, bang paths, IP literals — rather than have them silently normal
 
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -91,6 +93,17 @@ def parse_path(text: str, *, allow_null: bool = False) -> Address:
     Angle brackets are required by RFC 5321 but many clients omit them; a bare mailbox is
     accepted as the same path. ``<>`` is the null reverse-path, valid only where `allow_null`.
     """
+    # Every message parses a sender and recipients, mostly the same few again: the (immutable)
+    # result is remembered. A path that does not parse raises every time (nothing is cached).
+    return _parse_path_cached(text, allow_null)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_path_cached(text: str, allow_null: bool) -> Address:
+    return _parse_path(text, allow_null)
+
+
+def _parse_path(text: str, allow_null: bool) -> Address:
     text = text.strip()
     if text.startswith("<"):
         if not text.endswith(">"):

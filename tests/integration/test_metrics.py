@@ -202,3 +202,20 @@ def test_serve_with_several_workers_adds_up_all_workers(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def test_counts_repeated_under_one_name_add_up(site) -> None:  # type: ignore[no-untyped-def]
+    # The labelled counter behind a name is looked up once and reused: every count still lands.
+    gw, port = site
+    recorder = gw.gateway.recorder
+
+    async def count() -> None:
+        for _ in range(3):
+            recorder.count("dsn.suppressed")
+            recorder.count("spool.delivered", 2)
+        recorder.count("no.such.counter")
+
+    gw.call(count())
+    text = scrape(port)
+    assert value(text, "scattergate_dsn_suppressed_total", kind="notify_never") == 3
+    assert value(text, "scattergate_spool_messages_total", event="delivered") == 6

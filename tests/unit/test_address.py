@@ -61,3 +61,17 @@ def test_quoted_local_part_unquoting_and_normalisation() -> None:
     assert address.is_quoted and address.unquoted_local == 'a"b'
     assert parse_path("<User@Example.ORG>").normalized == "user@example.org"
     assert not parse_path("<user@example.org>").has_routing
+
+
+def test_a_path_parsed_again_is_the_same_address_and_a_bad_one_fails_every_time() -> None:
+    from scattergate.address import AddressError, parse_path
+
+    first = parse_path("<User@Example.ORG>")
+    assert parse_path("<User@Example.ORG>") == first == parse_path("User@Example.ORG")
+    assert (first.local, first.domain) == ("User", "Example.ORG")
+    assert parse_path("<>", allow_null=True).is_null
+    for _ in range(2):
+        with pytest.raises(AddressError):
+            parse_path("<>")
+        with pytest.raises(AddressError):
+            parse_path("<a@b")

@@ -58,6 +58,14 @@ def test_header_date_is_now_as_an_rfc5322_date_formatted_once_a_second(monkeypat
     assert email.utils.parsedate_to_datetime(model.header_date()).timestamp() == 1_800_000_001
 
 
+def test_new_ids_are_twelve_hex_digits_and_distinct_across_read_ahead_refills() -> None:
+    from scattergate.model import _RandomBytes, new_id
+
+    ids = [new_id() for _ in range(3 * _RandomBytes._PAGE // 6)]  # three refills of the read-ahead
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
 def test_ids_are_unique_and_a_forked_child_does_not_repeat_its_parents() -> None:
     import os
 
@@ -76,4 +84,3 @@ def test_ids_are_unique_and_a_forked_child_does_not_repeat_its_parents() -> None
     parent = [new_id() for _ in range(50)]
     assert len(set(child) | set(parent)) == 100
     assert all(len(i) == 12 and int(i, 16) >= 0 for i in parent)
-

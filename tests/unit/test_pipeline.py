@@ -186,3 +186,15 @@ async def test_sender_findings_wait_for_rcpt_and_go_into_the_data_decision(build
 ])
 def test_received_header_shows_the_helo_name_without_comment_delimiters_or_controls(helo: str, shown: str) -> None:
     assert _trace_name(helo) == shown
+
+
+def test_trust_by_client_address_is_the_same_asked_again_and_past_the_remembered_count(
+        build: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch) -> None:
+    from scattergate import pipeline
+
+    monkeypatch.setattr(pipeline, "_TRUSTED_CACHE_SIZE", 4)
+    gateway = build(receive={"trusted_networks": ["192.0.2.0/24", "2001:db8::/32"]})
+    asked = ["192.0.2.9", "198.51.100.1", "::ffff:192.0.2.9", "2001:db8::1", "not an address", "192.0.2.9"]
+    expected = [True, False, True, True, False, True]
+    for _ in range(3):  # first answers, remembered answers, answers after the memory was cleared
+        assert [gateway.is_trusted(ip) for ip in asked] == expected

@@ -80,7 +80,8 @@ class DecisionRecorder:
             reply=str(verdict.reply),
             findings=tuple(str(f) for f in verdict.findings),
         )
-        log.info("%s", format_decision(record), extra={"decision": record})
+        if log.isEnabledFor(logging.INFO):  # formatting the line costs more than the check
+            log.info("%s", format_decision(record), extra={"decision": record})
         # Straight into the counters: observers see these with their verdict in decided(),
         # not once more each through counted() (every decision pays for this loop).
         counters = self._counters

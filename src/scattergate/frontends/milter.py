@@ -54,7 +54,7 @@ WANTED_MACROS = {mc.STAGE_CONNECT: "{daemon_name}", mc.STAGE_HELO: NO_MACRO, mc.
 # cannot parse at MAIL) is kept and given at the next step that is answered: each RCPT, or the
 # end of the message. Over TCP an unanswered packet could wait for our delayed ACK (Nagle on
 # Postfix's side, ~40 ms: ENVIRONMENT.md), so the socket loop acknowledges at once
-# (TCP_QUICKACK after every read).
+# (TCP_QUICKACK after every read it does not answer; an answer carries the ACK).
 # DATA and end of headers carry nothing we use: not sent at all (SMFIP_NODATA, NOEOH).
 WANTED_PROTOCOL = mc.P_NOUNKNOWN | mc.P_NODATA | mc.P_NOEOH | mc.P_HDR_LEADSPC
 NO_REPLY = {mc.P_NR_CONN: mc.Connect, mc.P_NR_HELO: mc.Helo, mc.P_NR_MAIL: mc.Mail,
@@ -164,7 +164,8 @@ class MilterConnection:
         self.actions = 0
         self.macros: dict[str, str] = {}
         self.session: Session | None = None
-        self.log: logging.Logger | SessionLog = log
+        self._log_id: str | None = None  # the session the log lines name (the last connected)
+        self._session_log: SessionLog | None = None
         self._counted = False
         self.leading_space = False  # negotiated: header values keep their leading space
         # Refusals found at a step Postfix expects no answer to, given at the next answered one:
@@ -221,6 +222,12 @@ class MilterConnection:
         ...), without a coroutine: most packets of a message are these, and creating and
         awaiting two coroutines per packet cost more than handling it. LATER: the command
         needs `handle_later` (it asks the Gateway)."""
+        if type(command) is mc.Macros:  # nearly every other packet; never answered
+            try:
+                self.take_macros(command)
+            except Exception:
+                return self._failed(command)
+            return []
         try:
             responses = self._dispatch_now(command)
         except Exception:
@@ -243,6 +250,12 @@ class MilterConnection:
         if responses is LATER:
             return await self.handle_later(command)
         return responses  # type: ignore[return-value]
+
+    def answers(self, command: mc.Command) -> bool:
+        """Whether the MTA waits for our answer to `command` (as negotiated so far)."""
+        if isinstance(command, (mc.Macros, mc.Abort, mc.Quit)):
+            return False
+        return not (self.silent and isinstance(command, self.silent))
 
     def _failed(self, command: mc.Command) -> list[mc.Response] | None:
         # Never a crash and never a silent accept: the client is told to try again.
@@ -350,7 +363,7 @@ class MilterConnection:
     async def _connect(self, ip: str, port: int, hostname: str = "") -> list[mc.Response]:
         self.close()  # a second Connect on one connection: forget the first session
         self.session = Session(client_ip=ip, client_port=port)
-        self.log = SessionLog(log, self.session.id)
+        self._log_id, self._session_log = self.session.id, None
         verdict = await self.gateway.connect(self.session)
         self._counted = True
         if _local_submission(hostname, ip, port) or self.trust.trusted_daemon(self.macros.get("{daemon_name}", "")):
@@ -359,12 +372,22 @@ class MilterConnection:
             return [mc.refusal(verdict.reply)]
         return [CONTINUE]
 
+    @property
+    def log(self) -> logging.Logger | SessionLog:
+        """The logger for this connection's lines: its session id on each, once connected.
+        Built when first used: most sessions log nothing."""
+        if self._log_id is None:
+            return log
+        if self._session_log is None:
+            self._session_log = SessionLog(log, self._log_id)
+        return self._session_log
+
     def _trusted(self) -> bool:
         # A SASL-authenticated client is one of ours, wherever it connects from.
         return bool(self.macros.get("{auth_authen}"))
 
     async def _mail(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
-        session = await self._session()
+        session = self.session if self.session is not None else await self._session()
         self._end_transaction()
         self.mail_path = path
         try:
@@ -381,7 +404,7 @@ class MilterConnection:
     async def _rcpt(self, path: str, options: tuple[str, ...]) -> list[mc.Response]:
         if refusal := self._pending_refusal():
             return self._give(refusal, Phase.RCPT, (path,))
-        session = await self._session()
+        session = self.session if self.session is not None else await self._session()
         envelope = session.envelope
         if envelope is None:
             return [CONTINUE]  # the MTA enforces sequencing; nothing to decide on
@@ -405,7 +428,7 @@ class MilterConnection:
             given = self._give(refusal, Phase.DATA, [path for path, _ in self.recipients])
             self._end_transaction()
             return given
-        session = await self._session()
+        session = self.session if self.session is not None else await self._session()
         envelope = session.envelope
         if envelope is None:
             return [CONTINUE]
@@ -427,7 +450,7 @@ class MilterConnection:
         if suppress:
             edits.extend(never_bounce_edits(recipients))
             self.gateway.recorder.count("dsn.suppressed")
-            if self.log.isEnabledFor(logging.INFO):  # the fields cost more than the call
+            if log.isEnabledFor(logging.INFO):  # the fields cost more than the call
                 self.log.info("milter: DSNs suppressed (NOTIFY=NEVER), sender not proven: %s",
                               fields(sender=str(envelope.sender), recipients=len(recipients)))
         if session.trusted and self.rewrite_sender is not None:
@@ -522,19 +545,22 @@ ConnectionFactory = Callable[[], MilterConnection]
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                            connection: MilterConnection) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    sock = _tcp_socket(writer)
+    if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    quickack = sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_QUICKACK")
+    quickack = sock is not None and hasattr(socket, "TCP_QUICKACK")
     decoder = mc.Decoder()
     try:
         while data := await reader.read(65536):
-            if quickack:
-                # Not sticky: re-arm after every read, so packets we don't answer are ACKed now.
+            commands = decoder.feed(data)
+            if quickack and not any(map(connection.answers, commands)):
+                # Not sticky: re-armed for every read we don't answer, so it is ACKed now. A read
+                # we answer needs none: the answer carries the ACK (a setsockopt and a bare ACK
+                # segment less, three times a message).
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             out: list[bytes] = []
             closing = False
-            for command in decoder.feed(data):
+            for command in commands:
                 # connection.handle(), without a coroutine for the commands that need none.
                 responses = connection.handle_now(command)
                 if responses is LATER:
@@ -555,7 +581,21 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
         pass
     finally:
         connection.close()
+        if sock is not None:
+            sock.detach()  # the fd is the transport's: it closes it
         writer.close()
+
+
+def _tcp_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
+    """A socket object on the connection's fd for setsockopt, when it is TCP; the caller
+    detaches it when done (the transport owns and closes the fd). uvloop's transport socket
+    builds and detaches a new socket.socket for every setsockopt: at one QUICKACK per read,
+    six per message."""
+    transport_sock = writer.get_extra_info("socket")
+    if transport_sock is None or transport_sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return socket.socket(transport_sock.family, transport_sock.type, transport_sock.proto,
+                         fileno=transport_sock.fileno())
 
 
 def handler(gateway: Gateway, **options: object) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:

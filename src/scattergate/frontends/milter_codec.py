@@ -164,19 +164,29 @@ def _strings(payload: bytes) -> list[str]:
 def decode_packet(command: int, payload: bytes) -> Command:
     """One packet (command byte and payload) → a typed command. Raises MilterProtocolError."""
     code = chr(command)
-    if code == "O":
-        if len(payload) < 12:
-            raise MilterProtocolError("short option negotiation")
-        version, actions, protocol = struct.unpack("!III", payload[:12])
-        return OptNeg(version, actions, protocol)
+    # Macros, header and body packets first: they are most of a message's packets.
     if code == "D":
         if not payload:
             raise MilterProtocolError("macro packet without command")
+        if len(payload) == 1:  # an empty list: Postfix sends one before nearly every step
+            return _EMPTY_MACROS.get(payload[0]) or Macros(chr(payload[0]), {})
         items = _strings(payload[1:])
         if len(items) % 2:
             items.append("")  # a name without its value: keep the name
         values = {items[i]: items[i + 1] for i in range(0, len(items), 2)}
         return Macros(chr(payload[0]), values)
+    if code == "L":
+        parts = _strings(payload)
+        if len(parts) != 2:
+            raise MilterProtocolError("malformed header")
+        return Header(parts[0], parts[1])
+    if code == "B":
+        return Body(payload)
+    if code == "O":
+        if len(payload) < 12:
+            raise MilterProtocolError("short option negotiation")
+        version, actions, protocol = struct.unpack("!III", payload[:12])
+        return OptNeg(version, actions, protocol)
     if code == "C":
         host, nul, rest = payload.partition(b"\0")
         if not nul or not rest:
@@ -200,27 +210,29 @@ def decode_packet(command: int, payload: bytes) -> Command:
         cls = Mail if code == "M" else Rcpt
         return cls(args[0], tuple(a for a in args[1:] if a))
     if code == "T":
-        return Data()
-    if code == "L":
-        parts = _strings(payload)
-        if len(parts) != 2:
-            raise MilterProtocolError("malformed header")
-        return Header(parts[0], parts[1])
+        return _DATA
     if code == "N":
-        return EndOfHeaders()
-    if code == "B":
-        return Body(payload)
+        return _END_OF_HEADERS
     if code == "E":
-        return EndOfMessage(payload)
+        return EndOfMessage(payload) if payload else _END_OF_MESSAGE
     if code == "A":
-        return Abort()
+        return _ABORT
     if code == "Q":
-        return Quit()
+        return _QUIT
     if code == "K":
-        return Quit(new_connection=True)
+        return _QUIT_NEW
     if code == "U":
         return Unknown(next(iter(_strings(payload)), ""))
     raise MilterProtocolError(f"unknown milter command {command:#04x}")
+
+
+_LENGTH = struct.Struct("!I")
+# The empty macro packet of each stage, built once and shared (11 a message from Postfix):
+# whoever reads a Macros command never changes its values.
+_EMPTY_MACROS = {ord(stage): Macros(stage, {}) for stage in "CHMRTLNBEU"}
+# Commands without data (or with only an immutable value) are built once.
+_DATA, _END_OF_HEADERS, _END_OF_MESSAGE, _ABORT = Data(), EndOfHeaders(), EndOfMessage(), Abort()
+_QUIT, _QUIT_NEW = Quit(), Quit(new_connection=True)
 
 
 class Decoder:
@@ -231,20 +243,37 @@ class Decoder:
         self._max = max_packet
 
     def feed(self, data: bytes) -> list[Command]:
-        self._buffer += data
+        # Packets are cut straight from what arrived (one copy of each payload); only a packet
+        # cut short by the read waits in the buffer for the rest.
+        if self._buffer:
+            buffer = self._buffer
+            buffer += data
+            if len(buffer) >= 4:
+                (length,) = _LENGTH.unpack_from(buffer)
+                if 0 < length <= self._max and len(buffer) - 4 < length:
+                    return []  # the packet is still incomplete: no copy of what we hold
+            data = bytes(buffer)
+            buffer.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         commands: list[Command] = []
-        buffer = self._buffer
+        end = len(data)
         offset = 0
-        while len(buffer) - offset >= 4:
-            (length,) = struct.unpack_from("!I", buffer, offset)
-            if length == 0 or length > self._max:
-                raise MilterProtocolError(f"bad packet length {length}")
-            if len(buffer) - offset - 4 < length:
-                break
-            start = offset + 4
-            commands.append(decode_packet(buffer[start], bytes(buffer[start + 1:start + length])))
-            offset = start + length
-        del buffer[:offset]
+        try:
+            while end - offset >= 4:
+                (length,) = _LENGTH.unpack_from(data, offset)
+                if length == 0 or length > self._max:
+                    raise MilterProtocolError(f"bad packet length {length}")
+                start = offset + 4
+                if end - start < length:
+                    break
+                commands.append(decode_packet(data[start], data[start + 1:start + length]))
+                offset = start + length
+        except MilterProtocolError:
+            self._buffer += data[offset:]  # as it was: the bad packet is still there
+            raise
+        if offset < end:
+            self._buffer += data[offset:]
         return commands
 
 

@@ -47,6 +47,15 @@ def storable(value: object) -> str:
 
 def storable_decision(d: DecisionRecord) -> DecisionRecord:
     """The decision as a backend keeps it: every text field `storable`, the time a float."""
+    texts = (d.session, d.client, d.helo, d.sender, d.phase, d.verdict, d.reply, *d.recipients, *d.findings)
+    if type(d.time) is float and all(type(text) is str for text in texts):
+        try:
+            # One encode for all (UTF-8 refuses any lone surrogate, joined or not): the usual
+            # record is storable as it is, and every flush asked this field by field.
+            "".join(texts).encode("utf-8")
+            return d
+        except UnicodeEncodeError:
+            pass
     return DecisionRecord(
         time=float(d.time), session=storable(d.session), client=storable(d.client),
         helo=storable(d.helo), sender=storable(d.sender),

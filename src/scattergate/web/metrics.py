@@ -199,6 +199,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._decision_children: dict[tuple[str, str], "Counter"] = {}
         self._reason_children: dict[tuple[str, str], "Counter"] = {}
+        self._counted_children: dict[str, "Counter"] = {}  # counted(): the child per counter name
         self.multiprocess = multiprocess_enabled()
         # In multiprocess mode the samples go to files; the registry reads them all back.
         own = None if self.multiprocess else self.registry
@@ -266,17 +267,29 @@ class Metrics:
         if name == "sessions":
             self.sessions.inc(amount)
             return
+        # Every message of the milter counts "dsn.suppressed": the labelled child looked up
+        # once per name (labels() takes a lock and re-validates on each call).
+        child = self._counted_children.get(name)
+        if child is None:
+            child = self._counted_child(name)
+            if child is None:
+                return
+            self._counted_children[name] = child
+        child.inc(amount)
+
+    def _counted_child(self, name: str) -> "Counter | None":
         group, _, rest = name.partition(".")
         if group == "dsn":
             outcome, _, kind = rest.partition(".")
             kind = kind or NOTIFY_NEVER_KIND
             if outcome == "sent":
-                self.dsn_sent.labels(kind).inc(amount)
-            elif outcome == "suppressed":
-                self.dsn_suppressed.labels(kind).inc(amount)
+                return self.dsn_sent.labels(kind)
+            if outcome == "suppressed":
+                return self.dsn_suppressed.labels(kind)
         elif group == "spool":
-            self.spool.labels(rest).inc(amount)
+            return self.spool.labels(rest)
         # decisions.* and findings.* are never passed here: decided() sees them with their verdict.
+        return None
 
     # -- checks and exposition -------------------------------------------------------------
 

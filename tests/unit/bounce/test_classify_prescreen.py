@@ -603,3 +603,11 @@ def test_screened_pattern_equals_plain_pattern(name: str, pieces: list[str]) -> 
         got = getattr(screened, method)(text, R.fold(text))
         want = getattr(screened.pattern, method)(text)
         assert (got and got.span()) == (want and want.span())
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"\r\r\n", b"x", b"ab ", b"\xff"]), max_size=40))
+def test_line_ends_are_normalised_as_crlf_then_cr_to_lf(pieces: list[bytes]) -> None:
+    from scattergate.bounce.classify.mime import normalise
+
+    raw = b"".join(pieces)
+    assert normalise(raw) == raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")

@@ -191,3 +191,50 @@ async def test_the_socket_loop_answers_exactly_what_handle_answers(gateway: Gate
         server.close()
     assert answer == b"".join(mc.encode(r) for r in expected)
     assert any(isinstance(r, mc.AddRecipient) for r in expected)  # the transaction did decide
+
+
+async def test_the_socket_loop_acknowledges_at_once_only_the_reads_it_does_not_answer(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read the MTA waits on is answered (the answer carries the TCP ACK); any other read is
+    acknowledged at once (TCP_QUICKACK), or the MTA's next packet could wait for a delayed ACK."""
+    import asyncio
+    import socket
+
+    from scattergate.frontends import milter
+
+    conn = MilterConnection(gateway)
+    await _run(conn, mc.OptNeg(6, 0x1FF, 0x1FFFFF))
+    assert conn.answers(mc.Rcpt("<user@example.org>", ())) and conn.answers(mc.EndOfMessage())
+    assert not any(conn.answers(c) for c in (mc.Macros("T", {}), mc.Connect("c", "4", 1, "192.0.2.7"),
+                                             mc.Mail("<a@example.net>", ()), mc.Header("Subject", " hi"),
+                                             mc.Body(b"x"), mc.Abort(), mc.Quit()))
+    assert MilterConnection(gateway).answers(mc.Connect("c", "4", 1, "192.0.2.7"))  # nothing negotiated yet
+
+    options: list[tuple[int, int]] = []
+
+    class Recording:
+        def setsockopt(self, level: int, name: int, value: int) -> None:
+            options.append((level, name))
+
+        def detach(self) -> int:
+            return -1
+
+    monkeypatch.setattr(milter, "_tcp_socket", lambda writer: Recording())
+    quickacks = lambda: options.count((socket.IPPROTO_TCP, socket.TCP_QUICKACK))  # noqa: E731
+    server = await asyncio.start_server(milter.handler(gateway), "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(mc.encode_command(mc.OptNeg(6, 0x1FF, 0x1FFFFF)))
+        await asyncio.wait_for(reader.readexactly(5), 10)  # the negotiation's answer (its header)
+        assert quickacks() == 0 and (socket.IPPROTO_TCP, socket.TCP_NODELAY) in options
+        writer.write(mc.encode_command(mc.Macros("T", {})))
+        for _ in range(1000):  # until the milter has read it
+            if quickacks():
+                break
+            await asyncio.sleep(0.01)
+        assert quickacks() == 1
+        writer.write(mc.encode_command(mc.Quit()))
+        await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        server.close()

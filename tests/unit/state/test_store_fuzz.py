@@ -48,3 +48,20 @@ def test_every_record_of_a_batch_is_stored_escaped(tmp_path_factory, batch: list
         assert counters["sessions"] == len(batch) and counters[f"findings.{storable(counter)}"] == 1
     finally:
         store.close()
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from(["a", "é", "\udcff", "\ud83d", "\ude00", "😀", "<", " "]),
+                        max_size=6), min_size=9, max_size=9),
+       st.sampled_from([1.5, 2]))
+def test_a_storable_record_is_the_record_made_storable_field_by_field(texts: list[str], when: float) -> None:
+    from scattergate.state.store import storable_decision
+
+    d = DecisionRecord(time=when, session=texts[0], client=texts[1], helo=texts[2], sender=texts[3],
+                       recipients=(texts[4], texts[5]), phase=texts[6], verdict=texts[7], reply=texts[8],
+                       findings=(texts[0] + texts[8],))
+    expected = DecisionRecord(
+        time=float(d.time), session=storable(d.session), client=storable(d.client), helo=storable(d.helo),
+        sender=storable(d.sender), recipients=tuple(storable(r) for r in d.recipients), phase=storable(d.phase),
+        verdict=storable(d.verdict), reply=storable(d.reply), findings=tuple(storable(f) for f in d.findings))
+    stored = storable_decision(d)
+    assert stored == expected and type(stored.time) is float
