@@ -156,12 +156,13 @@ class _RandomBytes:
     _PAGE = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # the loop and threads both take ids
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()  # one held by another thread at fork would stay held
+        # The loop and threads both take ids; in a forked child, a lock another thread held at
+        # the fork would stay held: a new one.
+        self._lock = threading.Lock()
         self._page, self._used = b"", self._PAGE
 
     def take(self, count: int) -> bytes:

@@ -290,13 +290,8 @@ class Spool:
         Returns, per message, either a Claim (stored; the caller owns the claim and must
         release it) or the exception that kept it from being stored (nothing of it is left).
         """
-        return self.commit_batch(self.stage_batch(items))
-
-    def stage_batch(self, items: Sequence[tuple[SpoolEntry, bytes]]) -> list["Claim | BaseException"]:
-        """The first half of `put_batch`: each message created, locked, written and named, but
-        not yet durable. Nothing staged may be acknowledged before `commit_batch` has made it
-        durable."""
         results: list[Claim | BaseException] = []
+        written: list[int] = []  # indexes of the claims in `results`
         for entry, content in items:
             fd = -1
             try:
@@ -314,15 +309,8 @@ class Spool:
                 self._discard(entry.id, fd)
                 results.append(exc)
                 continue
+            written.append(len(results))
             results.append(Claim(self, entry, fd, content=content, offset=len(header)))
-        return results
-
-    def commit_batch(self, staged: Sequence["Claim | BaseException"]) -> list["Claim | BaseException"]:
-        """The second half of `put_batch`: make what `stage_batch` wrote durable. Blocking (it
-        waits for the disk). A message that could not be made durable is removed, its claim
-        closed, and the exception takes its place."""
-        results = list(staged)
-        written = [index for index, result in enumerate(results) if isinstance(result, Claim)]
         # fsync once every file of the batch is written: one journal commit can cover several.
         if len(written) > 1:
             _start_writeback([results[index]._fd for index in written])  # type: ignore[union-attr]
@@ -335,7 +323,8 @@ class Spool:
                 if not _still_named(claim._fd, self.message_path(claim.entry.id)):
                     raise OSError(f"spool file of {claim.entry.id} removed before it was durable")
             except BaseException as exc:
-                self.discard(claim)
+                self._discard(claim.entry.id, claim._fd)
+                claim._fd = -1
                 results[index] = exc
                 written.remove(index)
         if written:
@@ -345,14 +334,10 @@ class Spool:
                 for index in written:  # not acknowledged: must not be delivered either
                     claim = results[index]
                     assert isinstance(claim, Claim)
-                    self.discard(claim)
+                    self._discard(claim.entry.id, claim._fd)
+                    claim._fd = -1
                     results[index] = exc
         return results
-
-    def discard(self, claim: "Claim") -> None:
-        """Remove a staged message that will not be acknowledged, and close its claim."""
-        fd, claim._fd = claim._fd, -1
-        self._discard(claim.entry.id, fd)
 
     def _discard(self, message_id: str, fd: int) -> None:
         """Remove every trace of a message that was not stored (disk full, I/O error)."""
@@ -537,7 +522,7 @@ class SpoolWriter:
         self.spool = spool
         self.on_stored = on_stored
         self.max_batch = max_batch
-        self._waiting: list[tuple[SpoolEntry, bytes, asyncio.Future[None]]] = []
+        self._writes: list[tuple[SpoolEntry, bytes, asyncio.Future[None]]] = []
         self._removals: list[tuple[Claim, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -545,7 +530,7 @@ class SpoolWriter:
         """Store durably (raises OSError when it could not). If the caller is cancelled
         before its batch starts, nothing is written."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((entry, content, future))
+        self._writes.append((entry, content, future))
         self._kick()
         await future
 
@@ -559,35 +544,35 @@ class SpoolWriter:
 
     def _kick(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._trips())
+            self._task = asyncio.get_running_loop().create_task(self._flush())
 
     def _io(self, writes: list[tuple[SpoolEntry, bytes]],
             removals: list[Claim]) -> tuple[list[Claim | BaseException], list[BaseException | None]]:
         """One trip to the thread: write a batch, then remove what was delivered."""
         stored = self.spool.put_batch(writes) if writes else []
-        errors: list[BaseException | None] = []
+        removed: list[BaseException | None] = []
         for claim in removals:
             try:
                 claim.finish()
-                errors.append(None)
-            except Exception as exc:
+                removed.append(None)
+            except Exception as exc:  # e.g. EIO: the claim is released, the message stays
                 claim.release()
-                errors.append(exc)
-        return stored, errors
+                removed.append(exc)
+        return stored, removed
 
-    async def _trips(self) -> None:
+    async def _flush(self) -> None:
         try:
-            while self._waiting or self._removals:
-                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch:]
+            while self._writes or self._removals:
+                batch, self._writes = self._writes[: self.max_batch], self._writes[self.max_batch:]
                 writes = [item for item in batch if not item[2].done()]  # else given up: not written
                 removals, self._removals = self._removals, []
                 if not writes and not removals:
                     continue
                 try:
-                    stored, errors = await asyncio.to_thread(
+                    stored, removed = await asyncio.to_thread(
                         self._io, [(e, c) for e, c, _ in writes], [claim for claim, _ in removals])
                 except Exception as exc:  # _io reports per message; this is a bug guard
-                    stored, errors = [exc] * len(writes), [exc] * len(removals)
+                    stored, removed = [exc] * len(writes), [exc] * len(removals)
                 for (_, _, future), result in zip(writes, stored):
                     if isinstance(result, Claim):
                         self.on_stored(result)
@@ -595,7 +580,7 @@ class SpoolWriter:
                             future.set_result(None)
                     elif not future.done():
                         future.set_exception(result)
-                for (_, future), error in zip(removals, errors):
+                for (_, future), error in zip(removals, removed):
                     if future.done():
                         continue
                     if error is None:

@@ -322,13 +322,13 @@ def test_writer_commits_concurrent_arrivals_together_and_hands_them_over() -> No
     async def scenario(root: Path) -> tuple[int, list[Claim], list[str]]:
         spool = Spool(root)
         batches = []
-        real = spool.commit_batch
+        real = spool.put_batch
 
-        def counting(staged):  # type: ignore[no-untyped-def]
-            batches.append(len(staged))
-            return real(staged)
+        def counting(items):  # type: ignore[no-untyped-def]
+            batches.append(len(items))
+            return real(items)
 
-        spool.commit_batch = counting  # type: ignore[method-assign]
+        spool.put_batch = counting  # type: ignore[method-assign]
         handed: list[Claim] = []
         writer = SpoolWriter(spool, handed.append)
         entries = [entry() for _ in range(10)]
@@ -401,8 +401,8 @@ def test_quarantine_cleans_up_when_the_index_fails_and_reads_shared_copies(tmp_p
 
 
 class GatedSpool(Spool):
-    """A spool whose `commit_batch` holds, in the writer's thread, any batch with a gated
-    message until its gate opens; it tells the loop when such a batch has reached the thread."""
+    """A spool whose `put_batch` holds, in the writer's thread, any batch with a gated message
+    until its gate opens; it tells the loop when such a batch has reached the thread."""
 
     def __init__(self, root: Path, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(root)
@@ -424,14 +424,14 @@ class GatedSpool(Spool):
         if not self.entered[message_id].done():  # a test that gave up waiting cancelled it
             self.entered[message_id].set_result(None)
 
-    def commit_batch(self, staged: Sequence[Claim | BaseException]) -> list[Claim | BaseException]:
-        ids = [c.entry.id for c in staged if isinstance(c, Claim)]
+    def put_batch(self, items: Sequence[tuple[SpoolEntry, bytes]]) -> list[Claim | BaseException]:
+        ids = [e.id for e, _ in items]
         for message_id in ids:
             if message_id in self.gates:
                 self.loop.call_soon_threadsafe(self._arrived, message_id)
                 if not self.gates[message_id].wait(30):  # hang guard
                     raise TimeoutError(f"gate of {message_id} never opened")
-        results = super().commit_batch(staged)
+        results = super().put_batch(items)
         self.batches.append(ids)
         return results
 
