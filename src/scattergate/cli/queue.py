@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"scattergate: no spool at {root} (is --data-dir right, and spool mode on?)", file=sys.stderr)
         return 2
-    spool = Spool(root)
+    spool = Spool(root, spares=0)  # a one-off process: what it removes is not kept for reuse
     if args.action == "list":
         _print_list(queue_admin.listing(spool), args.json)
         return 0

@@ -10,13 +10,18 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import pytest
 
 from scattergate.delivery.scheduler import retry_delay
-from scattergate.delivery.spool import Claim, Spool, SpooledRecipient, SpoolEntry, SpoolWriter
+from scattergate.delivery.spool import SPARE_DIR, Claim, Spool, SpooledRecipient, SpoolEntry, SpoolWriter
 from scattergate.config import SpoolConfig
 
 
 def entry(**kw) -> SpoolEntry:  # type: ignore[no-untyped-def]
     return SpoolEntry(sender="a@example.net", recipients=[SpooledRecipient("u@example.org", ["FAILURE"], "rfc822;u@example.org")],
                       arrival=1000.0, **kw)
+
+
+def queued_files(root: Path) -> list[str]:
+    """What is in the spool, without the files kept for reuse (spare/)."""
+    return sorted(p.name for p in root.iterdir() if p.name != SPARE_DIR)
 
 
 def test_put_then_read_back(tmp_path: Path) -> None:
@@ -51,7 +56,7 @@ def test_finish_removes_the_message(tmp_path: Path) -> None:
     claim = spool.claim(e.id)
     assert claim is not None
     claim.finish()
-    assert len(spool) == 0 and list(tmp_path.iterdir()) == []
+    assert len(spool) == 0 and queued_files(tmp_path) == []
     assert spool.claim(e.id) is None
 
 
@@ -90,7 +95,7 @@ def test_one_file_per_message_and_a_changed_state_supersedes_it(tmp_path: Path) 
     assert again is not None and again.entry.attempts == 2
     assert again.content() == b"Subject: x\r\n\r\nbody\r\n"  # read from the .msg, after the state line
     again.finish()
-    assert list(tmp_path.iterdir()) == []
+    assert queued_files(tmp_path) == []
 
 
 def test_finish_removes_a_state_file_written_by_the_same_claim(tmp_path: Path) -> None:
@@ -100,7 +105,7 @@ def test_finish_removes_a_state_file_written_by_the_same_claim(tmp_path: Path) -
     claim.entry.attempts = 1
     claim.save()  # a deferral, then a delivery on the same claim
     claim.finish()
-    assert list(tmp_path.iterdir()) == []
+    assert queued_files(tmp_path) == []
 
 
 def test_put_batch_stores_all_and_hands_out_held_claims_with_their_content(tmp_path: Path) -> None:
@@ -555,3 +560,106 @@ async def test_writer_removals_asked_during_a_removal_trip_go_together_on_the_ne
         await writer.close()
         assert spool.ids() == [] and all(claim._fd == -1 for claim in handed)
         assert executor.submitted - trips <= 2  # not a trip each
+
+
+# Files kept for reuse (SpareFiles): no inode is allocated or freed per message.
+
+
+def test_a_delivered_message_file_is_rewritten_for_the_next_message_not_created_anew(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    first, second = entry(), entry()
+    (claim,) = spool.put_batch([(first, b"first message, longer than the next\r\n")])
+    assert isinstance(claim, Claim)
+    inode = os.stat(spool.message_path(first.id)).st_ino
+    claim.finish()
+    assert spool.ids() == [] and spool.claim(first.id) is None
+    spool.put(second, b"second\r\n")
+    assert os.stat(spool.message_path(second.id)).st_ino == inode
+    again = spool.claim(second.id)
+    assert again is not None and again.entry == second and again.content() == b"second\r\n"
+
+
+def test_a_rewrite_a_crash_cut_short_never_brings_the_delivered_message_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    delivered, fresh = entry(), entry()
+    (claim,) = spool.put_batch([(delivered, b"Subject: delivered\r\n\r\nbody\r\n")])
+    assert isinstance(claim, Claim)
+    old = spool.message_path(delivered.id).read_bytes()
+    claim.finish()
+    # The kept file renamed to the new message's name, its old (whole, sealed) content still on
+    # disk: what a crash between the rename and the fsync of the rewrite can leave.
+    spool.message_path(fresh.id).write_bytes(old)
+    assert spool.claim(fresh.id) is None
+    assert spool.ids() == []
+    assert [p.name for p in (tmp_path / "corrupt").iterdir()] == [f"{fresh.id}.msg"]
+
+
+def test_spares_are_bounded_and_the_rest_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, spares=1)
+    claims = spool.put_batch([(entry(), b"x\r\n"), (entry(), b"y\r\n")])
+    for claim in claims:
+        assert isinstance(claim, Claim)
+        claim.finish()
+    (own,) = (tmp_path / SPARE_DIR).iterdir()
+    assert len(list(own.iterdir())) == 1 and spool.ids() == []
+
+
+def test_a_gone_process_spares_are_removed_a_live_one_kept(tmp_path: Path) -> None:
+    spare = tmp_path / SPARE_DIR
+    gone, live = spare / "1.gone", spare / "2.live"
+    for directory in (gone, live):
+        directory.mkdir(parents=True)
+        (directory / "1").write_bytes(b"old content")
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as its living owner holds it
+    try:
+        spool = Spool(tmp_path)
+        (claim,) = spool.put_batch([(entry(), b"x\r\n")])
+        assert isinstance(claim, Claim)
+        claim.finish()
+        assert not gone.exists() and (live / "1").exists()
+        assert len(list(spare.iterdir())) == 2  # the live one and ours
+    finally:
+        os.close(held)
+
+
+def test_a_forked_worker_keeps_its_own_spares(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    (claim,) = spool.put_batch([(entry(), b"x\r\n")])
+    assert isinstance(claim, Claim)
+    claim.finish()
+    (parents,) = (tmp_path / SPARE_DIR).iterdir()
+    pid = os.fork()
+    if pid == 0:  # the child: must not take the parent's file, and keeps its own elsewhere
+        try:
+            fd, path = spool.spares.take()
+            (child_claim,) = spool.put_batch([(entry(), b"y\r\n")])
+            assert isinstance(child_claim, Claim)
+            child_claim.finish()
+            os._exit(0 if fd == -1 and path is None and len(list((tmp_path / SPARE_DIR).iterdir())) == 2 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(list(parents.iterdir())) == 1
+
+
+def test_a_claim_that_opened_the_file_before_it_was_delivered_gets_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path)
+    e = entry()
+    (first,) = spool.put_batch([(e, b"x\r\n")])
+    assert isinstance(first, Claim)
+    first.release()
+    holder = spool.claim(e.id)
+    assert holder is not None
+    real_flock = fcntl.flock
+    pending = [holder]
+
+    def delivered_meanwhile(fd: int, operation: int) -> None:
+        if pending:
+            pending.pop().finish()  # kept for reuse: renamed, so its link count stays 1
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", delivered_meanwhile)
+    assert spool.claim(e.id) is None
