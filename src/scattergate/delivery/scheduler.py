@@ -111,6 +111,10 @@ class Scheduler:
             log.info("spool: removed %d incomplete writes (never acknowledged)", removed)
         log.info("spool: %d messages queued", len(self.spool))
         try:
+            self.spool.spares.stock()
+        except OSError as exc:  # files are then created per message, as they would be without it
+            log.warning("spool: cannot keep spare files in %s: %s", self.spool.spares.parent, exc)
+        try:
             self._waker.start()
         except OSError as exc:  # the periodic scan still finds flushed mail, only later
             log.warning("spool: cannot listen for queue flush requests at %s: %s", self._waker.path, exc)

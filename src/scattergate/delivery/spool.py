@@ -203,19 +203,22 @@ def _start_writeback(fds: Sequence[int]) -> None:
 
 
 class SpareFiles:
-    """Files of delivered messages, kept to be rewritten for new ones instead of created.
+    """Empty files kept to be written for new messages instead of files created anew.
 
     Why: creating a file allocates an inode, and on ext4 without a journal (the machines our
     numbers come from) the allocator skips, one buffer lookup each, every inode of the group
     freed in the last minutes: under a steady stream of messages that scan was an eighth of a
-    worker's CPU, inside the writer's trip that clients wait for. A kept file is truncated and
-    renamed back into the spool: no inode is allocated or freed per message.
+    worker's CPU, inside the writer's trip that clients wait for. A delivered message's file is
+    renamed here and emptied; a new message is written into it and renamed into the spool. No
+    inode is allocated or freed per message once the stock is made (`stock`, at start-up).
 
     Each process keeps its own in `spare/<pid>.<id>/`, a directory it holds an flock on, so no
-    two processes ever take the same file; the directory of a process that is gone (its flock
-    free) is emptied by the next process that keeps a file. A spare holds the delivered
-    message's content until it is rewritten: `Spool._state` checks that the id in a `.msg` is its
-    own, so a crash in the middle of a rewrite never brings that message back.
+    two processes ever take the same file; the files of a process that is gone (its directory's
+    flock free) are taken over by the next one to start. A file is renamed here before it is
+    emptied, so a crash in between can leave a delivered message's content under a spare name
+    (emptied when taken over), never under a spool name: a crash while one is rewritten can
+    leave its old content under the new name only if the rename reached the disk before the
+    truncation, and `Spool._state` sets aside a `.msg` whose id is not its own.
     """
 
     def __init__(self, root: Path, keep: int) -> None:
@@ -226,20 +229,27 @@ class SpareFiles:
         self._pid = 0  # the process that made self._dir (a forked child makes its own)
         self._serial = 0
 
+    def __len__(self) -> int:
+        return len(self._names) if self._pid == os.getpid() else 0
+
     def _own_dir(self) -> Path:
         if self._dir is None or self._pid != os.getpid():
             self._names, self._pid = [], os.getpid()
             self.parent.mkdir(exist_ok=True)
-            self._remove_abandoned()
             directory = self.parent / f"{self._pid}.{new_id()}"
             directory.mkdir()
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held (fd kept open) while we live
             self._dir = directory
+            self._take_over_abandoned()
         return self._dir
 
-    def _remove_abandoned(self) -> None:
+    def _take_over_abandoned(self) -> None:
+        """Move the files of processes that are gone into our own directory (emptied)."""
+        assert self._dir is not None
         for directory in self.parent.iterdir():
+            if directory == self._dir:
+                continue
             try:
                 fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
@@ -247,33 +257,70 @@ class SpareFiles:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 for name in os.listdir(directory):
+                    if len(self._names) < self.keep and self._adopt(directory / name):
+                        continue
                     (directory / name).unlink(missing_ok=True)
                 directory.rmdir()
             except OSError:
-                pass  # a live process's (BlockingIOError), or removed meanwhile
+                pass  # a live process's (BlockingIOError), or taken meanwhile
             finally:
                 os.close(fd)
 
+    def _adopt(self, path: Path) -> bool:
+        assert self._dir is not None
+        self._serial += 1
+        kept = self._dir / str(self._serial)
+        try:
+            os.rename(path, kept)
+            os.truncate(kept, 0)  # a crash may have left one with its content
+        except OSError:
+            return False
+        self._names.append(kept.name)
+        return True
+
+    def stock(self) -> int:
+        """Fill our stock up to `keep` empty files (at start-up, before the load); how many
+        were made."""
+        if not self.keep:
+            return 0
+        directory = self._own_dir()
+        made = 0
+        while len(self._names) < self.keep:
+            self._serial += 1
+            os.close(_create(directory / str(self._serial)))
+            self._names.append(str(self._serial))
+            made += 1
+        return made
+
     def put(self, path: Path) -> bool:
-        """Keep the file at `path` (then no longer named there); False when enough are kept."""
-        if len(self._names) >= self.keep:
+        """Keep the file at `path` (then no longer named there), emptied; False when enough
+        are kept."""
+        if len(self) >= self.keep:
             return False
         try:
             directory = self._own_dir()
             self._serial += 1
-            name = str(self._serial)
-            os.rename(path, directory / name)
+            kept = directory / str(self._serial)
+            os.rename(path, kept)
         except OSError:
             return False
-        self._names.append(name)
+        try:
+            os.truncate(kept, 0)  # delivered mail does not linger on disk
+        except OSError:
+            kept.unlink(missing_ok=True)
+            return True
+        self._names.append(kept.name)
         return True
 
     def take(self) -> tuple[int, Path | None]:
-        """A kept file, emptied, open for writing and locked, and where it is; (-1, None) if none."""
-        while self._names and self._dir is not None and self._pid == os.getpid():
-            path = self._dir / self._names.pop()
+        """A kept file, open for writing and locked, and where it is; (-1, None) if none."""
+        while len(self) and self._dir is not None:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+                path = self._dir / self._names.pop()
+            except IndexError:  # taken meanwhile by another thread
+                break
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
@@ -354,7 +401,7 @@ class Claim:
 
 
 class Spool:
-    def __init__(self, root: Path, *, spares: int = 256) -> None:
+    def __init__(self, root: Path, *, spares: int = 512) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.spares = SpareFiles(root, spares)

@@ -604,12 +604,12 @@ def test_spares_are_bounded_and_the_rest_removed(tmp_path: Path) -> None:
     assert len(list(own.iterdir())) == 1 and spool.ids() == []
 
 
-def test_a_gone_process_spares_are_removed_a_live_one_kept(tmp_path: Path) -> None:
+def test_a_gone_process_spares_are_taken_over_emptied_a_live_ones_left_alone(tmp_path: Path) -> None:
     spare = tmp_path / SPARE_DIR
     gone, live = spare / "1.gone", spare / "2.live"
     for directory in (gone, live):
         directory.mkdir(parents=True)
-        (directory / "1").write_bytes(b"old content")
+        (directory / "1").write_bytes(b"content a crash left")
     held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(held, fcntl.LOCK_EX)  # as its living owner holds it
     try:
@@ -617,10 +617,34 @@ def test_a_gone_process_spares_are_removed_a_live_one_kept(tmp_path: Path) -> No
         (claim,) = spool.put_batch([(entry(), b"x\r\n")])
         assert isinstance(claim, Claim)
         claim.finish()
-        assert not gone.exists() and (live / "1").exists()
-        assert len(list(spare.iterdir())) == 2  # the live one and ours
+        assert not gone.exists() and (live / "1").read_bytes() == b"content a crash left"
+        (own,) = [d for d in spare.iterdir() if d != live]
+        kept = sorted(own.iterdir())
+        assert len(kept) == 2 and all(p.stat().st_size == 0 for p in kept)
     finally:
         os.close(held)
+
+
+def test_a_kept_file_is_emptied_delivered_mail_does_not_linger(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    (claim,) = spool.put_batch([(entry(), b"Subject: private\r\n\r\nbody\r\n")])
+    assert isinstance(claim, Claim)
+    claim.finish()
+    (own,) = (tmp_path / SPARE_DIR).iterdir()
+    (kept,) = own.iterdir()
+    assert kept.stat().st_size == 0
+
+
+def test_the_stock_made_at_start_up_serves_new_messages_without_creating_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, spares=8)
+    assert spool.spares.stock() == 8 and spool.spares.stock() == 0
+    (own,) = (tmp_path / SPARE_DIR).iterdir()
+    stocked = {p.stat().st_ino for p in own.iterdir()}
+    entries = [entry() for _ in range(5)]
+    claims = spool.put_batch([(e, b"x\r\n") for e in entries])
+    assert all(isinstance(c, Claim) for c in claims)
+    assert {spool.message_path(e.id).stat().st_ino for e in entries} <= stocked
+    assert len(list(own.iterdir())) == 3
 
 
 def test_a_forked_worker_keeps_its_own_spares(tmp_path: Path) -> None:
