@@ -3,7 +3,6 @@ import contextlib
 import fcntl
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -441,33 +440,17 @@ class GatedSpool(Spool):
         return results
 
 
-class CountingExecutor(ThreadPoolExecutor):
-    """The loop's default executor, counting the trips handed to it (counted in the loop, as
-    they are handed over: no race with the threads)."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=8)
-        self.submitted = 0
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.submitted += 1
-        return super().submit(fn, *args, **kwargs)
-
-
 @contextlib.asynccontextmanager
-async def gated_writer(root: Path, **options: Any) -> AsyncIterator[tuple[GatedSpool, SpoolWriter, list[Claim], CountingExecutor]]:
+async def gated_writer(root: Path, **options: Any) -> AsyncIterator[tuple[GatedSpool, SpoolWriter, list[Claim]]]:
     loop = asyncio.get_running_loop()
-    executor = CountingExecutor()
-    loop.set_default_executor(executor)
     spool = GatedSpool(root, loop)
     handed: list[Claim] = []
     writer = SpoolWriter(spool, handed.append, **options)
     try:
-        yield spool, writer, handed, executor
+        yield spool, writer, handed
     finally:
         spool.open_all()  # a failed test must not leave a thread blocked
         await asyncio.wait_for(writer.close(), 10)
-        executor.shutdown()
         for claim in handed:
             claim.release()
 
@@ -481,14 +464,14 @@ async def settle() -> None:
 async def test_writer_a_put_during_a_trip_waits_for_it_and_goes_on_the_next(tmp_path: Path) -> None:
     # One trip at a time: measured against three in flight, it costs less CPU per message and
     # is as fast (docs/spool.md); the messages that arrive meanwhile form the next batch.
-    async with gated_writer(tmp_path) as (spool, writer, handed, executor):
+    async with gated_writer(tmp_path) as (spool, writer, handed):
         first, second = entry(), entry()
         spool.gate(first)
         put_first = asyncio.create_task(writer.put(first, b"x\r\n"))
         await asyncio.wait_for(spool.entered[first.id], 10)
         put_second = asyncio.create_task(writer.put(second, b"x\r\n"))
         await settle()
-        assert executor.submitted == 1 and not put_second.done()  # no second trip
+        assert writer.trips == 1 and not put_second.done()  # no second trip
 
         spool.gates[first.id].set()
         await asyncio.wait_for(asyncio.gather(put_first, put_second), 10)
@@ -498,7 +481,7 @@ async def test_writer_a_put_during_a_trip_waits_for_it_and_goes_on_the_next(tmp_
 
 
 async def test_writer_close_waits_for_the_trip_in_flight_and_the_next(tmp_path: Path) -> None:
-    async with gated_writer(tmp_path) as (spool, writer, handed, _):
+    async with gated_writer(tmp_path) as (spool, writer, handed):
         first, second = entry(), entry()
         spool.gate(first)
         put_first = asyncio.create_task(writer.put(first, b"x\r\n"))
@@ -515,7 +498,7 @@ async def test_writer_close_waits_for_the_trip_in_flight_and_the_next(tmp_path: 
 
 
 async def test_writer_removes_at_once_when_no_trip_is_out_else_on_the_next(tmp_path: Path) -> None:
-    async with gated_writer(tmp_path) as (spool, writer, handed, _):
+    async with gated_writer(tmp_path) as (spool, writer, handed):
         first, second, blocked = entry(), entry(), entry()
         await asyncio.wait_for(asyncio.gather(writer.put(first, b"x\r\n"), writer.put(second, b"x\r\n")), 10)
         one, two = handed
@@ -534,7 +517,7 @@ async def test_writer_removes_at_once_when_no_trip_is_out_else_on_the_next(tmp_p
 
 
 async def test_writer_a_message_given_up_before_its_trip_leaves_nothing(tmp_path: Path) -> None:
-    async with gated_writer(tmp_path) as (spool, writer, handed, _):
+    async with gated_writer(tmp_path) as (spool, writer, handed):
         first, abandoned = entry(), entry()
         spool.gate(first)
         put_first = asyncio.create_task(writer.put(first, b"x\r\n"))
@@ -549,17 +532,17 @@ async def test_writer_a_message_given_up_before_its_trip_leaves_nothing(tmp_path
 
 
 async def test_writer_removals_asked_during_a_removal_trip_go_together_on_the_next(tmp_path: Path) -> None:
-    async with gated_writer(tmp_path) as (spool, writer, handed, executor):
+    async with gated_writer(tmp_path) as (spool, writer, handed):
         entries = [entry() for _ in range(4)]
         await asyncio.wait_for(asyncio.gather(*(writer.put(e, b"x\r\n") for e in entries)), 10)
-        trips = executor.submitted
+        trips = writer.trips
         first = asyncio.create_task(writer.remove(handed[0]))
         await settle()  # the first removal's trip is out ...
         rest = [asyncio.create_task(writer.remove(claim)) for claim in handed[1:]]  # ... these wait for it
         await asyncio.wait_for(asyncio.gather(first, *rest), 10)
         await writer.close()
         assert spool.ids() == [] and all(claim._fd == -1 for claim in handed)
-        assert executor.submitted - trips <= 2  # not a trip each
+        assert writer.trips - trips <= 2  # not a trip each
 
 
 # Files kept for reuse (SpareFiles): no inode is allocated or freed per message.
