@@ -190,7 +190,7 @@ class SpoolConfig:
     dsn_max_return: int = 256 * 1024
     # Acceptance first (delivery/pacing.py): while a worker's loop is saturated and clients are
     # connected, at most this many deliveries run at once...
-    deliveries_when_busy: int = 2
+    deliveries_when_busy: int = 1
     # ...unless this many deliveries are waiting: then the CPU is shared again.
     busy_backlog: int = 2000
 
