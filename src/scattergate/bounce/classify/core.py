@@ -10,6 +10,7 @@ an auto-reply or a bounce) is read for extraction, never for classification.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, replace
 from email.message import Message
 from email.utils import getaddresses, parseaddr
@@ -211,10 +212,20 @@ def _list_admin(top: Message) -> bool:
     return R.S_LIST_ADMIN.search(to, R.fold(to)) is not None
 
 
+# A quoted line ("> ..." after any blanks) with the line end before it. Opening with "\n" lets
+# `re` jump from line end to line end; [^\S\n] is what str.lstrip() strips, within a line.
+_QUOTED_LINE = re.compile(r"\n[^\S\n]*>[^\n]*")
+
+
 def _unquoted(text: str) -> str:
+    """The text without its quoted lines: the lines split at "\n" whose first non-blank is ">".
+
+    One substitution over "\n" + text instead of a Python test per line: every line then
+    follows a "\n", a quoted one leaves with it, and the "\n" added in front goes at the end.
+    """
     if ">" not in text:
         return text
-    return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+    return _QUOTED_LINE.sub("", "\n" + text)[1:]
 
 
 def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str | None,
@@ -334,14 +345,26 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         if not (null_sender or system_sender or header(top, "X-Failed-Recipients")):
             scores[Kind.BOUNCE] -= 3
 
-    minimum = {Kind.BOUNCE: _BOUNCE_MIN, Kind.AUTO_REPLY: _AUTO_MIN, Kind.CHALLENGE: _CHALLENGE_MIN}
+    minimum = _MINIMUM
     # Order breaks ties: a bounce that also says "auto-replied" is still a bounce.
-    best = max(scores, key=lambda k: (scores[k] - minimum[k], -list(scores).index(k)))
+    best = _best(scores)
     if scores[best] < minimum[best]:
         return Kind.NONE, round(max(0.0, 0.4 * scores[best] / minimum[best]), 2)
     evidence.extend(ev[best])
     confidence = min(0.98, 0.55 + 0.05 * (scores[best] - minimum[best]) + 0.05)
     return best, round(confidence, 2)
+
+
+_MINIMUM = {Kind.BOUNCE: _BOUNCE_MIN, Kind.AUTO_REPLY: _AUTO_MIN, Kind.CHALLENGE: _CHALLENGE_MIN}
+
+
+def _best(scores: dict[Kind, int]) -> Kind:
+    """The kind furthest above (or least below) its minimum; the first in order on a tie."""
+    best, margin = Kind.NONE, 0
+    for kind, score in scores.items():
+        if best is Kind.NONE or score - _MINIMUM[kind] > margin:
+            best, margin = kind, score - _MINIMUM[kind]
+    return best
 
 
 # --- the returned original ------------------------------------------------------------------

@@ -276,8 +276,41 @@ def _plain_param(msg: Message, name: str) -> str | None | _NotPlain:
     return None
 
 
+# Charsets under which ASCII bytes decode to the same characters (the usual ones for plain mail).
+_ASCII_CHARSETS = frozenset({"", "utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "windows-1252"})
+# Transfer encodings under which get_payload(decode=True) returns the payload's bytes unchanged.
+_IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
+
+
+def _ascii_text(part: Message) -> str | None:
+    """decode_text's result before capping, for an ASCII payload held as text and not transfer-
+    encoded, in an ASCII-compatible charset; None for anything else.
+
+    Then get_payload(decode=True) only encodes the text to ASCII bytes and decode_text decodes
+    them back: the same characters. Most single-part mail is such a part (~2 µs for 5 KB).
+    """
+    raw = part.get_payload()
+    if not isinstance(raw, str) or not raw.isascii():
+        return None
+    cte = _field_index(part).get("content-transfer-encoding")
+    if cte is not None and str(part.policy.header_fetch_parse(*cte)).lower() not in _IDENTITY_ENCODINGS:
+        return None
+    if param(part, "charset") not in _ASCII_CHARSETS:
+        return None
+    return raw
+
+
 def decode_text(part: Message, limit: int = MAX_TEXT_PER_PART) -> str:
     """Decoded text of a non-multipart part, capped; never raises."""
+    try:
+        text = _ascii_text(part)
+    except Exception:
+        text = None
+    if text is not None:
+        text = text[: limit * 2]
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        return text[:limit]
     try:
         payload = part.get_payload(decode=True)
     except Exception:

@@ -760,19 +760,27 @@ class Screened:
     match; the few `in` tests cost less than the regex's alternation at every position.
     """
 
-    __slots__ = ("keys", "pattern")
+    __slots__ = ("ascii_keys", "keys", "pattern")
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
         cover = literal_cover(pattern)
         self.keys: tuple[str, ...] | None = None
+        self.ascii_keys: tuple[str, ...] | None = None
         if cover is not None:
             keys = {max(_WORD.findall(lit), key=len, default=lit) for lit in cover}
             self.keys = tuple(sorted(k for k in keys if not any(o != k and o in k for o in keys)))
+            # An ASCII text holds no non-ASCII key (other languages' words): not tested there.
+            self.ascii_keys = tuple(k for k in self.keys if k.isascii())
 
     def may_match(self, folded: str) -> bool:
         """False only if the pattern cannot match the text whose fold() is `folded`."""
-        return self.keys is None or any(key in folded for key in self.keys)
+        if self.keys is None:
+            return True
+        for key in self.ascii_keys if folded.isascii() else self.keys:  # a loop: no generator
+            if key in folded:
+                return True
+        return False
 
     def search(self, text: str, folded: str) -> re.Match[str] | None:
         return self.pattern.search(text) if self.may_match(folded) else None
