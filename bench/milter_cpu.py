@@ -6,8 +6,10 @@ core: it starts the same two milter processes as that bench's verdict rows —
 
   - the do-nothing milter on our codec, answering only at RCPT and end of message
     (milter_throughput.OWN_CODEC, "quiet");
-  - `scattergate milter` with the bench's configuration (SPF and DKIM off, logging at warning,
-    metrics on over their own HTTP port, no recipient list, `--domain example.org`)
+  - `scattergate milter` with the bench's configuration (as shipped: SPF and DKIM on, asking a
+    DNS server on loopback that publishes the sender's SPF, so the sender is proven; logging at
+    warning, metrics on over their own HTTP port, no recipient list, `--domain example.org`;
+    `--no-auth`: SPF and DKIM off, every sender unproven)
 
 — and drives each over loopback TCP with the packet stream Postfix 3.x sends for one message of
 `smtp-source -l 5120 -f sender@example.net -t user@example.org` (captured with a recording
@@ -63,6 +65,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from milter_throughput import OWN_CODEC, cpu_seconds, wait_connectable  # noqa: E402
 from scattergate.frontends import milter_codec as mc  # noqa: E402
+from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.sink import free_port  # noqa: E402
 
 # What Postfix 3.x offers (version 6, every action, every protocol flag).
@@ -144,7 +147,7 @@ def measure(pid: int, port: int, messages: int, sessions: int) -> float:
     return (cpu_seconds(pid) - before) * 1000 / messages
 
 
-def logic(args: argparse.Namespace, config_text: str, work: Path) -> list[float]:
+def logic(args: argparse.Namespace, config_text: str, work: Path, dns: str) -> list[float]:
     """µs of process time per message of the milter's logic, in this process (see --logic)."""
     import cProfile
 
@@ -158,7 +161,7 @@ def logic(args: argparse.Namespace, config_text: str, work: Path) -> list[float]
     toml = work / "logic.toml"
     toml.write_text(config_text.format(data=work / "logic"))
     argv = ["milter", "--config", str(toml), "--domain", "example.org", "--listen", "inet:127.0.0.1:1",
-            "--http-listen", "127.0.0.1:1"]
+            "--http-listen", "127.0.0.1:1", "--dns", dns]
     config = load_config(build_parser().parse_args(argv), probe_listen=False)
     milter.for_postfix(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -252,6 +255,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--toml", default="", metavar="TEXT", help="extra scattergate config")
+    parser.add_argument("--no-auth", dest="auth", action="store_false",
+                        help="SPF and DKIM off (default: on, as shipped, against a loopback DNS server)")
     parser.add_argument("--baseline-src", default="", metavar="DIR",
                         help="also measure the scattergate milter from this source tree (A/B)")
     parser.add_argument("--only", choices=("sg", "nothing"), default=None, help="measure one milter only")
@@ -267,10 +272,10 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="sg-mcpu-"))
     (work / "codec_trivial.py").write_text(OWN_CODEC)
-    config = textwrap.dedent("""\
-        [auth]
-        spf = false
-        dkim = false
+    # smtp-source's sender domain passes SPF from loopback, as in bench/milter_throughput.py.
+    dns_server = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
+    dns = f"127.0.0.1:{dns_server.port}"
+    config = ("" if args.auth else "[auth]\nspf = false\ndkim = false\n") + textwrap.dedent("""\
         [state]
         data_dir = "{data}"
         [logging]
@@ -287,14 +292,15 @@ def main() -> int:
         if name == "sg" and round_no == 0 and args.cprofile:
             python += ["-m", "cProfile", "-o", str(Path(args.cprofile).resolve())]
         cmd = [*python, "-m", "scattergate", "milter", "--config", str(toml), "--domain", "example.org",
-               "--listen", f"inet:127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{free_port()}"]
+               "--listen", f"inet:127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{free_port()}", "--dns", dns]
         env = {**os.environ, "PYTHONPATH": str(Path(args.baseline_src).resolve())} if name == "base" else None
         return cmd, env
 
     if args.logic:
         try:
-            results_us = logic(args, config, work)
+            results_us = logic(args, config, work, dns)
         finally:
+            dns_server.stop()
             shutil.rmtree(work, ignore_errors=True)
         print(f"\n{args.messages} messages, {args.sessions} connections interleaved, in process, no sockets:"
               f" scattergate milter logic {statistics.median(results_us):.1f} µs/msg"
@@ -309,6 +315,7 @@ def main() -> int:
         try:
             return instructions(args, names, command, work)
         finally:
+            dns_server.stop()
             shutil.rmtree(work, ignore_errors=True)
     try:
         for round_no in range(args.rounds):
@@ -334,6 +341,7 @@ def main() -> int:
                     process.terminate()
                     process.wait(30)
     finally:
+        dns_server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     labels = {"nothing": "do-nothing milter on our codec (replies at RCPT/end)",

@@ -1,8 +1,10 @@
 """SPF (RFC 7208) for the MAIL FROM and HELO identities, as findings.
 
-The evaluation is pyspf's; only its DNS is ours. pyspf is blocking, so it runs in a worker
-thread (`Resolver.run_blocking`) and its lookups come back through our cached async resolver on
-the event loop, which means the configured nameservers, timeouts and cache apply to SPF too.
+The evaluation is pyspf's; only its DNS is ours. pyspf is blocking: when our cache holds
+every record the check needs (the usual case: the same few domains send again and again) it
+runs at once on the event loop; otherwise in a worker thread whose lookups come back through
+our cached async resolver on the loop (`Resolver.run_cached_first`). Either way the configured
+nameservers, timeouts and cache apply to SPF too.
 
 pyspf looks names up through its module-level `spf.DNSLookup`. We replace it once with a
 dispatcher that uses the resolver bound to the *current thread's context* and falls back to
@@ -21,7 +23,7 @@ import spf
 
 from scattergate.logfmt import fields
 from scattergate.model import Finding
-from scattergate.net.dns import BlockingResolver, DnsNotFound, DnsTempError, Resolver
+from scattergate.net.dns import DnsNotFound, DnsTempError, Resolver, SyncLookups
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerro
 DEFAULT_TIMEOUT = 20.0
 _MAX_IDENTITY = 1024  # far beyond RFC 5321's 256-octet path: only absurd input is refused
 
-_current: contextvars.ContextVar[BlockingResolver | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[SyncLookups | None] = contextvars.ContextVar(
     "scattergate_spf_resolver", default=None)
 
 
@@ -107,7 +109,7 @@ async def _run(resolver: Resolver, ip: str, sender: str, helo: str, identity: st
     if not domain:
         return outcome("none", "no domain to check")
 
-    def evaluate(dns: BlockingResolver) -> SpfResult:
+    def evaluate(dns: SyncLookups) -> SpfResult:
         token = _current.set(dns)
         try:
             q = _Query(i=ip, s=sender, h=helo, receiver=receiver or "unknown",
@@ -121,7 +123,7 @@ async def _run(resolver: Resolver, ip: str, sender: str, helo: str, identity: st
             _current.reset(token)
 
     try:
-        res = await resolver.run_blocking(evaluate)
+        res = await resolver.run_cached_first(evaluate)
     except Exception as exc:  # a library bug must not take the session down; retry later
         log.exception("SPF evaluation failed: %s", fields(sender=sender, helo=helo, client=ip))
         return outcome("temperror", f"internal error: {type(exc).__name__}")

@@ -11,7 +11,8 @@ that exists without records of the asked type (NODATA) is an empty list, not an 
 
 Libraries with blocking DNS hooks (pyspf, dkimpy) run in worker threads through
 `Resolver.run_blocking`; their lookups come back to this resolver on the event loop, so they
-share its cache and its timeouts.
+share its cache and its timeouts. `Resolver.run_cached_first` runs such a function on the loop
+itself when the cache already holds every answer it asks for (see there why).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -108,40 +109,33 @@ class Resolver:
 
     async def txt(self, name: str) -> list[str]:
         """TXT records, each one's strings joined (RFC 7208 §3.3), decoded as UTF-8 (lossy)."""
-        return [b.decode("utf-8", "replace") for b in await self.txt_bytes(name)]
+        return _txt(await self.query(name, "TXT"))
 
     async def txt_bytes(self, name: str) -> list[bytes]:
         """TXT records as raw bytes, each one's strings joined with no separator."""
-        return [b"".join(r.strings) for r in await self.query(name, "TXT")]  # type: ignore[attr-defined]
+        return _txt_bytes(await self.query(name, "TXT"))
 
     async def txt_strings(self, name: str) -> list[tuple[bytes, ...]]:
         """TXT records as their separate character-strings (some parsers need the pieces)."""
-        return [tuple(r.strings) for r in await self.query(name, "TXT")]  # type: ignore[attr-defined]
+        return _txt_strings(await self.query(name, "TXT"))
 
     async def a(self, name: str) -> list[str]:
-        return [r.address for r in await self.query(name, "A")]  # type: ignore[attr-defined]
+        return _addresses(await self.query(name, "A"))
 
     async def aaaa(self, name: str) -> list[str]:
-        return [r.address for r in await self.query(name, "AAAA")]  # type: ignore[attr-defined]
+        return _addresses(await self.query(name, "AAAA"))
 
     async def mx(self, name: str) -> list[tuple[int, str]]:
         """(preference, exchange) pairs, exchange without the final dot, sorted by preference."""
-        records = await self.query(name, "MX")
-        return sorted((r.preference, r.exchange.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
-                      for r in records)
+        return _mx(await self.query(name, "MX"))
 
     async def ptr(self, ip: str) -> list[str]:
         """Names for an IP address (the reverse lookup), without the final dot."""
-        try:
-            rev = dns.reversename.from_address(ip).to_text()
-        except (ValueError, dns.exception.SyntaxError) as exc:
-            raise DnsNotFound(f"not an IP address: {ip!r}") from exc
-        return await self.ptr_name(rev)
+        return await self.ptr_name(_reverse_name(ip))
 
     async def ptr_name(self, name: str) -> list[str]:
         """PTR records of an in-addr.arpa / ip6.arpa name, without the final dot."""
-        return [r.target.to_text(omit_final_dot=True)  # type: ignore[attr-defined]
-                for r in await self.query(name, "PTR")]
+        return _targets(await self.query(name, "PTR"))
 
     # --- the cached core ----------------------------------------------------------------------
 
@@ -150,14 +144,7 @@ class Resolver:
 
         Raises DnsNotFound or DnsTempError. Concurrent identical queries share one lookup.
         """
-        # The cache key of a name as callers spell it, remembered: parsing the name is most of
-        # the cost of a cache hit, and the same few names are asked for again and again.
-        key = self._keys.get((name, rdtype))
-        if key is None:
-            key = _cache_key(_to_name(name), dns.rdatatype.RdataType.make(rdtype))
-            if len(self._keys) >= _KEYS_REMEMBERED:
-                self._keys.clear()
-            self._keys[(name, rdtype)] = key
+        key = self._key(name, rdtype)
         entry = self._cache.get(key)
         if entry is not None:
             if entry.expires > self._clock():
@@ -172,6 +159,26 @@ class Resolver:
             fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
         entry = await asyncio.shield(fut)
         return _unwrap(entry)
+
+    def cached(self, name: str, rdtype: str | int) -> tuple[dns.rdata.Rdata, ...] | None:
+        """What `query` would answer from the cache alone, at once; None when it would have to
+        ask a nameserver (not cached, or expired). Raises the cached error, as `query` does."""
+        key = self._key(name, rdtype)
+        entry = self._cache.get(key)
+        if entry is None or entry.expires <= self._clock():
+            return None
+        return _unwrap(entry)
+
+    def _key(self, name: str, rdtype: str | int) -> tuple[str, int]:
+        # The cache key of a name as callers spell it, remembered: parsing the name is most of
+        # the cost of a cache hit, and the same few names are asked for again and again.
+        key = self._keys.get((name, rdtype))
+        if key is None:
+            key = _cache_key(_to_name(name), dns.rdatatype.RdataType.make(rdtype))
+            if len(self._keys) >= _KEYS_REMEMBERED:
+                self._keys.clear()
+            self._keys[(name, rdtype)] = key
+        return key
 
     async def _lookup(self, key: tuple[str, int], qname: dns.name.Name,
                       qtype: dns.rdatatype.RdataType) -> _Entry:
@@ -235,21 +242,75 @@ class Resolver:
                                                 thread_name_prefix="dns-blocking")
         return await loop.run_in_executor(self._executor, fn, BlockingResolver(self, loop))
 
+    async def run_cached_first(self, fn: Callable[["SyncLookups"], T]) -> T:
+        """`fn(lookups)` at once on the loop when the cache holds every answer it asks for;
+        otherwise, from the start, in a worker thread (`run_blocking`).
+
+        Why: a pure-Python library (pyspf) holds the GIL in a worker thread just as on the loop,
+        so with answers cached the thread adds only hand-overs: the job to the thread, each
+        lookup back to the loop and its answer to the thread again, the result back, each a
+        wake-up of a sleeping thread. `fn` must be side-effect free and cheap once its answers
+        are cached (it may run twice: first on the cache, then again in the thread); a miss is
+        noticed even where the library swallows the error it sees.
+        """
+        lookups = CachedLookups(self)
+        try:
+            result = fn(lookups)
+        except Exception:
+            if lookups.missed is None:
+                raise  # the library's own error, as the thread would have met it
+        else:
+            if lookups.missed is None:
+                return result
+        return await self.run_blocking(fn)
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
 
-class BlockingResolver:
-    """The same typed API, callable from a worker thread (never from the event loop itself)."""
+class SyncLookups:
+    """The resolver's typed API, synchronous, over one `query`: what blocking libraries get."""
+
+    def query(self, name: str, rdtype: str | int) -> tuple[dns.rdata.Rdata, ...]:
+        raise NotImplementedError
+
+    def txt(self, name: str) -> list[str]:
+        return _txt(self.query(name, "TXT"))
+
+    def txt_bytes(self, name: str) -> list[bytes]:
+        return _txt_bytes(self.query(name, "TXT"))
+
+    def txt_strings(self, name: str) -> list[tuple[bytes, ...]]:
+        return _txt_strings(self.query(name, "TXT"))
+
+    def a(self, name: str) -> list[str]:
+        return _addresses(self.query(name, "A"))
+
+    def aaaa(self, name: str) -> list[str]:
+        return _addresses(self.query(name, "AAAA"))
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        return _mx(self.query(name, "MX"))
+
+    def ptr(self, ip: str) -> list[str]:
+        return self.ptr_name(_reverse_name(ip))
+
+    def ptr_name(self, name: str) -> list[str]:
+        return _targets(self.query(name, "PTR"))
+
+
+class BlockingResolver(SyncLookups):
+    """The typed API callable from a worker thread (never from the event loop itself): each
+    lookup is sent to the resolver on its loop and waited for."""
 
     def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop) -> None:
         self._resolver = resolver
         self._loop = loop
 
-    def _call(self, coro: Awaitable[T]) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+    def query(self, name: str, rdtype: str | int) -> tuple[dns.rdata.Rdata, ...]:
+        fut = asyncio.run_coroutine_threadsafe(self._resolver.query(name, rdtype), self._loop)
         try:
             # The resolver's own lifetime bounds the lookup; the margin only guards a dead loop.
             return fut.result(timeout=self._resolver.config.lifetime + 2.0)
@@ -257,32 +318,21 @@ class BlockingResolver:
             fut.cancel()
             raise DnsTempError("resolver did not answer") from exc
 
+
+class CachedLookups(SyncLookups):
+    """The typed API answered from the resolver's cache alone, on the loop's thread. A lookup
+    that is not cached raises DnsTempError and is remembered in `missed`."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+        self.missed: tuple[str, str | int] | None = None
+
     def query(self, name: str, rdtype: str | int) -> tuple[dns.rdata.Rdata, ...]:
-        return self._call(self._resolver.query(name, rdtype))
-
-    def txt(self, name: str) -> list[str]:
-        return self._call(self._resolver.txt(name))
-
-    def txt_bytes(self, name: str) -> list[bytes]:
-        return self._call(self._resolver.txt_bytes(name))
-
-    def txt_strings(self, name: str) -> list[tuple[bytes, ...]]:
-        return self._call(self._resolver.txt_strings(name))
-
-    def a(self, name: str) -> list[str]:
-        return self._call(self._resolver.a(name))
-
-    def aaaa(self, name: str) -> list[str]:
-        return self._call(self._resolver.aaaa(name))
-
-    def mx(self, name: str) -> list[tuple[int, str]]:
-        return self._call(self._resolver.mx(name))
-
-    def ptr(self, ip: str) -> list[str]:
-        return self._call(self._resolver.ptr(ip))
-
-    def ptr_name(self, name: str) -> list[str]:
-        return self._call(self._resolver.ptr_name(name))
+        records = self._resolver.cached(name, rdtype)
+        if records is None:
+            self.missed = (name, rdtype)
+            raise DnsTempError(f"{name}/{rdtype}: not cached")
+        return records
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -313,6 +363,40 @@ def _is_ip_literal(name: str) -> bool:
         return True
     except ValueError:
         return True  # any bracketed text is a literal, never a domain
+
+
+# The typed answers, one place for the async and the synchronous API.
+
+def _txt(records: tuple[dns.rdata.Rdata, ...]) -> list[str]:
+    return [b.decode("utf-8", "replace") for b in _txt_bytes(records)]
+
+
+def _txt_bytes(records: tuple[dns.rdata.Rdata, ...]) -> list[bytes]:
+    return [b"".join(r.strings) for r in records]  # type: ignore[attr-defined]
+
+
+def _txt_strings(records: tuple[dns.rdata.Rdata, ...]) -> list[tuple[bytes, ...]]:
+    return [tuple(r.strings) for r in records]  # type: ignore[attr-defined]
+
+
+def _addresses(records: tuple[dns.rdata.Rdata, ...]) -> list[str]:
+    return [r.address for r in records]  # type: ignore[attr-defined]
+
+
+def _mx(records: tuple[dns.rdata.Rdata, ...]) -> list[tuple[int, str]]:
+    return sorted((r.preference, r.exchange.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
+                  for r in records)
+
+
+def _targets(records: tuple[dns.rdata.Rdata, ...]) -> list[str]:
+    return [r.target.to_text(omit_final_dot=True) for r in records]  # type: ignore[attr-defined]
+
+
+def _reverse_name(ip: str) -> str:
+    try:
+        return str(dns.reversename.from_address(ip).to_text())
+    except (ValueError, dns.exception.SyntaxError) as exc:
+        raise DnsNotFound(f"not an IP address: {ip!r}") from exc
 
 
 def _unwrap(entry: _Entry) -> tuple[dns.rdata.Rdata, ...]:

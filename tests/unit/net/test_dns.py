@@ -221,6 +221,70 @@ async def test_run_blocking_bridges_threads_to_the_loop(fresh: DnsTestServer) ->
     r.close()
 
 
+async def test_run_cached_first_uses_the_loop_only_when_every_answer_is_cached(fresh: DnsTestServer) -> None:
+    r = make(fresh)
+    threads: list[str] = []
+
+    def work(dns: object) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return dns.a("fast.example.org") + dns.txt("example.org")  # type: ignore[attr-defined]
+
+    cold = await r.run_cached_first(work)
+    # Cold: the first lookup misses, so the whole job runs again in a worker thread.
+    assert threads == [threading.current_thread().name, threads[1]]
+    assert threads[1].startswith("dns-blocking")
+    threads.clear()
+    assert await r.run_cached_first(work) == cold
+    assert threads == [threading.current_thread().name]  # warm: once, on the loop
+    assert sent(fresh, "fast.example.org", "A") == 1
+    r.close()
+
+
+async def test_run_cached_first_notices_a_miss_the_library_swallowed(fresh: DnsTestServer) -> None:
+    r = make(fresh)
+    await r.a("fast.example.org")
+
+    def careless(dns: object) -> str:
+        try:
+            dns.a("slow.example.org")  # type: ignore[attr-defined]
+        except Exception:  # pyspf swallows some errors (exp=): the result would be wrong
+            return "guessed"
+        return "looked up"
+
+    assert await r.run_cached_first(careless) == "looked up"
+    r.close()
+
+
+async def test_run_cached_first_raises_the_jobs_own_error(fresh: DnsTestServer) -> None:
+    r = make(fresh)
+    await r.a("fast.example.org")
+    calls: list[int] = []
+
+    def broken(dns: object) -> None:
+        calls.append(len(dns.a("fast.example.org")))  # type: ignore[attr-defined]
+        raise ValueError("library bug")
+
+    with pytest.raises(ValueError):
+        await r.run_cached_first(broken)
+    assert calls == [1]  # not run a second time in a thread: no lookup missed
+    r.close()
+
+
+async def test_cached_answers_and_errors_without_asking(fresh: DnsTestServer) -> None:
+    clock = Clock()
+    r = make(fresh, clock)
+    assert r.cached("example.org", "A") is None
+    await r.a("example.org")
+    with pytest.raises(DnsNotFound):
+        await r.a("missing.example.org")
+    assert [x.address for x in r.cached("EXAMPLE.org.", "A") or ()] == ["192.0.2.1"]  # type: ignore[attr-defined]
+    with pytest.raises(DnsNotFound):
+        r.cached("missing.example.org", "A")
+    clock.now += 301
+    assert r.cached("example.org", "A") is None  # expired: a nameserver must be asked
+    r.close()
+
+
 async def test_unreachable_nameserver_is_temporary() -> None:
     # A loopback port with nothing listening: ICMP refusal or timeout, either way temporary.
     with DnsTestServer() as srv:
