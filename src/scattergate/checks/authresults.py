@@ -10,6 +10,7 @@ optionally "; " and free text (the reason). Known keys become properties:
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Iterable
 
@@ -47,9 +48,16 @@ def split_detail(detail: str) -> tuple[dict[str, str], str]:
 
 def resinfo(finding: Finding) -> str | None:
     """One resinfo clause ("spf=pass smtp.mailfrom=a@b.example"), or None if not ours."""
-    method = _METHODS.get(finding.check)
-    if method is None:
+    if finding.check not in _METHODS:
         return None
+    return _clause(finding)
+
+
+# Remembered: every message gets a header, and the same clauses come again and again (dkim=none,
+# the DMARC result of a From domain, the SPF result of a regular sender).
+@functools.lru_cache(maxsize=2048)
+def _clause(finding: Finding) -> str:
+    method = _METHODS[finding.check]
     result = finding.result if _RESULT.match(finding.result) else "permerror"
     pairs, reason = split_detail(finding.detail)
     reason = reason.strip()
