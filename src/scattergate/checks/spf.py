@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,6 +32,8 @@ RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerro
 
 # RFC 7208 §4.6.4: the whole check may be bounded; at least 20 s is recommended.
 DEFAULT_TIMEOUT = 20.0
+# A property value with white space or ";" would split the Authentication-Results clause.
+_NOT_A_PVALUE = re.compile(r"[\s;]")
 _MAX_IDENTITY = 1024  # far beyond RFC 5321's 256-octet path: only absurd input is refused
 
 _current: contextvars.ContextVar[SyncLookups | None] = contextvars.ContextVar(
@@ -56,7 +59,7 @@ class SpfResult:
     def finding(self) -> Finding:
         prop = "smtp.mailfrom" if self.identity == "mailfrom" else "smtp.helo"
         value = self.sender if self.identity == "mailfrom" else self.domain
-        if not value or any(c.isspace() or c == ";" for c in value):
+        if not value or _NOT_A_PVALUE.search(value):
             value = self.domain
         parts = [f"{prop}={value}" if value else "", f"ip={self.ip}" if self.ip else ""]
         if self.mechanism:
