@@ -63,7 +63,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from milter_throughput import OWN_CODEC, cpu_seconds, wait_connectable  # noqa: E402
+from milter_throughput import AUTH_OFF, OWN_CODEC, cpu_seconds, wait_connectable  # noqa: E402
+from relay_throughput import SENDER_SPF_ZONE  # noqa: E402
 from scattergate.frontends import milter_codec as mc  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.sink import free_port  # noqa: E402
@@ -272,10 +273,10 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="sg-mcpu-"))
     (work / "codec_trivial.py").write_text(OWN_CODEC)
-    # smtp-source's sender domain passes SPF from loopback, as in bench/milter_throughput.py.
-    dns_server = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
+    # The replayed sender's domain passes SPF from loopback, as in bench/milter_throughput.py.
+    dns_server = DnsTestServer(SENDER_SPF_ZONE).start()
     dns = f"127.0.0.1:{dns_server.port}"
-    config = ("" if args.auth else "[auth]\nspf = false\ndkim = false\n") + textwrap.dedent("""\
+    config = ("" if args.auth else AUTH_OFF) + textwrap.dedent("""\
         [state]
         data_dir = "{data}"
         [logging]

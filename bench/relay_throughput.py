@@ -83,6 +83,11 @@ class CountingSink:
         self.process.wait(10)
 
 
+# run_load's sender (smtp-source -f): every loopback client passes its domain's SPF, so the
+# checks that need DNS are answered at once by a DnsTestServer with this zone.
+SENDER_SPF_ZONE = {"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}
+
+
 def run_load_timed(target: str, args: argparse.Namespace, sink: CountingSink) -> tuple[float, float]:
     """Send the load with smtp-source; return (seconds until smtp-source was done, i.e. every
     message answered 250; seconds until the sink had counted all of it). A queueing relay
@@ -198,7 +203,7 @@ def scattergate_relay(work: Path, sink_port: int, *, spool: bool, workers: str =
     SPF. Yields the listening address and the process. `source`: run the package from this `src` directory
     (another build, for bench/ab_relay.py) instead of the installed one."""
     port = free_port()
-    dns = DnsTestServer({"example.net.": [("TXT", "v=spf1 ip4:127.0.0.0/8 -all")]}).start()
+    dns = DnsTestServer(SENDER_SPF_ZONE).start()
     work.mkdir(parents=True, exist_ok=True)
     log = work / "gateway.log"
     with open(log, "wb") as log_file:
