@@ -166,3 +166,34 @@ async def test_cancelling_the_caller_reaches_a_check_resumed_after_its_first_wai
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert cleaned_up == [True]
+
+
+async def test_checks_that_answer_at_once_run_in_the_callers_task() -> None:
+    """No task per check while the checks answer without waiting (a task switch and two turns
+    of the loop each); from the first that waits, the later ones get their own and run while
+    it waits."""
+    ran_in: dict[str, asyncio.Task[object] | None] = {}
+    second_started = asyncio.Event()
+
+    def instant(name: str):  # type: ignore[no-untyped-def]
+        async def run(ctx: CheckContext) -> list[Finding]:
+            ran_in[name] = asyncio.current_task()
+            return [Finding(name, "pass")]
+        return run
+
+    async def waits_for_the_next(ctx: CheckContext) -> list[Finding]:
+        ran_in["c"] = asyncio.current_task()
+        await second_started.wait()
+        return [Finding("c", "pass")]
+
+    async def starts(ctx: CheckContext) -> list[Finding]:
+        ran_in["d"] = asyncio.current_task()
+        second_started.set()
+        return [Finding("d", "pass")]
+
+    checks = PhaseChecks([], [RemoteCheck("a", instant("a"), 5), RemoteCheck("b", instant("b"), 5),
+                              RemoteCheck("c", waits_for_the_next, 5), RemoteCheck("d", starts, 5)])
+    findings = await asyncio.wait_for(checks.run_remote(_ctx(), 10), 5)
+    assert [f.check for f in findings] == ["a", "b", "c", "d"]
+    assert ran_in["a"] is ran_in["b"] is ran_in["c"]
+    assert ran_in["d"] is not ran_in["c"]
