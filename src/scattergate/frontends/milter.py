@@ -251,12 +251,6 @@ class MilterConnection:
             return await self.handle_later(command)
         return responses  # type: ignore[return-value]
 
-    def answers(self, command: mc.Command) -> bool:
-        """Whether the MTA waits for our answer to `command` (as negotiated so far)."""
-        if isinstance(command, (mc.Macros, mc.Abort, mc.Quit)):
-            return False
-        return not (self.silent and isinstance(command, self.silent))
-
     def _failed(self, command: mc.Command) -> list[mc.Response] | None:
         # Never a crash and never a silent accept: the client is told to try again.
         self.log.exception("milter: error handling %s", type(command).__name__)
@@ -552,15 +546,9 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
     decoder = mc.Decoder()
     try:
         while data := await reader.read(65536):
-            commands = decoder.feed(data)
-            if quickack and not any(map(connection.answers, commands)):
-                # Not sticky: re-armed for every read we don't answer, so it is ACKed now. A read
-                # we answer needs none: the answer carries the ACK (a setsockopt and a bare ACK
-                # segment less, three times a message).
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             out: list[bytes] = []
             closing = False
-            for command in commands:
+            for command in decoder.feed(data):
                 # connection.handle(), without a coroutine for the commands that need none.
                 responses = connection.handle_now(command)
                 if responses is LATER:
@@ -573,6 +561,12 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             if out:
                 writer.write(b"".join(out))
                 await writer.drain()
+            elif quickack and not closing:
+                # A read we answer nothing to (the MTA does not wait: headers, body, macros):
+                # ACK it now rather than after the delayed-ACK timer. Not sticky, so re-armed
+                # for each such read; a read we answer needs none, the answer carries the ACK
+                # (a setsockopt and a bare ACK segment less, three times a message).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # type: ignore[union-attr]
             if closing:
                 return
     except mc.MilterProtocolError as exc:
