@@ -79,8 +79,10 @@ class BackscatterCheck:
         assert envelope is not None and ctx.content is not None
         if session.trusted:
             return []
-        verdict = classify(ctx.content, str(envelope.sender))
         null = envelope.sender.is_null
+        # A null sender's "none" still goes into the finding with its confidence; any other
+        # sender's matters only by its kind.
+        verdict = classify(ctx.content, str(envelope.sender), kind_only=not null)
         if not null and verdict.kind not in _AUTOMATED:
             return []
         kind = verdict.kind.value if verdict.kind is not Kind.NONE else "null-sender"

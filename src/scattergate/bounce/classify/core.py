@@ -63,15 +63,20 @@ _CHALLENGE_MIN = 5
 _NONE = Classification(Kind.NONE, 0.0, ())
 
 
-def classify(message: bytes | str, envelope_sender: str | None = None) -> Classification:
-    """Classify one message. `envelope_sender` is MAIL FROM if known ('' for the null sender)."""
+def classify(message: bytes | str, envelope_sender: str | None = None, *, kind_only: bool = False) -> Classification:
+    """Classify one message. `envelope_sender` is MAIL FROM if known ('' for the null sender).
+
+    `kind_only`: the caller reads nothing of a `none` result but its kind (the backscatter check
+    for a non-null sender). Body tables that cannot lift their kind to its minimum are then not
+    read, so a `none` result's confidence may be lower; any other result is the same.
+    """
     try:
-        return _classify(message, envelope_sender)
+        return _classify(message, envelope_sender, kind_only)
     except Exception:  # defence in depth: a classifier bug must never fail a delivery
         return Classification(Kind.NONE, 0.0, ("error",))
 
 
-def _classify(message: bytes | str, envelope_sender: str | None) -> Classification:
+def _classify(message: bytes | str, envelope_sender: str | None, kind_only: bool = False) -> Classification:
     data = normalise(message)
     if not data.strip():
         return _NONE
@@ -90,7 +95,7 @@ def _classify(message: bytes | str, envelope_sender: str | None) -> Classificati
         confidence = 0.95
         evidence.append("ses-json:" + ses.group(1).lower())
     if kind is Kind.NONE:
-        kind, confidence = _graded(top, parts, report_text, envelope_sender, evidence)
+        kind, confidence = _graded(top, parts, report_text, envelope_sender, evidence, kind_only)
     if kind is Kind.NONE:
         return Classification(Kind.NONE, confidence, tuple(evidence))
     result = _extract(kind, confidence, evidence, top, parts, report_text)
@@ -228,8 +233,15 @@ def _unquoted(text: str) -> str:
     return _QUOTED_LINE.sub("", "\n" + text)[1:]
 
 
+# Points of the evidence read last for its kind: with `kind_only`, a table whose points cannot
+# lift its kind to the minimum is not read (nothing after it adds to that kind).
+_WEAK_POINTS = 1  # a failure reason in the body (bounce)
+_ENHANCED_POINTS = 1  # an RFC 3463 status code in the body (bounce)
+_AWAY_POINTS = 2  # an away notice in the body (auto-reply)
+
+
 def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str | None,
-            evidence: list[str]) -> tuple[Kind, float]:
+            evidence: list[str], kind_only: bool = False) -> tuple[Kind, float]:
     subject, replied = _subject(top)
     subject_folded = R.fold(subject)  # for the subject patterns' literal screens
     from_ = header(top, "From")
@@ -283,13 +295,17 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
               for m in table.finditer(text32, folded32, vocabulary)}
     if strong:
         add(Kind.BOUNCE, 2 + min(len(strong), 3), "body:" + sorted(strong)[0][:40])
-    if R.G_BOUNCE_PHRASE_WEAK.exists(text16, folded16, vocabulary):
-        add(Kind.BOUNCE, 1, "body:failure-reason")
+    # A null-sender message carrying another message is what a bounce is, whatever its words.
+    original_points = ((3 if null_sender else 2) if parts.attached else 1) if parts.originals else 0
+    # The last of the bounce evidence; past this point only other kinds gain points.
+    bounce_open = not kind_only or (
+        scores[Kind.BOUNCE] + _WEAK_POINTS + original_points + _ENHANCED_POINTS >= _BOUNCE_MIN)
+    if bounce_open and R.G_BOUNCE_PHRASE_WEAK.exists(text16, folded16, vocabulary):
+        add(Kind.BOUNCE, _WEAK_POINTS, "body:failure-reason")
     if parts.originals:
-        # A null-sender message carrying another message is what a bounce is, whatever its words.
-        add(Kind.BOUNCE, (3 if null_sender else 2) if parts.attached else 1, "original-attached")
-    if R.ENHANCED_HINT.search(text, 0, 16384) and R.ENHANCED.search(text16):
-        add(Kind.BOUNCE, 1, "enhanced-status-code")
+        add(Kind.BOUNCE, original_points, "original-attached")
+    if bounce_open and R.ENHANCED_HINT.search(text, 0, 16384) and R.ENHANCED.search(text16):
+        add(Kind.BOUNCE, _ENHANCED_POINTS, "enhanced-status-code")
 
     # Auto-replies.
     for name in _present(top, R.AUTO_HEADERS, _AUTO_FIELDS):
@@ -312,9 +328,11 @@ def _graded(top: Message, parts: Parsed, report_text: str, envelope_sender: str 
         add(Kind.AUTO_REPLY, 3, "subject:away")
     if not replied and _machine_prefix(subject, header(top, "Thread-Topic")):
         add(Kind.AUTO_REPLY, 2, "subject:prefix-before-thread-topic")
-    if R.G_AUTO_BODY.exists(text8, folded8, vocabulary) or (
-            scores[Kind.AUTO_REPLY] >= 2 and R.G_AUTO_BODY_INTL.exists(text8, folded8, vocabulary)):
-        add(Kind.AUTO_REPLY, 2, "body:away")
+    # The last of the auto-reply evidence (the challenge section adds only to its own kind).
+    if (not kind_only or scores[Kind.AUTO_REPLY] + _AWAY_POINTS >= _AUTO_MIN) and (
+            R.G_AUTO_BODY.exists(text8, folded8, vocabulary) or (
+                scores[Kind.AUTO_REPLY] >= 2 and R.G_AUTO_BODY_INTL.exists(text8, folded8, vocabulary))):
+        add(Kind.AUTO_REPLY, _AWAY_POINTS, "body:away")
 
     # Challenge-response.
     for name in _present(top, R.CHALLENGE_HEADERS, _CHALLENGE_FIELDS):
