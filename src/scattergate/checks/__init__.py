@@ -77,7 +77,7 @@ class PhaseChecks:
             tasks = [loop.create_task(_run_with_budget(other, ctx, deadline))
                      for other in self.remote[position + 1:]]
             try:
-                findings += await _finish(check, ctx, min(check.budget, deadline), step)
+                findings += await _finish(check, ctx, deadline, step)
                 for task in tasks:
                     findings += await task
             finally:
@@ -88,6 +88,8 @@ class PhaseChecks:
 
 
 _Waiting = tuple["Coroutine[Any, Any, Any] | Awaitable[Any]", Any]
+# _first_step: the check returned an awaitable that is not a coroutine (nothing run yet).
+_NOT_STARTED = object()
 
 
 def _first_step(check: RemoteCheck, ctx: CheckContext) -> list[Finding] | _Waiting:
@@ -105,9 +107,10 @@ def _first_step(check: RemoteCheck, ctx: CheckContext) -> list[Finding] | _Waiti
         return _failed(check, ctx, exc)
 
 
-async def _finish(check: RemoteCheck, ctx: CheckContext, budget: float, step: _Waiting) -> list[Finding]:
+async def _finish(check: RemoteCheck, ctx: CheckContext, deadline: float, step: _Waiting) -> list[Finding]:
     """The rest of a check that waits, under its budget from here."""
     running, waiting_for = step
+    budget = min(check.budget, deadline)
     try:
         async with asyncio.timeout(budget):
             if waiting_for is _NOT_STARTED:  # an awaitable that is not a coroutine
@@ -123,17 +126,13 @@ async def _run_with_budget(check: RemoteCheck, ctx: CheckContext, deadline: floa
     step = _first_step(check, ctx)
     if isinstance(step, list):
         return step
-    return await _finish(check, ctx, min(check.budget, deadline), step)
+    return await _finish(check, ctx, deadline, step)
 
 
 def _failed(check: RemoteCheck, ctx: CheckContext, exc: Exception) -> list[Finding]:
     # A broken check must tempfail the client, never crash the session.
     SessionLog(log, ctx.session.id).exception("check %s failed", check.name)
     return [Finding(check.name, "error", f"{check.name} failed: {type(exc).__name__}")]
-
-
-# _first_step: the check returned an awaitable that is not a coroutine (nothing run yet).
-_NOT_STARTED = object()
 
 
 class _Resumed:

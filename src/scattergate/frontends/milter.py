@@ -566,7 +566,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 # ACK it now rather than after the delayed-ACK timer. Not sticky, so re-armed
                 # for each such read; a read we answer needs none, the answer carries the ACK
                 # (a setsockopt and a bare ACK segment less, three times a message).
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # type: ignore[union-attr]
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             if closing:
                 return
     except mc.MilterProtocolError as exc:

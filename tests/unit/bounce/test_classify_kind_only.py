@@ -60,9 +60,6 @@ class _Counting:
         self.reads += 1
         return self.table.exists(*args)  # type: ignore[arg-type]
 
-    def finditer(self, *args: object) -> list:  # type: ignore[type-arg]
-        return self.table.finditer(*args)  # type: ignore[arg-type]
-
 
 @pytest.mark.parametrize("kind_only, reads", [(False, 1), (True, 0)])
 def test_ordinary_mail_skips_the_weak_and_away_tables_only_when_asked(
